@@ -1,0 +1,3 @@
+from seqfit.cli.main import main
+
+main()

@@ -1,0 +1,151 @@
+"""Run configuration: frozen dataclasses, the one source of truth for flags, TOML files and checkpoints.
+
+Precedence: dataclass defaults < TOML file (``--config``) < command-line flags.
+The resolved config is written to ``RUN_DIR/config.toml`` and can be fed back with ``--config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from seqfit.errors import SeqfitError
+
+__all__ = ["ModelCfg", "TrainCfg", "MemoryCfg", "RunCfg", "SECTIONS", "load_toml", "merge", "dump_toml", "to_dict", "from_dict"]
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its help text (used for the generated CLI flags)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    task: str = opt("lm", "what the model learns", ("lm", "classify"))
+    cell: str = opt("lstm", "recurrent cell", ("rnn", "lstm", "gru"))
+    layers: int = opt(2, "number of stacked recurrent layers")
+    hidden: int = opt(200, "hidden units per layer and direction")
+    embed: int = opt(200, "embedding size")
+    dropout: float = opt(0.2, "dropout on embeddings, between layers and before the output")
+    tie_weights: bool = opt(False, "share the input embedding with the output layer (LM; needs embed == hidden)")
+    bidirectional: bool = opt(False, "run each layer in both directions (classification)")
+    layer_norm: bool = opt(False, "layer norm on each layer's output")
+    embeddings: str = opt("", "pretrained embedding matrix (.npy) to initialise the input embedding")
+    freeze_embeddings: bool = opt(False, "keep the input embedding fixed: no gradient, no optimizer state")
+    pooling: str = opt("last", "how a classifier summarises a sequence", ("last", "mean"))
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    batch_size: int = opt(20, "sequences (LM: parallel streams) per micro-batch")
+    bptt: int = opt(35, "time steps per truncated-BPTT window (LM)")
+    epochs: int = opt(1, "passes over the training split (ignored when --max-steps is set)")
+    max_steps: int = opt(0, "stop after this many optimizer steps (0: run --epochs)")
+    max_minutes: float = opt(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)")
+    lr: float = opt(20.0, "learning rate")
+    optimizer: str = opt("sgd", "optimizer", ("sgd", "adam", "adamw", "adafactor"))
+    momentum: float = opt(0.0, "SGD momentum")
+    weight_decay: float = opt(0.0, "weight decay")
+    clip: float = opt(0.25, "clip the gradient norm to this (0: off)")
+    schedule: str = opt("plateau", "learning-rate schedule", ("constant", "plateau", "cosine"))
+    warmup: int = opt(0, "warm-up steps (cosine schedule)")
+    seed: int = opt(1111, "random seed")
+    eval_every: int = opt(0, "validate every N steps as well as after each epoch (0: epochs only)")
+    eval_batches: int = opt(0, "validate on at most this many batches (0: the whole split)")
+    checkpoint_every: int = opt(200, "write a checkpoint every N steps (and at the end)")
+    log_every: int = opt(10, "write a metrics line every N steps")
+
+
+@dataclass(frozen=True)
+class MemoryCfg:
+    budget: str = opt("", "memory budget, e.g. 4GB (empty: no budget)")
+    precision: str = opt("fp32", "compute precision", ("fp32", "bf16", "fp16"))
+    loss: str = opt("auto", "output loss: full logits, chunked, or adaptive softmax", ("auto", "full", "chunked", "adaptive"))
+    loss_chunk: int = opt(0, "tokens per chunk of the chunked loss (0: from the budget)")
+    checkpoint_time: int = opt(0, "exact activation checkpointing every k time steps (0: off, -1: about sqrt(T))")
+    accumulate: int = opt(1, "micro-batches per optimizer step")
+    effective_batch: int = opt(0, "sequences per optimizer step; sets --accumulate (0: unused)")
+    max_tokens: int = opt(0, "token budget per batch for variable-length data (0: fixed --batch-size)")
+    device: str = opt("auto", "where to train", ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class RunCfg:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    memory: MemoryCfg = field(default_factory=MemoryCfg)
+
+
+SECTIONS: dict[str, type] = {"model": ModelCfg, "train": TrainCfg, "memory": MemoryCfg}
+
+
+def field_type(section: type, name: str) -> type:
+    hint = typing.get_type_hints(section)[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    return hint
+
+
+def check_value(section_name: str, key: str, value: Any) -> Any:
+    """Coerce a TOML or flag value to the field's type; fail loudly on unknown keys and wrong types."""
+    section = SECTIONS[section_name]
+    names = {f.name: f for f in dataclasses.fields(section)}
+    if key not in names:
+        raise SeqfitError(f"unknown config key [{section_name}] {key!r}; known: {', '.join(sorted(names))}")
+    want = field_type(section, key)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise SeqfitError(f"config key [{section_name}] {key} must be {want.__name__}, got {value!r}")
+    choices = names[key].metadata.get("choices")
+    if choices and value not in choices:
+        raise SeqfitError(f"config key [{section_name}] {key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def from_dict(data: dict[str, Any]) -> RunCfg:
+    parts = {}
+    for name, section in SECTIONS.items():
+        values = data.get(name, {})
+        if not isinstance(values, dict):
+            raise SeqfitError(f"config section [{name}] must be a table")
+        parts[name] = section(**{k: check_value(name, k, v) for k, v in values.items()})
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise SeqfitError(f"unknown config section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    return RunCfg(**parts)
+
+
+def to_dict(cfg: RunCfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise SeqfitError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SeqfitError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def merge(base: RunCfg, overrides: dict[str, dict[str, Any]]) -> RunCfg:
+    """Return ``base`` with the given per-section values replaced (values are checked)."""
+    data = to_dict(base)
+    for section, values in overrides.items():
+        for key, value in values.items():
+            data[section][key] = check_value(section, key, value)
+    return from_dict(data)
+
+
+def dump_toml(cfg: RunCfg) -> str:
+    return tomli_w.dumps(to_dict(cfg))

@@ -1,0 +1,58 @@
+"""Language-model batches: B parallel token streams read straight from the memory map.
+
+The split's N tokens are cut into B contiguous streams of L = N // B tokens (the tail is dropped).
+Batch i holds positions [i*bptt, i*bptt + t) of every stream, t = min(bptt, L - 1 - i*bptt),
+and its targets are the same windows shifted by one::
+
+    stream 0: a b c d | e f g h | i j          x = [[a b c d]    y = [[b c d e]
+    stream 1: m n o p | q r s t | u v               [m n o p]]        [n o p q]]
+
+so the hidden state at the end of a stream's batch i is the right start for its batch i + 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from seqfit.data.store import TokenArray
+from seqfit.errors import SeqfitError
+
+__all__ = ["StreamBatches"]
+
+
+@dataclass
+class StreamBatches:
+    tokens: TokenArray
+    batch_size: int
+    bptt: int
+
+    def __post_init__(self) -> None:
+        self.stream_len = len(self.tokens) // self.batch_size
+        if self.stream_len < 2:
+            raise SeqfitError(f"{len(self.tokens)} tokens are too few for {self.batch_size} streams: "
+                              "lower --batch-size or add data")
+        self.starts = np.arange(self.batch_size, dtype=np.int64) * self.stream_len
+
+    def __len__(self) -> int:
+        return -(-(self.stream_len - 1) // self.bptt)
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return (self.stream_len - 1) * self.batch_size
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of batch i, both (B, t) int64."""
+        pos = i * self.bptt
+        t = min(self.bptt, self.stream_len - 1 - pos)
+        if t <= 0:
+            raise IndexError(f"batch {i} out of range (epoch has {len(self)})")
+        window = torch.from_numpy(self.tokens.windows(self.starts + pos, t + 1).astype(np.int64))  # (B, t+1)
+        return window[:, :-1], window[:, 1:]
+
+    def __iter__(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(start, len(self)):
+            yield self.batch(i)

@@ -1,0 +1,78 @@
+"""Recurrent language model: embedding -> recurrent stack -> vocabulary output head.
+
+The head returns summed sparse cross-entropy from integer targets; with the chunked or adaptive head
+the batch x time x vocabulary logits never exist at once.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from seqfit.config import ModelCfg
+from seqfit.errors import SeqfitError
+from seqfit.models.heads import make_output_head
+from seqfit.models.recurrent import RecurrentStack, State
+
+__all__ = ["LanguageModel", "load_embedding_matrix"]
+
+
+def load_embedding_matrix(path: str, vocab_size: int, embed: int) -> torch.Tensor:
+    """A (V, E) matrix written by `seqfit prepare --embeddings`, checked against the model's sizes."""
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SeqfitError(f"cannot read embedding matrix {path}: {e}") from None
+    if matrix.shape != (vocab_size, embed):
+        raise SeqfitError(f"embedding matrix {path} is {matrix.shape[0]}x{matrix.shape[1]}, "
+                          f"the model needs {vocab_size}x{embed} (vocabulary x --embed)")
+    return torch.from_numpy(np.asarray(matrix, dtype=np.float32))
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, cfg: ModelCfg, vocab_size: int, *, loss: str = "full", loss_chunk: int = 0,
+                 counts: Sequence[int] | None = None):
+        super().__init__()
+        if cfg.tie_weights and cfg.embed != cfg.hidden:
+            raise SeqfitError(f"--tie-weights needs --embed equal to --hidden (got {cfg.embed} and {cfg.hidden})")
+        if cfg.bidirectional:
+            raise SeqfitError("a language model cannot be bidirectional: it would see the tokens it predicts")
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(vocab_size, cfg.embed)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.rnn = RecurrentStack(cfg.cell, cfg.embed, cfg.hidden, cfg.layers, dropout=cfg.dropout,
+                                  layer_norm=cfg.layer_norm)
+        self.head = make_output_head(loss, cfg.hidden, vocab_size, counts=counts, chunk_tokens=loss_chunk,
+                                     tied_embedding=self.embedding if cfg.tie_weights else None)
+        self._init_weights(cfg)
+
+    def _init_weights(self, cfg: ModelCfg) -> None:
+        # Uniform(-0.1, 0.1) embeddings as in the classic word-language-model recipe (Zaremba et al. 2014).
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if cfg.embeddings:
+            with torch.no_grad():
+                self.embedding.weight.copy_(load_embedding_matrix(cfg.embeddings, self.vocab_size, cfg.embed))
+        if cfg.freeze_embeddings:
+            self.embedding.weight.requires_grad_(False)
+
+    def init_state(self, batch_size: int, device=None) -> State:
+        return self.rnn.init_state(batch_size, device=device)
+
+    def features(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """x (B, T) ids -> features (B, T, H) before the output layer, and the carried state."""
+        emb = self.drop(self.embedding(x))  # (B, T, E)
+        out, state = self.rnn(emb, state)  # (B, T, H)
+        return self.drop(out), state
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Summed cross-entropy of targets y (B, T) (fp32 scalar) and the carried state."""
+        feats, state = self.features(x, state)
+        return self.head.loss(feats.reshape(-1, feats.shape[-1]), y.reshape(-1)), state
+
+    def nll(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Summed negative log-likelihood (no label smoothing), for perplexity."""
+        feats, state = self.features(x, state)
+        return self.head.nll(feats.reshape(-1, feats.shape[-1]), y.reshape(-1)), state

@@ -1,0 +1,79 @@
+"""A stack of recurrent layers (RNN, LSTM or GRU), one fused PyTorch module per layer.
+
+One module per layer (rather than one multi-layer nn.LSTM) lets layer norm sit between layers and
+lets the time-chunked runners process a layer at a time; each layer still runs PyTorch's fused kernel
+over the whole sequence, never a Python loop per time step.
+
+State: a list with one entry per layer; an entry is ``(h, c)`` for LSTM or ``h`` otherwise, each
+shaped (directions, B, H).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+__all__ = ["CELLS", "RecurrentStack", "detach_state", "State"]
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+State = list[Any]
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph at a truncated-BPTT boundary while keeping the values."""
+    if state is None:
+        return None
+    return [tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in state]
+
+
+class RecurrentStack(nn.Module):
+    def __init__(self, cell: str, input_size: int, hidden: int, layers: int, *, dropout: float = 0.0,
+                 bidirectional: bool = False, layer_norm: bool = False):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}")
+        self.cell, self.hidden, self.num_layers = cell, hidden, layers
+        self.directions = 2 if bidirectional else 1
+        self.output_size = hidden * self.directions
+        self.layers = nn.ModuleList(
+            CELLS[cell](input_size if i == 0 else self.output_size, hidden, batch_first=True, bidirectional=bidirectional)
+            for i in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(self.output_size) for _ in range(layers)) if layer_norm else None
+        self.dropout = nn.Dropout(dropout)
+
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> State:
+        def zeros():
+            return torch.zeros(self.directions, batch_size, self.hidden, device=device, dtype=dtype)
+        return [(zeros(), zeros()) if self.cell == "lstm" else zeros() for _ in range(self.num_layers)]
+
+    def between_layers(self, i: int, out: torch.Tensor) -> torch.Tensor:
+        """Layer norm after every layer; dropout between layers (not after the last: the caller decides)."""
+        if self.norms is not None:
+            out = self.norms[i](out)
+        if i < self.num_layers - 1:
+            out = self.dropout(out)
+        return out
+
+    def forward(self, x: torch.Tensor, state: State | None = None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """x (B, T, I) -> outputs (B, T, H * directions), final state.
+
+        With ``lengths`` the batch runs as a packed sequence: padding costs no compute, the final
+        state is each sequence's own last step, and padded outputs are zero.
+        """
+        new_state: State = []
+        out = x
+        for i, layer in enumerate(self.layers):
+            s = None if state is None else state[i]
+            if lengths is not None:
+                packed = pack_padded_sequence(out, lengths.cpu(), batch_first=True, enforce_sorted=False)
+                packed_out, s = layer(packed, s)
+                out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])  # (B, T, H*dirs)
+            else:
+                out, s = layer(out, s)  # (B, T, H*dirs)
+            new_state.append(s)
+            out = self.between_layers(i, out)
+        return out, new_state

@@ -1,0 +1,34 @@
+"""Perplexity on a held-out split, streamed batch by batch with the state carried across batches."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from seqfit.data.batching import StreamBatches
+from seqfit.data.store import TokenArray
+
+__all__ = ["evaluate_lm"]
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, tokens: TokenArray, *, batch_size: int, bptt: int, device: torch.device,
+                precision, max_batches: int = 0) -> dict:
+    """Mean token negative log-likelihood and perplexity (never more than one batch's logits)."""
+    was_training = model.training
+    model.eval()
+    batches = StreamBatches(tokens, batch_size, bptt)
+    state = model.init_state(batch_size, device=device)
+    nll, count = 0.0, 0
+    limit = min(len(batches), max_batches) if max_batches else len(batches)
+    for i in range(limit):
+        x, y = (t.to(device, non_blocking=True) for t in batches.batch(i))
+        with precision.autocast():
+            loss, state = model.nll(x, y, state)
+        nll += loss.item()
+        count += y.numel()
+    model.train(was_training)
+    mean = nll / count
+    return {"loss": mean, "ppl": math.exp(min(mean, 700)), "tokens": count}

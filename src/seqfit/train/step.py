@@ -1,0 +1,66 @@
+"""One optimizer step of a language model: micro-batches, accumulation, clipping, precision.
+
+A batch of B streams is split into ``accumulate`` micro-batches of B / accumulate streams, each with
+its own slice of the carried state. Every micro-batch's summed loss is divided by the token count of
+the whole batch, so the accumulated gradient equals that of the whole batch at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from seqfit.models.recurrent import State, detach_state
+
+__all__ = ["StepResult", "lm_train_step", "slice_state", "cat_states"]
+
+
+@dataclass
+class StepResult:
+    loss_sum: float  # summed token loss over the batch
+    tokens: int  # target tokens in the batch
+    state: State  # carried (detached) state for the next batch
+    stepped: bool  # False when fp16 found inf/nan gradients and skipped the update
+
+
+def slice_state(state: State, rows: slice) -> State:
+    return [tuple(t[:, rows] for t in s) if isinstance(s, tuple) else s[:, rows] for s in state]
+
+
+def cat_states(states: list[State]) -> State:
+    """Join per-micro-batch states back along the batch dimension (dim 1 of (directions, B, H))."""
+    joined = []
+    for layer in zip(*states):
+        if isinstance(layer[0], tuple):
+            joined.append(tuple(torch.cat(parts, dim=1) for parts in zip(*layer)))
+        else:
+            joined.append(torch.cat(layer, dim=1))
+    return joined
+
+
+def lm_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: State, *, accumulate: int,
+                  precision, optimizer: torch.optim.Optimizer, clip: float) -> StepResult:
+    """x, y (B, T) ids; state for B streams. Returns the summed loss and the detached next state."""
+    optimizer.zero_grad(set_to_none=True)
+    batch = x.shape[0]
+    if batch % accumulate:
+        raise ValueError(f"batch of {batch} streams does not split into {accumulate} micro-batches")
+    micro = batch // accumulate
+    tokens = y.numel()
+    loss_sum = 0.0
+    states: list[State] = []
+    for k in range(accumulate):
+        rows = slice(k * micro, (k + 1) * micro)
+        with precision.autocast():
+            loss, s = model(x[rows], y[rows], slice_state(state, rows))
+        precision.backward(loss / tokens)
+        loss_sum += loss.item()
+        states.append(detach_state(s))
+        del loss  # frees this micro-batch's graph before the next one is built
+    precision.unscale_(optimizer)
+    if clip > 0:
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+    stepped = precision.step(optimizer)
+    return StepResult(loss_sum, tokens, cat_states(states) if accumulate > 1 else states[0], stepped)
