@@ -49,7 +49,7 @@ class TrainCfg:
     epochs: int = opt(1, "passes over the training split (ignored when --max-steps is set)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run --epochs)")
     max_minutes: float = opt(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)")
-    lr: float = opt(20.0, "learning rate")
+    lr: float = opt(0.0, "learning rate (0: the optimizer's usual one: sgd 20, adam/adamw 0.001, adafactor 0.01)")
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam", "adamw", "adafactor"))
     momentum: float = opt(0.0, "SGD momentum")
     weight_decay: float = opt(0.0, "weight decay")

@@ -34,13 +34,14 @@ def load_embedding_matrix(path: str, vocab_size: int, embed: int) -> torch.Tenso
 
 class LanguageModel(nn.Module):
     def __init__(self, cfg: ModelCfg, vocab_size: int, *, loss: str = "full", loss_chunk: int = 0,
-                 counts: Sequence[int] | None = None):
+                 counts: Sequence[int] | None = None, checkpoint_time: int = 0):
         super().__init__()
         if cfg.tie_weights and cfg.embed != cfg.hidden:
             raise SeqfitError(f"--tie-weights needs --embed equal to --hidden (got {cfg.embed} and {cfg.hidden})")
         if cfg.bidirectional:
             raise SeqfitError("a language model cannot be bidirectional: it would see the tokens it predicts")
         self.vocab_size = vocab_size
+        self.checkpoint_time = checkpoint_time  # exact activation checkpointing every k steps (0: off)
         self.embedding = nn.Embedding(vocab_size, cfg.embed)
         self.drop = nn.Dropout(cfg.dropout)
         self.rnn = RecurrentStack(cfg.cell, cfg.embed, cfg.hidden, cfg.layers, dropout=cfg.dropout,
@@ -64,7 +65,7 @@ class LanguageModel(nn.Module):
     def features(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x (B, T) ids -> features (B, T, H) before the output layer, and the carried state."""
         emb = self.drop(self.embedding(x))  # (B, T, E)
-        out, state = self.rnn(emb, state)  # (B, T, H)
+        out, state = self.rnn(emb, state, checkpoint_time=self.checkpoint_time)  # (B, T, H)
         return self.drop(out), state
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

@@ -26,7 +26,7 @@ from seqfit.models.heads import choose_loss_kind
 from seqfit.models.recurrent import detach_state
 from seqfit.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from seqfit.train.evaluate import evaluate_lm
-from seqfit.train.optim import make_optimizer
+from seqfit.train.optim import default_lr, make_optimizer
 from seqfit.train.precision import make_precision
 from seqfit.train.rng import rng_state, seed_everything, set_rng_state
 from seqfit.train.schedule import make_schedule
@@ -75,11 +75,12 @@ class TrainSession:
         model = build_model(cfg, store.vocab, loss_kind=plan["loss"]).to(device)
         precision = make_precision(plan["precision"], device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(cfg.train.optimizer, params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+        lr = default_lr(cfg.train.optimizer, cfg.train.lr)
+        optimizer = make_optimizer(cfg.train.optimizer, params, lr=lr, momentum=cfg.train.momentum,
                                    weight_decay=cfg.train.weight_decay)
         batches = StreamBatches(store.split("train"), plan["batch_size"], plan["bptt"])
         total = cfg.train.max_steps or cfg.train.epochs * len(batches)
-        schedule = make_schedule(cfg.train.schedule, optimizer, base_lr=cfg.train.lr, total_steps=total,
+        schedule = make_schedule(cfg.train.schedule, optimizer, base_lr=lr, total_steps=total,
                                  warmup=cfg.train.warmup)
         return cls(cfg, plan, store, device, model, optimizer, precision, schedule, batches)
 
@@ -96,13 +97,13 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     run_dir = Path(run_dir)
     if not resume and (has_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
         raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    s = TrainSession.build(cfg, data_dir)  # checks data and options before anything is written
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.toml", dump_toml(cfg))
         write_text_atomic(run_dir / "run.json", json.dumps({"data_dir": str(Path(data_dir).resolve()), "seqfit": __version__}))
     except OSError as e:
         raise SeqfitError(f"cannot write to {run_dir}: {e.strerror}") from None
-    s = TrainSession.build(cfg, data_dir)
     t = cfg.train
     step, epoch, batch_index, best = 0, 0, 0, math.inf
     state = s.model.init_state(s.plan["batch_size"], device=s.device)

@@ -1,0 +1,92 @@
+"""`seqfit train`, `seqfit evaluate`, `seqfit generate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from seqfit.cli.common import emit, json_flag, say
+from seqfit.cli.flags import config_options, pop_config_flags, resolve_config
+from seqfit.errors import SeqfitError
+
+__all__ = ["train", "evaluate", "generate"]
+
+
+@click.command(epilog="""\b
+Examples:
+  seqfit train data/wiki --out runs/wiki --layers 2 --hidden 200 --dropout 0.2 --lr 20 --clip 0.25
+  seqfit train data/wiki --out runs/wiki --max-steps 500 --precision bf16
+  seqfit train data/wiki --out runs/wiki --resume --max-steps 1000
+  seqfit train data/wiki --out runs/wiki --config wiki.toml""")
+@click.argument("data_dir", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (checkpoints, metrics, config)")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its checkpoint")
+@config_options
+@json_flag
+def train(data_dir, out, resume, as_json, **kwargs) -> None:
+    """Train a model on a prepared data directory."""
+    from seqfit.config import from_dict, load_toml
+    from seqfit.train.loop import train as run_training
+
+    config_path, given = pop_config_flags(kwargs)
+    base = None
+    if resume:
+        saved = Path(out) / "config.toml"
+        if not saved.is_file():
+            raise SeqfitError(f"no run to resume in {out} (no config.toml)")
+        base = from_dict(load_toml(saved))  # the resumed run keeps its config; flags given now override
+    cfg = resolve_config(config_path, given, base)
+    if cfg.model.task == "classify":
+        from seqfit.train.classify import train_classifier as run_training
+    summary = run_training(cfg, Path(data_dir), Path(out), resume=resume, echo=say)
+    ppl = summary["valid_ppl"]
+    emit(summary, as_json,
+         f"step {summary['step']}: valid perplexity {ppl:.2f}" if ppl is not None else f"step {summary['step']} (no valid split)")
+    if not as_json:
+        from seqfit.measure.memory import format_bytes
+
+        click.echo(f"peak memory: {format_bytes(summary['peak_rss'])} resident ({format_bytes(summary['peak_anon'])} anonymous); "
+                   f"{summary['tokens_per_s'] or 0:,.0f} tokens/s")
+
+
+@click.command(epilog="""\b
+Examples:
+  seqfit evaluate runs/wiki
+  seqfit evaluate runs/wiki --split test --json""")
+@click.argument("run_dir", type=click.Path())
+@click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid", show_default=True)
+@click.option("--data", "data_dir", default=None, help="data directory (default: the one the run trained on)")
+@click.option("--batch-size", type=int, default=10, show_default=True)
+@json_flag
+def evaluate(run_dir, split, data_dir, batch_size, as_json) -> None:
+    """Perplexity of a trained language model on a split."""
+    from seqfit.train.evaluate import evaluate_lm
+    from seqfit.train.run_dir import load_run
+
+    run = load_run(run_dir, data_dir=data_dir)
+    result = evaluate_lm(run.model, run.store.split(split), batch_size=batch_size, bptt=run.plan["bptt"],
+                         device=run.device, precision=run.precision)
+    emit({"split": split, **result}, as_json, f"{split}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f} "
+                                              f"over {result['tokens']:,} tokens")
+
+
+@click.command(epilog="""\b
+Examples:
+  seqfit generate runs/wiki --prompt "The game" --tokens 50
+  seqfit generate runs/py --prompt "def " --tokens 300 --temperature 0.8 --seed 3""")
+@click.argument("run_dir", type=click.Path())
+@click.option("--prompt", default="", help="text to continue")
+@click.option("--tokens", type=int, default=100, show_default=True, help="tokens to sample")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data", "data_dir", default=None, help="data directory (default: the one the run trained on)")
+@json_flag
+def generate(run_dir, prompt, tokens, temperature, seed, data_dir, as_json) -> None:
+    """Sample text from a trained language model."""
+    from seqfit.train.generate import generate as sample
+    from seqfit.train.run_dir import load_run
+
+    run = load_run(run_dir, data_dir=data_dir)
+    text = sample(run.model, run.store.vocab, prompt, tokens=tokens, temperature=temperature, seed=seed, device=run.device)
+    emit({"prompt": prompt, "text": text}, as_json, text)

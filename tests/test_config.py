@@ -1,0 +1,35 @@
+import pytest
+
+from seqfit.cli.flags import resolve_config
+from seqfit.config import RunCfg, dump_toml, from_dict, load_toml, merge
+from seqfit.errors import SeqfitError
+
+
+def test_precedence_defaults_then_toml_then_flags(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nhidden = 64\ncell = "gru"\n[train]\nlr = 1\n')
+    cfg = resolve_config(path, {"model": {"hidden": 32}, "train": {}, "memory": {}})
+    assert cfg.model.hidden == 32 and cfg.model.cell == "gru"
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.train.bptt == RunCfg().train.bptt
+
+
+def test_dump_and_load_round_trip(tmp_path):
+    cfg = merge(RunCfg(), {"model": {"tie_weights": True}, "memory": {"budget": "4GB"}})
+    path = tmp_path / "c.toml"
+    path.write_text(dump_toml(cfg))
+    assert from_dict(load_toml(path)) == cfg
+
+
+@pytest.mark.parametrize("text,match", [
+    ('[model]\nhiden = 3\n', "unknown config key"),
+    ('[model]\nhidden = "big"\n', "must be int"),
+    ('[model]\ncell = "transformer"\n', "must be one of"),
+    ('[modle]\n', "unknown config section"),
+    ('[model\n', "not valid TOML"),
+])
+def test_bad_config_fails_loudly(tmp_path, text, match):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(SeqfitError, match=match):
+        from_dict(load_toml(path))
