@@ -6,8 +6,13 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from seqfit.data.prepare import PrepareOptions, prepare_text
+
+# Tests use tiny models, which gain nothing from intra-op threads; one thread also keeps OpenMP from
+# spinning against other processes on a busy 2-core machine (a 6x slowdown seen here).
+torch.set_num_threads(1)
 
 
 def write_corpus(path: Path, lines: int = 400, seed: int = 0) -> Path:

@@ -29,7 +29,8 @@ def metrics(run_dir):
 
 def test_train_lowers_loss_then_evaluate_and_generate(capsys, data_dir, tmp_path):
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, "train", data_dir, "--out", out, *TINY, "--epochs", "3", "--dropout", "0", "--json")
+    code, stdout, err = run(capsys, "train", data_dir, "--out", out, *TINY, "--epochs", "3", "--dropout", "0", "--json",
+                            "--batch-size", "8", "--bptt", "12", "--lr", "0.02")
     assert code == 0, err
     summary = json.loads(stdout)
     losses = [r["loss"] for r in metrics(out) if r["kind"] == "train"]
@@ -116,15 +117,16 @@ def test_prepare_does_not_overwrite_without_asking(capsys, tmp_path, corpus):
 def test_train_errors(capsys, tmp_path, data_dir):
     (tmp_path / "nometa").mkdir()
     assert "no meta.json" in one_line_error(capsys, "train", tmp_path / "nometa", "--out", tmp_path / "r1")
-    vocab = json.loads((data_dir / "vocab.json").read_text())
-    vocab["tokens"][3], vocab["tokens"][4] = vocab["tokens"][4], vocab["tokens"][3]
-    (data_dir / "vocab.json").write_text(json.dumps(vocab))
-    assert "does not match" in one_line_error(capsys, "train", data_dir, "--out", tmp_path / "r2")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert "cannot write" in one_line_error(capsys, "train", data_dir, "--out", blocker / "run")
     assert "tie-weights" in one_line_error(capsys, "train", data_dir, "--out", tmp_path / "r3", "--tie-weights",
                                            "--embed", "16", "--hidden", "32")
+    vocab = json.loads((data_dir / "vocab.json").read_text())
+    vocab["tokens"][3], vocab["tokens"][4] = vocab["tokens"][4], vocab["tokens"][3]
+    (data_dir / "vocab.json").write_text(json.dumps(vocab))
+    assert "does not match" in one_line_error(capsys, "train", data_dir, "--out", tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()  # refused before anything was written
 
 
 def test_help_has_examples(capsys):

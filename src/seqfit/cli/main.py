@@ -7,6 +7,7 @@ import sys
 import click
 
 from seqfit import __version__
+from seqfit.cli.inspect_cmd import profile, report
 from seqfit.cli.prepare_cmd import prepare
 from seqfit.cli.train_cmd import evaluate, generate, train
 from seqfit.errors import SeqfitError
@@ -20,7 +21,7 @@ def cli() -> None:
     """Train RNN/LSTM/GRU models on data and models larger than your memory."""
 
 
-for command in (prepare, train, evaluate, generate):
+for command in (prepare, train, evaluate, generate, profile, report):
     cli.add_command(command)
 
 

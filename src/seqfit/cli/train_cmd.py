@@ -22,9 +22,11 @@ Examples:
 @click.argument("data_dir", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (checkpoints, metrics, config)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its checkpoint")
+@click.option("--profile", "profile", is_flag=True, help="measure memory per phase of every step; table at the end, RUN_DIR/profile.json")
+@click.option("--tensorboard", is_flag=True, help="also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
 @config_options
 @json_flag
-def train(data_dir, out, resume, as_json, **kwargs) -> None:
+def train(data_dir, out, resume, profile, tensorboard, as_json, **kwargs) -> None:
     """Train a model on a prepared data directory."""
     from seqfit.config import from_dict, load_toml
     from seqfit.train.loop import train as run_training
@@ -39,7 +41,8 @@ def train(data_dir, out, resume, as_json, **kwargs) -> None:
     cfg = resolve_config(config_path, given, base)
     if cfg.model.task == "classify":
         from seqfit.train.classify import train_classifier as run_training
-    summary = run_training(cfg, Path(data_dir), Path(out), resume=resume, echo=say)
+    summary = run_training(cfg, Path(data_dir), Path(out), resume=resume, echo=say, profile=profile,
+                           tensorboard=tensorboard)
     ppl = summary["valid_ppl"]
     emit(summary, as_json,
          f"step {summary['step']}: valid perplexity {ppl:.2f}" if ppl is not None else f"step {summary['step']} (no valid split)")

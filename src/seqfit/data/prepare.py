@@ -1,35 +1,43 @@
-"""`seqfit prepare` for text: two streaming passes, so memory does not grow with the corpus.
+"""`seqfit prepare`: raw data -> a memory-mapped store, in streaming passes whose memory does not grow with the input.
 
-Pass 1 counts tokens (memory ~ distinct tokens, not corpus size) and sizes each split;
-pass 2 encodes lines into ids and appends them to each split's file in fixed-size blocks.
+Text (language modelling, or classification of texts):
+  pass 0 (subword only) trains a BPE on the streamed texts;
+  pass 1 tokenizes every chunk once (in worker processes for large inputs), maps its tokens to
+         global first-seen ids, counts them, and appends the ids to a temporary uint32 file per split;
+  pass 2 builds the vocabulary from the counts (memory ~ distinct tokens) and rewrites the temporary
+         ids through a NumPy lookup table into size-capped shards of the smallest dtype.
+Results are consumed in chunk order, so the output is byte-identical for any number of workers.
+Numeric inputs (time series, numeric sequences) go through prepare_numeric.
 Everything is built in a staging directory that replaces DATA_DIR only when complete.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from seqfit.atomic import staged_directory
+from seqfit.data.chunks import Positions, TextTask, init_worker, record_splits, tokenize_chunk
+from seqfit.data.parallel import default_workers, ordered_map
+from seqfit.data.readers import FORMATS, LineError, ReadOptions, read_records
+from seqfit.data.readers.text import read_document
+from seqfit.data.sequences import SequenceWriter
+from seqfit.data.shards import DEFAULT_SHARD_BYTES, ShardWriter
+from seqfit.data.sources import (SPLITS, Source, _class_files, check_not_empty, mixed_fraction, plan_chunks,
+                                 resolve_sources, source_bytes)
 from seqfit.data.store import STORE_FORMAT, STORE_VERSION
-from seqfit.data.text import expand_inputs, iter_lines
-from seqfit.data.tokenize import make_tokenizer
 from seqfit.data.vocab import EOS, build_vocab, smallest_uint_dtype
 from seqfit.errors import SeqfitError
 
-__all__ = ["PrepareOptions", "prepare_text", "SPLITS"]
+__all__ = ["PrepareOptions", "prepare", "prepare_text", "SPLITS", "TASKS"]
 
-SPLITS = ("train", "valid", "test")
-_BLOCK_LINES = 64  # held-out lines are chosen in blocks, so valid text stays locally contiguous
-_WRITE_TOKENS = 1 << 20  # ids buffered per split before a write
-_GOLDEN = (math.sqrt(5) - 1) / 2
+TASKS = ("lm", "classify", "series")
 
 
 @dataclass(frozen=True)
@@ -39,67 +47,43 @@ class PrepareOptions:
     train: tuple[str, ...] = ()  # explicit split files
     valid: tuple[str, ...] = ()
     test: tuple[str, ...] = ()
-    level: str = "word"
+    task: str = "lm"  # "lm" token stream | "classify" labelled sequences | "series" numeric columns
+    fmt: str = "auto"  # reader: auto (by extension) | text | jsonl | csv | parquet
+    text_field: str = "text"  # JSONL/CSV/Parquet field holding the text
+    label_field: str = ""  # field holding the class (classify)
+    columns: tuple[str, ...] = ()  # numeric columns (series; numeric classify)
+    group_field: str = ""  # numeric classify: consecutive rows with one value form one sequence
+    dtype: str = "float32"  # numeric storage: float32 | float16
+    nan: str = "error"  # NaN/inf in numeric columns: error | drop | fill-zero | ffill
+    level: str = "word"  # word | char | subword
+    bpe_vocab: int = 8000  # subword: BPE merges + alphabet
     min_freq: int = 1
     max_vocab: int = 0
     lowercase: bool = False
     valid_fraction: float = 0.05  # used only without explicit --valid
     pattern: str = "*"
     encoding_errors: str = "strict"
+    shard_bytes: int = DEFAULT_SHARD_BYTES  # split arrays into files of at most this many bytes
+    workers: int = 0  # encoding processes (0: all cores for large inputs, 1 for small)
+    chunk_bytes: int = 4 << 20  # bytes of a plain text/JSONL file per work unit (a worker holds ~5x this)
+    embeddings: str = ""  # GloVe / word2vec text file to restrict to the vocabulary
+    embeddings_dtype: str = "float32"
+    seed: int = 0  # random rows of embeddings missing from the file
     overwrite: bool = False
 
 
-@dataclass
-class _Source:
-    """Where lines come from: explicit split files, or mixed files divided by blocks."""
-
-    files: dict[str, list[Path]] = field(default_factory=dict)  # split -> files; "mixed" is divided
-    valid_fraction: float = 0.0
-
-    def lines(self, opts: PrepareOptions) -> Iterator[tuple[str, str]]:
-        """(split, line) for every line of every file, in a fixed order (both passes agree)."""
-        block = 0
-        for split, files in self.files.items():
-            for path in files:
-                for i, line in enumerate(iter_lines(path, encoding_errors=opts.encoding_errors)):
-                    if split != "mixed":
-                        yield split, line
-                        continue
-                    if i % _BLOCK_LINES == 0:
-                        block += 1
-                    # Low-discrepancy choice: exactly the asked share of blocks, spread evenly.
-                    held_out = (block * _GOLDEN) % 1.0 < self.valid_fraction
-                    yield ("valid" if held_out else "train"), line
+def _check_options(opts: PrepareOptions) -> None:
+    if opts.task not in TASKS:
+        raise SeqfitError(f"unknown task {opts.task!r}; choose one of {', '.join(TASKS)}")
+    if opts.fmt not in FORMATS:
+        raise SeqfitError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}")
+    if opts.shard_bytes < 1024:
+        raise SeqfitError(f"--shard-size must be at least 1KB, got {opts.shard_bytes} bytes")
+    if opts.workers < 0:
+        raise SeqfitError("--workers must be >= 0")
 
 
-def _resolve_sources(opts: PrepareOptions) -> _Source:
-    if opts.inputs and opts.train:
-        raise SeqfitError("give INPUT files or --train (with --valid/--test), not both")
-    if not opts.inputs and not opts.train:
-        raise SeqfitError("no input: give INPUT files/folders, or --train FILE")
-    if not 0 <= opts.valid_fraction < 1:
-        raise SeqfitError(f"--valid-fraction must be in [0, 1), got {opts.valid_fraction}")
-    if opts.train:
-        files = {name: expand_inputs(list(getattr(opts, name)), opts.pattern)
-                 for name in SPLITS if getattr(opts, name)}
-        return _Source(files)
-    source = _Source({"mixed": expand_inputs(list(opts.inputs), opts.pattern)}, opts.valid_fraction)
-    if opts.valid or opts.test:
-        source.files.update({name: expand_inputs(list(getattr(opts, name)), opts.pattern)
-                             for name in ("valid", "test") if getattr(opts, name)})
-        source.valid_fraction = 0.0 if opts.valid else opts.valid_fraction
-    return source
-
-
-def _check_inputs_not_empty(source: _Source) -> None:
-    for files in source.files.values():
-        for path in files:
-            if path.stat().st_size == 0 and len(files) == 1:
-                raise SeqfitError(f"{path} is empty")
-
-
-def prepare_text(opts: PrepareOptions) -> dict:
-    """Build a token store from text; returns the report (also saved in meta.json)."""
+def _check_out(opts: PrepareOptions) -> Path:
     out = Path(opts.out)
     if (out / "meta.json").exists() and not opts.overwrite:
         raise SeqfitError(f"{out} already holds a prepared store; use --overwrite to replace it")
@@ -107,76 +91,230 @@ def prepare_text(opts: PrepareOptions) -> dict:
         raise SeqfitError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not opts.overwrite:
         raise SeqfitError(f"{out} is not empty; choose a new --out or use --overwrite")
-    source = _resolve_sources(opts)
-    _check_inputs_not_empty(source)
-    tokenize = make_tokenizer(opts.level, lowercase=opts.lowercase)
-    started = time.perf_counter()
-
-    # Pass 1: count tokens and split sizes.
-    counts: Counter = Counter()
-    split_tokens = dict.fromkeys(SPLITS, 0)
-    for split, line in source.lines(opts):
-        tokens = tokenize(line)
-        counts.update(tokens)
-        split_tokens[split] += len(tokens) + 1
-    counts[EOS] += sum(split_tokens.values())  # one end-of-line token per line
-    total = sum(split_tokens.values())
-    if total == 0:
-        raise SeqfitError("the input holds no text (empty files)")
-    if len(counts) == 1:
-        raise SeqfitError("the input holds only blank lines")
-    vocab, vocab_report = build_vocab(counts, level=opts.level, min_freq=opts.min_freq,
-                                      max_size=opts.max_vocab, lowercase=opts.lowercase)
-    del counts  # the largest object of pass 1
-    dtype = smallest_uint_dtype(len(vocab))
-
-    # Pass 2: encode, appending each split's ids to its file.
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SeqfitError(f"cannot create {out.parent}: {e.strerror}") from None
+    return out
+
+
+def prepare(opts: PrepareOptions) -> dict:
+    """Build the store ``opts.task`` asks for; returns meta.json's content (its "report" for the user)."""
+    _check_options(opts)
+    if opts.task == "series" or (opts.task == "classify" and opts.columns):
+        from seqfit.data.prepare_numeric import prepare_numeric
+        return prepare_numeric(opts)
+    return prepare_text(opts)
+
+
+def _text_task(opts: PrepareOptions, sources: list[Source]) -> TextTask:
+    read = ReadOptions(encoding_errors=opts.encoding_errors)
+    if opts.task == "classify":
+        if any(s.kind == "classdir" for s in sources):
+            return TextTask("classify", "text", "label", opts.fmt, opts.level, opts.lowercase, read)
+        if not opts.label_field:
+            raise SeqfitError("--task classify needs --label-field (JSONL/CSV/Parquet), or folders DIR/<class>/*.txt")
+        return TextTask("classify", opts.text_field, opts.label_field, opts.fmt, opts.level, opts.lowercase, read)
+    return TextTask("lm", opts.text_field, "", opts.fmt, opts.level, opts.lowercase, read)
+
+
+def _training_texts(sources: list[Source], task: TextTask, opts: PrepareOptions) -> Iterator[str]:
+    """Every text, streamed, for the BPE trainer (lowercased as the tokenizer will see them)."""
+    for src in sources:
+        if src.kind == "classdir":
+            texts = (read_document(f, task.read) for _, f in _class_files(src.path, opts.pattern))
+        else:
+            texts = (t for b in read_records(src.path, (task.text_field,), task.read, task.fmt)
+                     for t in b.columns[task.text_field] if isinstance(t, str))
+        for t in texts:
+            yield t.lower() if task.lowercase else t
+
+
+def _with_subword(task: TextTask, sources: list[Source], opts: PrepareOptions) -> TextTask:
+    if task.level != "subword":
+        return task
+    from seqfit.data.subword import train_bpe
+    model = train_bpe(_training_texts(sources, task, opts), vocab_size=opts.bpe_vocab)
+    return replace(task, subword_json=model.to_str())
+
+
+def _ordered(fn, chunks, workers: int, initargs: tuple):
+    """ordered_map that turns a worker's LineError (a byte offset) into a file:line SeqfitError."""
+    try:
+        yield from ordered_map(fn, chunks, workers=workers, initializer=init_worker, initargs=initargs)
+    except LineError as e:
+        raise e.to_seqfit() from None
+
+
+_TMP = {"ids": np.uint32, "lengths": np.int64, "labels": np.int64}
+_BLOCK = 1 << 22  # elements per read when rewriting the temporary files
+
+
+@dataclass
+class _Pass1:
+    """What the tokenizing pass leaves: global types and counts, labels, and temporary per-split files."""
+
+    types: dict  # token -> global id, first-seen order
+    counts: np.ndarray  # global id -> count
+    labels: dict  # label -> provisional id, first-seen order
+    label_counts: Counter
+    sizes: dict  # split -> {"ids": n, "lengths": n, "labels": n}
+
+
+def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass1:
+    types: dict[str, int] = {}
+    counts = np.zeros(1 << 16, dtype=np.int64)
+    labels: dict[str, int] = {}
+    label_counts: Counter = Counter()
+    files = {(split, kind): open(stage / f".{split}.{kind}.tmp", "wb") for split in SPLITS for kind in _TMP}
+    sizes = {split: dict.fromkeys(_TMP, 0) for split in SPLITS}
+    positions = Positions()
+    codes = {name: i for i, name in enumerate(SPLITS)}
+
+    def put(split: str, kind: str, values: np.ndarray) -> None:
+        files[split, kind].write(np.ascontiguousarray(values, dtype=_TMP[kind]).tobytes())
+        sizes[split][kind] += len(values)
+
+    try:
+        for chunk, res in _ordered(tokenize_chunk, plan_chunks(sources, task, opts, fraction), workers, (task,)):
+            lut = np.fromiter((types.setdefault(t, len(types)) for t in res.types), dtype=np.int64, count=len(res.types))
+            if len(types) > len(counts):
+                counts = np.concatenate([counts, np.zeros(max(len(types), 2 * len(counts)) - len(counts), np.int64)])
+            counts[lut] += np.bincount(res.ids, minlength=len(lut))  # lut is one-to-one: no repeated index
+            ids = lut.astype(np.uint32)[res.ids]  # global ids, (n_tokens,)
+            n = len(res.lengths)
+            label_ids = None
+            if res.labels is not None:
+                label_counts.update(res.labels)
+                label_ids = np.fromiter((labels.setdefault(x, len(labels)) for x in res.labels), dtype=np.int64, count=n)
+            first, base = positions.place(chunk, n)
+            split_of = record_splits(chunk.split, first, n, base, fraction)
+            code = np.fromiter((codes[x] for x in split_of), dtype=np.int8, count=n)
+            token_code = np.repeat(code, res.lengths)
+            for split, c in codes.items():
+                if not (code == c).any():
+                    continue
+                whole = bool((code == c).all())
+                put(split, "ids", ids if whole else ids[token_code == c])
+                put(split, "lengths", res.lengths if whole else res.lengths[code == c])
+                if label_ids is not None:
+                    put(split, "labels", label_ids if whole else label_ids[code == c])
+    finally:
+        for f in files.values():
+            f.close()
+    return _Pass1(types, counts[:len(types)], labels, label_counts, sizes)
+
+
+def _read_tmp(stage: Path, split: str, kind: str, start: int, count: int) -> np.ndarray:
+    dtype = np.dtype(_TMP[kind])
+    with open(stage / f".{split}.{kind}.tmp", "rb") as f:
+        f.seek(start * dtype.itemsize)
+        return np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
+
+
+def _remove_tmp(stage: Path) -> None:
+    for split in SPLITS:
+        for kind in _TMP:
+            (stage / f".{split}.{kind}.tmp").unlink(missing_ok=True)
+
+
+def _sort_labels(names) -> list[str]:
+    """Numeric labels in numeric order ("2" before "10"), others alphabetically."""
+    def key(name: str):
+        try:
+            return (0, float(name), name)
+        except ValueError:
+            return (1, 0.0, name)
+    return sorted(names, key=key)
+
+
+def prepare_text(opts: PrepareOptions) -> dict:
+    """Build a token store (task "lm") or a labelled sequence store (task "classify") from text."""
+    out = _check_out(opts)
+    sources = resolve_sources(opts)
+    check_not_empty(sources)
+    task = _text_task(opts, sources)
+    started = time.perf_counter()
+    workers = opts.workers or default_workers(source_bytes(sources))
+    fraction = mixed_fraction(opts)
+    task = _with_subword(task, sources, opts)
+
     try:
         with staged_directory(out, overwrite=opts.overwrite) as stage:
-            _encode(source, opts, tokenize, vocab, dtype, stage, split_tokens)
+            p1 = _tokenize_pass(sources, task, opts, fraction, workers, stage)
+            if p1.counts.sum() == 0:
+                raise SeqfitError("the input holds no text (empty files)")
+            if task.kind == "lm" and len(p1.types) == 1:
+                raise SeqfitError("the input holds only blank lines")
+            if task.kind == "classify" and len(p1.labels) < 2:
+                raise SeqfitError(f"classification needs at least 2 classes, found {len(p1.labels)} "
+                                  f"({', '.join(p1.labels) or 'none'})")
+            counts = Counter(dict(zip(p1.types, p1.counts.tolist())))  # first-seen order: vocabulary ties
+            vocab, vocab_report = build_vocab(counts, level=opts.level, min_freq=opts.min_freq,
+                                              max_size=opts.max_vocab, lowercase=opts.lowercase)
+            del counts
+            dtype = smallest_uint_dtype(len(vocab))
+            get, unk = vocab.index.get, vocab.unk_id
+            remap = np.fromiter((get(t, unk) for t in p1.types), dtype=dtype, count=len(p1.types))  # global id -> id
+            label_names = _sort_labels(p1.labels)
+            if task.kind == "lm":
+                splits = _write_stream(stage, p1, remap, dtype, opts)
+            else:
+                position = {name: i for i, name in enumerate(label_names)}
+                label_remap = np.array([position[x] for x in p1.labels], dtype=np.int64)
+                splits = _write_sequences(stage, p1, remap, label_remap, dtype, opts)
+            _remove_tmp(stage)
             vocab_text = vocab.to_json()
             (stage / "vocab.json").write_text(vocab_text, encoding="utf-8")
+            if task.subword_json:
+                (stage / "tokenizer.json").write_text(task.subword_json, encoding="utf-8")
             meta = {
-                "format": STORE_FORMAT, "version": STORE_VERSION, "kind": "tokens",
+                "format": STORE_FORMAT, "version": STORE_VERSION,
+                "kind": "tokens" if task.kind == "lm" else "sequences",
                 "level": opts.level, "lowercase": opts.lowercase, "dtype": dtype.name,
-                "vocab_size": len(vocab), "vocab_hash": vocab.hash(),
-                "splits": {name: {"tokens": n, "shards": [{"file": f"{name}.bin", "tokens": n}] if n else []}
-                           for name, n in split_tokens.items()},
-                "sources": {split: [str(p) for p in files] for split, files in source.files.items()},
-                "report": {"tokens": total, **vocab_report,
-                           "seconds": round(time.perf_counter() - started, 3)},
+                "vocab_size": len(vocab), "vocab_hash": vocab.hash(), "splits": splits,
+                "sources": {s.split: [] for s in sources},
+                "report": {"tokens": sum(s["tokens"] for s in splits.values()), **vocab_report, "workers": workers},
             }
+            for s in sources:
+                meta["sources"][s.split].append(str(s.path))
+            if task.kind == "classify":
+                meta.update(num_features=0, label_names=label_names)
+                meta["report"]["sequences"] = {k: v["sequences"] for k, v in splits.items()}
+                meta["report"]["label_counts"] = {name: p1.label_counts[name] for name in label_names}
+            if opts.embeddings:
+                from seqfit.data.embeddings import restrict_embeddings
+                meta["embeddings"] = restrict_embeddings(opts.embeddings, vocab, stage / "embeddings.npy",
+                                                         dtype=opts.embeddings_dtype, seed=opts.seed)
+                meta["report"]["embeddings_coverage"] = meta["embeddings"]["coverage"]
+            meta["report"]["seconds"] = round(time.perf_counter() - started, 3)
             (stage / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     except PermissionError as e:
         raise SeqfitError(f"cannot write {out}: {e.strerror}") from None
     return meta
 
 
-def _encode(source: _Source, opts: PrepareOptions, tokenize, vocab, dtype: np.dtype, stage: Path,
-            expected: dict[str, int]) -> None:
-    index, unk, eos = vocab.index, vocab.unk_id, vocab.eos_id
-    buffers: dict[str, list[int]] = {name: [] for name in SPLITS}
-    files = {name: open(stage / f"{name}.bin", "wb") for name, n in expected.items() if n}
-    written = dict.fromkeys(SPLITS, 0)
-    try:
-        for split, line in source.lines(opts):
-            buf = buffers[split]
-            buf.extend([index.get(t, unk) for t in tokenize(line)])
-            buf.append(eos)
-            if len(buf) >= _WRITE_TOKENS:
-                files[split].write(np.asarray(buf, dtype=dtype).tobytes())
-                written[split] += len(buf)
-                buf.clear()
-        for split, buf in buffers.items():
-            if buf:
-                files[split].write(np.asarray(buf, dtype=dtype).tobytes())
-                written[split] += len(buf)
-    finally:
-        for f in files.values():
-            f.close()
-    if written != expected:
-        raise SeqfitError(f"inputs changed while being read (counted {expected}, encoded {written}); run prepare again")
+def _write_stream(stage: Path, p1: _Pass1, remap: np.ndarray, dtype, opts) -> dict:
+    splits = {}
+    for split in SPLITS:
+        writer = ShardWriter(stage, split, dtype, shard_bytes=opts.shard_bytes)
+        n = p1.sizes[split]["ids"]
+        for lo in range(0, n, _BLOCK):
+            writer.write(remap[_read_tmp(stage, split, "ids", lo, min(_BLOCK, n - lo))])
+        splits[split] = {"tokens": writer.total, "shards": writer.close()}
+    return splits
+
+
+def _write_sequences(stage: Path, p1: _Pass1, remap: np.ndarray, label_remap: np.ndarray, dtype, opts) -> dict:
+    splits = {}
+    for split in SPLITS:
+        writer = SequenceWriter(stage, split, dtype, labels=True, shard_bytes=opts.shard_bytes)
+        n, pos = p1.sizes[split]["lengths"], 0
+        for lo in range(0, n, _BLOCK):
+            lengths = _read_tmp(stage, split, "lengths", lo, min(_BLOCK, n - lo))
+            total = int(lengths.sum())
+            ids = remap[_read_tmp(stage, split, "ids", pos, total)]
+            pos += total
+            writer.add(ids, lengths, label_remap[_read_tmp(stage, split, "labels", lo, len(lengths))])
+        splits[split] = writer.close()
+    return splits

@@ -63,7 +63,8 @@ def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS; False where the kernel does not allow it.
 
     Writing "5" to /proc/self/clear_refs (Linux >= 4.0, see proc(5)) resets only the high-water
-    mark, so per-phase peaks miss no spike, however short, unlike a sampling thread.
+    mark, so per-phase peaks miss no spike, however short, unlike a sampling thread. It resets
+    getrusage's ru_maxrss too (the same counter): a whole-run peak must be kept by the caller.
     """
     try:
         with open("/proc/self/clear_refs", "w") as f:

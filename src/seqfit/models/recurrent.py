@@ -63,9 +63,13 @@ class RecurrentStack(nn.Module):
 
         With ``lengths`` the batch runs as a packed sequence: padding costs no compute, the final
         state is each sequence's own last step, and padded outputs are zero.
+        ``checkpoint_time`` k != 0 gives the same result with activations checkpointed every k steps
+        (-1: about sqrt(T)); see seqfit.models.timechunk.
         """
         if checkpoint_time:
-            raise NotImplementedError("exact time-chunked checkpointing is not built yet")
+            from seqfit.models.timechunk import exact_forward  # timechunk imports this module
+
+            return exact_forward(self, x, state, lengths, checkpoint_time)
         new_state: State = []
         out = x
         for i, layer in enumerate(self.layers):

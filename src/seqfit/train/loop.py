@@ -19,7 +19,8 @@ from seqfit.data.store import TokenStore
 from seqfit.device import resolve_device
 from seqfit.errors import SeqfitError
 from seqfit.measure.memory import MemorySampler, format_bytes
-from seqfit.measure.metrics import MetricsLog
+from seqfit.measure.metrics import MetricsLog, read_metrics
+from seqfit.measure.profile import PhaseProfiler
 from seqfit.measure.progress import Progress
 from seqfit.models.build import build_model, count_parameters
 from seqfit.models.heads import choose_loss_kind
@@ -30,7 +31,7 @@ from seqfit.train.optim import default_lr, make_optimizer
 from seqfit.train.precision import make_precision
 from seqfit.train.rng import rng_state, seed_everything, set_rng_state
 from seqfit.train.schedule import make_schedule
-from seqfit.train.step import lm_train_step
+from seqfit.train.step import lm_train_step, no_phase
 
 __all__ = ["TrainSession", "resolve_plan", "train"]
 
@@ -92,7 +93,8 @@ class TrainSession:
                            max_batches=self.cfg.train.eval_batches)
 
 
-def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, echo=print) -> dict:
+def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, echo=print,
+          profile: bool = False, tensorboard: bool = False) -> dict:
     """Train (or resume) a language model; returns the summary also written to RUN_DIR/summary.json."""
     run_dir = Path(run_dir)
     if not resume and (has_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
@@ -105,7 +107,7 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     except OSError as e:
         raise SeqfitError(f"cannot write to {run_dir}: {e.strerror}") from None
     t = cfg.train
-    step, epoch, batch_index, best = 0, 0, 0, math.inf
+    step, epoch, batch_index = 0, 0, 0
     state = s.model.init_state(s.plan["batch_size"], device=s.device)
     if resume:
         saved = load_checkpoint(run_dir, s.model)
@@ -115,6 +117,7 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
         step, epoch, batch_index = saved["step"], saved["epoch"], saved["batch_index"]
         state = [tuple(x.to(s.device) for x in l) if isinstance(l, tuple) else l.to(s.device) for l in saved["hidden"]]
         set_rng_state(saved["rng"])
+        _trim_metrics(run_dir / "metrics.jsonl", step)
     write_text_atomic(run_dir / "plan.json", json.dumps({"plan": s.plan}, indent=1))
     echo(f"plan: {_describe(s)}")
 
@@ -125,7 +128,8 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
             "precision": s.precision.state_dict(), "rng": rng_state(), "plan": s.plan})
 
     total_steps = t.max_steps or t.epochs * len(s.batches)
-    log = MetricsLog(run_dir / "metrics.jsonl", append=resume)
+    log = MetricsLog(run_dir / "metrics.jsonl", append=resume, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
+    profiler = PhaseProfiler(s.device) if profile else None
     sampler = MemorySampler(interval=0.05, keep_timeline=True)
     progress = Progress(total_steps, desc="train", initial=step)
     interrupted = False
@@ -144,9 +148,13 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     if last_valid is not None:
                         s.schedule.on_validation(last_valid["loss"])
                     window_start = time.perf_counter()
-                x, y = (v.to(s.device, non_blocking=True) for v in s.batches.batch(batch_index))
+                phase = profiler.phase if profiler else no_phase
+                with phase("data"):
+                    x, y = (v.to(s.device, non_blocking=True) for v in s.batches.batch(batch_index))
                 result = lm_train_step(s.model, x, y, state, accumulate=s.plan["accumulate"],
-                                       precision=s.precision, optimizer=s.optimizer, clip=t.clip)
+                                       precision=s.precision, optimizer=s.optimizer, clip=t.clip, phase=phase)
+                if profiler:
+                    profiler.step_done()
                 state = result.state
                 s.schedule.step()
                 step, batch_index = step + 1, batch_index + 1
@@ -163,7 +171,6 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     progress.update(step - progress.n, loss=f"{loss:.3f}", tok_s=f"{window_tokens / elapsed:,.0f}",
                                     mem=format_bytes(mem.rss))
                     window_tokens, window_start = 0, time.perf_counter()
-    deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes else math.inf
                 if t.eval_every and step % t.eval_every == 0:
                     last_valid = _validate(s, log, step, epoch, progress)
                     window_start = time.perf_counter()
@@ -177,6 +184,10 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
+        if profiler:
+            profiler.close()
+            write_text_atomic(run_dir / "profile.json", json.dumps(profiler.to_json(), indent=1))
+            echo(profiler.format_table())
     if batch_index == len(s.batches):  # the last step ended an epoch
         epoch, batch_index = epoch + 1, 0
         state = s.model.init_state(s.plan["batch_size"], device=s.device)
@@ -207,8 +218,15 @@ def _validate(s: TrainSession, log: MetricsLog, step: int, epoch: int, progress)
     return result
 
 
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint being resumed (they will be logged again)."""
+    if path.exists():
+        kept = [r for r in read_metrics(path) if r.get("step", 0) <= step and r.get("kind") != "end"]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
 def _mean_throughput(metrics_path: Path) -> float | None:
-    rates = [r["tokens_per_s"] for r in map(json.loads, metrics_path.read_text().splitlines()) if r.get("kind") == "train"]
+    rates = [r["tokens_per_s"] for r in read_metrics(metrics_path) if r.get("kind") == "train"]
     return sum(rates) / len(rates) if rates else None
 
 

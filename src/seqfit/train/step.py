@@ -7,14 +7,16 @@ the whole batch, so the accumulated gradient equals that of the whole batch at o
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from seqfit.models.recurrent import State, detach_state
 
-__all__ = ["StepResult", "lm_train_step", "slice_state", "cat_states"]
+__all__ = ["StepResult", "lm_train_step", "slice_state", "cat_states", "no_phase"]
 
 
 @dataclass
@@ -40,9 +42,17 @@ def cat_states(states: list[State]) -> State:
     return joined
 
 
+def no_phase(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
 def lm_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: State, *, accumulate: int,
-                  precision, optimizer: torch.optim.Optimizer, clip: float) -> StepResult:
-    """x, y (B, T) ids; state for B streams. Returns the summed loss and the detached next state."""
+                  precision, optimizer: torch.optim.Optimizer, clip: float,
+                  phase: Callable[[str], contextlib.AbstractContextManager] = no_phase) -> StepResult:
+    """x, y (B, T) ids; state for B streams. Returns the summed loss and the detached next state.
+
+    ``phase(name)`` wraps the forward, loss, backward and optimizer parts (a profiler's hook).
+    """
     optimizer.zero_grad(set_to_none=True)
     batch = x.shape[0]
     if batch % accumulate:
@@ -53,14 +63,18 @@ def lm_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: Sta
     states: list[State] = []
     for k in range(accumulate):
         rows = slice(k * micro, (k + 1) * micro)
-        with precision.autocast():
-            loss, s = model(x[rows], y[rows], slice_state(state, rows))
-        precision.backward(loss / tokens)
+        with phase("forward"), precision.autocast():
+            feats, s = model.features(x[rows], slice_state(state, rows))  # (b, T, H)
+        with phase("loss"), precision.autocast():
+            loss = model.head.loss(feats.reshape(-1, feats.shape[-1]), y[rows].reshape(-1))
+        with phase("backward"):
+            precision.backward(loss / tokens)
         loss_sum += loss.item()
         states.append(detach_state(s))
-        del loss  # frees this micro-batch's graph before the next one is built
-    precision.unscale_(optimizer)
-    if clip > 0:
-        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
-    stepped = precision.step(optimizer)
+        del loss, feats  # frees this micro-batch's graph before the next one is built
+    with phase("optimizer"):
+        precision.unscale_(optimizer)
+        if clip > 0:
+            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+        stepped = precision.step(optimizer)
     return StepResult(loss_sum, tokens, cat_states(states) if accumulate > 1 else states[0], stepped)

@@ -1,0 +1,199 @@
+"""Output-layer losses side by side: one-hot targets, full logits, chunked logits, adaptive softmax.
+
+For V in {10k, 50k, 250k} and 20x35 / 64x200 tokens (hidden 512), each method runs loss + backward
+in a fresh child process; we report its peak RSS above the child's baseline (inputs and parameters
+already allocated) and its best time. Rows whose predicted peak would not fit (~16 GiB, or 70% of
+the memory available now) are skipped, never run. Full logits at V=250k x 64x200 never fit (38 GB),
+so a 64x50 row at V=250k compares chunked and full where both run.
+
+    python benchmarks/bench_loss.py [--quick]   # table on stdout, JSON in benchmarks/results/loss.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HIDDEN = 512
+SKIP_ABOVE = 16 * 2**30  # predicted bytes above which a row is skipped
+METHODS = ("onehot", "full", "chunked", "adaptive")
+
+
+def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN) -> int:
+    """Peak above baseline: vocabulary-sized activations plus the (V, H) and (N, H) gradients."""
+    from seqfit.train.chunked_loss import DEFAULT_CHUNK_BUDGET, full_logits_peak_bytes
+
+    grads = (vocab * hidden + vocab + tokens * hidden) * 4
+    logits = tokens * vocab * 4
+    if method == "onehot":  # one-hot targets, logits, log-softmax, their product, and two gradients
+        return 5 * logits + grads
+    if method == "full":
+        return full_logits_peak_bytes(tokens, vocab) + grads
+    if method == "chunked":
+        return min(DEFAULT_CHUNK_BUDGET, logits) + grads
+    return tokens * hidden * 4 * 4 + grads  # adaptive: a few (N, H)-sized buffers, head and tails
+
+
+# ---------------------------------------------------------------------------------------------- child
+
+
+def _child(spec: dict) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from seqfit.measure.memory import MemorySampler, read_memory
+    from seqfit.models.heads import _zipf_counts, adaptive_cutoffs
+    from seqfit.train.chunked_loss import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    n, v, method = spec["tokens"], spec["vocab"], spec["method"]
+    hidden = torch.randn(n, HIDDEN, requires_grad=True)  # (N, H)
+    targets = torch.randint(0, v, (n,))  # (N,)
+    if method == "adaptive":
+        module = torch.nn.AdaptiveLogSoftmaxWithLoss(HIDDEN, v, adaptive_cutoffs(_zipf_counts(v)), div_value=4.0)
+        params = list(module.parameters())
+
+        def step():
+            return -module(hidden, targets).output.sum()
+    else:
+        weight = (0.02 * torch.randn(v, HIDDEN)).requires_grad_()  # (V, H)
+        bias = torch.zeros(v, requires_grad=True)  # (V,)
+        params = [weight, bias]
+        dtype = torch.bfloat16 if spec.get("bf16") else None
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                if method == "chunked":
+                    return chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=spec.get("chunk", 0))
+                logits = F.linear(hidden, weight, bias)  # (N, V)
+                if method == "full":
+                    return F.cross_entropy(logits.float(), targets, reduction="sum")
+                onehot = F.one_hot(targets, v).float()  # (N, V) dense target distribution
+                return F.cross_entropy(logits.float(), onehot, reduction="sum")
+
+    gc.collect()
+    base = read_memory().rss
+    times, peak = [], 0
+    for rep in range(spec["reps"]):
+        with MemorySampler(interval=0.005) as sampler:
+            t0 = time.perf_counter()
+            step().backward()
+            times.append(time.perf_counter() - t0)
+        hidden.grad = None
+        for p in params:
+            p.grad = None
+        if rep == 0:  # ru_maxrss misses no spike; the sampler covers platforms where it is coarse
+            peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sampler.peak_rss) - base
+        gc.collect()
+    return {"peak_bytes": int(peak), "seconds": min(times), "all_seconds": [round(t, 3) for t in times]}
+
+
+# --------------------------------------------------------------------------------------------- parent
+
+
+def _rows(quick: bool) -> list[dict]:
+    shapes = [(20, 35)] if quick else [(20, 35), (64, 200)]
+    vocabs = [10_000, 50_000] if quick else [10_000, 50_000, 250_000]
+    rows = []
+    for v in vocabs:
+        for b, t in shapes:
+            for method in METHODS:
+                rows.append({"vocab": v, "batch": f"{b}x{t}", "tokens": b * t, "method": method})
+    if not quick:
+        # Full logits at V=250k only fit at fewer tokens: compare chunked and full there too.
+        rows += [{"vocab": 250_000, "batch": "64x50", "tokens": 3200, "method": m} for m in ("full", "chunked")]
+        rows.append({"vocab": 250_000, "batch": "64x200", "tokens": 12_800, "method": "chunked", "bf16": True})
+    for row in rows:
+        row["reps"] = 1 if quick or row["tokens"] * row["vocab"] > 10**9 else 3
+    return rows
+
+
+def _run_child(spec: dict, timeout: float = 900) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "error": f"timed out after {timeout:.0f}s"}
+    if proc.returncode != 0:  # on CPU an out-of-memory is a kill (-9), never an exception
+        return {"status": "failed", "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def run(quick: bool = False) -> dict:
+    import psutil
+
+    from seqfit.measure.memory import format_bytes
+
+    limit = min(SKIP_ABOVE, int(0.7 * psutil.virtual_memory().available))
+    rows = []
+    for spec in _rows(quick):
+        label = spec["method"] + ("-bf16" if spec.get("bf16") else "")
+        row = {"vocab": spec["vocab"], "batch": spec["batch"], "tokens": spec["tokens"], "method": label,
+               "predicted_bytes": predicted_bytes(spec["method"], spec["tokens"], spec["vocab"])}
+        if row["predicted_bytes"] > limit:
+            row.update(status="skipped", reason=f"predicted {format_bytes(row['predicted_bytes'])} > "
+                                                f"{format_bytes(limit)}")
+        else:
+            row.update(_run_child(spec))
+        rows.append(row)
+        print(_format_row(row), flush=True)
+    return {"name": "loss", "rows": rows, "summary": _summary(rows), "hidden": HIDDEN, "skip_above_bytes": limit}
+
+
+def _summary(rows: list[dict]) -> dict:
+    ok = {(r["vocab"], r["batch"], r["method"]): r for r in rows if r.get("status") == "ok"}
+    every = {(r["vocab"], r["batch"], r["method"]): r for r in rows}
+    ratios = {}
+    for (v, batch, method), r in ok.items():
+        if method != "chunked":
+            continue
+        key = f"V={v} {batch}"
+        full = ok.get((v, batch, "full"))
+        if full:
+            ratios[key] = {"memory_full_over_chunked": full["peak_bytes"] / max(r["peak_bytes"], 1),
+                           "time_chunked_over_full": r["seconds"] / full["seconds"]}
+        elif (v, batch, "full") in every:  # skipped: compare with the predicted bytes
+            ratios[key] = {"memory_full_predicted_over_chunked":
+                           every[(v, batch, "full")]["predicted_bytes"] / max(r["peak_bytes"], 1)}
+        adaptive = ok.get((v, batch, "adaptive"))
+        if adaptive:
+            ratios[key]["time_adaptive_over_chunked"] = adaptive["seconds"] / r["seconds"]
+    return {"ratios": ratios}
+
+
+def _format_row(r: dict) -> str:
+    from seqfit.measure.memory import format_bytes
+
+    measured = (f"{format_bytes(r['peak_bytes']):>10} {r['seconds']:8.2f}s" if r.get("status") == "ok"
+                else f"{r.get('status', ''):>10} {'':9}")
+    note = r.get("reason") or r.get("error") or ""
+    return (f"V={r['vocab']:>7} {r['batch']:>7} {r['method']:>13} predicted {format_bytes(r['predicted_bytes']):>10}"
+            f"  peak {measured}  {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small rows only (smoke test)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
+    result = run(quick=args.quick)
+    print()
+    for key, ratio in result["summary"]["ratios"].items():
+        print(key, " ".join(f"{k}={v:.2f}" for k, v in ratio.items()))
+    out = Path(__file__).resolve().parent / "results" / "loss.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Chunked cross-entropy over a large vocabulary: the (N, V) logits never exist at once.
+
+At V = 250k, 64 x 200 tokens of fp32 logits are 12.8 GB, and F.cross_entropy keeps a log-softmax
+of the same size for backward and makes two more in backward. Here the forward walks the tokens in
+chunks of C rows, keeps only each row's log-sum-exp (N floats), and the backward recomputes each
+chunk's logits and turns them in place into the gradient of the logits:
+
+    hidden (N, H) --rows s:s+C--> logits (C, V) --> lse (C,)          forward keeps lse only
+    logits (C, V) --exp(z - lse) - onehot--> dz (C, V) --> dh (C, H), dW += dz^T h, db += sum dz
+
+So one (C, V) fp32 buffer is the only vocabulary-sized activation, at the price of one extra
+matmul per chunk (the recompute). The same idea as torchtune's CEWithChunkedOutputLoss (PR 1390)
+and Liger's fused linear cross-entropy, written as one autograd.Function so that the logits are
+not saved for backward either.
+
+Under autocast the matmuls run in the autocast dtype (bf16) while the log-sum-exp, the gradient of
+the logits and the accumulation across chunks stay fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from seqfit.errors import SeqfitError
+
+__all__ = ["chunked_cross_entropy", "chunked_log_softmax", "chunk_tokens_for_budget", "full_logits_peak_bytes",
+           "DEFAULT_CHUNK_BUDGET"]
+
+# One (C, V) fp32 chunk of 64 MiB keeps the matmuls large enough to run at full speed (C = 67 rows at
+# V = 250k, 1678 at V = 10k) while staying small next to the model; measured in benchmarks/bench_loss.py.
+DEFAULT_CHUNK_BUDGET = 64 * 2**20
+
+
+def chunk_tokens_for_budget(budget_bytes: int, vocab: int, dtype_bytes: int = 4) -> int:
+    """Rows per chunk so that the chunk buffers of the backward pass fit in budget_bytes.
+
+    Each row costs V fp32 (the logits turned into their gradient in place); when the matmul runs in a
+    narrower dtype (dtype_bytes < 4, e.g. bf16) it also costs the matmul's output and the gradient cast
+    to that dtype: 2 * V * dtype_bytes more.
+    """
+    if budget_bytes <= 0 or vocab <= 0 or dtype_bytes <= 0:
+        raise SeqfitError(f"chunk budget, vocabulary and dtype size must be positive "
+                          f"(got {budget_bytes}, {vocab}, {dtype_bytes})")
+    per_row = vocab * (4 + (2 * dtype_bytes if dtype_bytes < 4 else 0))
+    rows = budget_bytes // per_row
+    # Multiples of 8 rows keep the matmul tiles whole; below 8 take what fits, at least one row.
+    return max(1, rows - rows % 8 if rows >= 8 else rows)
+
+
+def full_logits_peak_bytes(tokens: int, vocab: int, dtype_bytes: int = 4) -> int:
+    """Predicted vocabulary-sized peak of Linear + F.cross_entropy + backward on full logits.
+
+    Backward holds the saved log-softmax, the gradient of the log-softmax from nll_loss and the
+    gradient of the logits at the same time: three (N, V) fp32 arrays; a narrower matmul dtype adds
+    the logits and their gradient in that dtype.
+    """
+    extra = 2 * dtype_bytes if dtype_bytes < 4 else 0
+    return tokens * vocab * (3 * 4 + extra)
+
+
+@contextlib.contextmanager
+def _autocast_off(device_type: str):
+    # Inside the Function the dtypes are chosen explicitly; autocast would re-cast them per op.
+    with torch.autocast(device_type, enabled=False):
+        yield
+
+
+def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """out (C, V) fp32 <- h (C, H) @ w (V, H)^T + bias, with the matmul in w's dtype."""
+    if w.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
+        h = h.to(torch.float32)
+        # Writing straight into the reused buffer saves a (C, V) allocation and its page faults per chunk.
+        if bias is None:
+            return torch.mm(h, w.t(), out=out)  # (C, V)
+        return torch.addmm(bias, h, w.t(), out=out)  # (C, V)
+    out.copy_(torch.mm(h.to(w.dtype), w.t()))  # (C, V) narrow matmul, widened to fp32
+    if bias is not None:
+        out.add_(bias)  # bias added in fp32, after the narrow matmul
+    return out
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of hidden @ weight^T + bias against targets; no ignored rows inside."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, smoothing, matmul_dtype):
+        n, vocab = hidden.shape[0], weight.shape[0]
+        f32 = torch.float32
+        with _autocast_off(hidden.device.type):
+            w = weight.to(matmul_dtype)  # (V, H); a copy only when the matmul is narrower
+            lse = torch.empty(n, dtype=f32, device=hidden.device)  # (N,)
+            total = torch.zeros((), dtype=f32, device=hidden.device)
+            buf = torch.empty(min(chunk, n), vocab, dtype=f32, device=hidden.device)  # (C, V) reused
+            for s in range(0, n, chunk):
+                e = min(s + chunk, n)
+                z = _chunk_logits(hidden[s:e], w, bias, buf[: e - s])  # (c, V)
+                t = targets[s:e]  # (c,)
+                picked = z.gather(1, t[:, None]).squeeze(1)  # (c,) target logits
+                token_loss = -(1.0 - smoothing) * picked  # (c,)
+                if smoothing:
+                    # F.cross_entropy's smoothing: eps * mean over classes of -log p = eps * (lse - mean z).
+                    token_loss -= smoothing * z.mean(1)
+                top = z.amax(1)  # (c,)
+                z.sub_(top[:, None]).exp_()  # (c, V) in place: torch.logsumexp would allocate another (C, V)
+                lse[s:e] = top + z.sum(1).log_()  # (c,)
+                total += (token_loss + lse[s:e]).sum()
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk, ctx.smoothing, ctx.matmul_dtype = chunk, smoothing, matmul_dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        chunk, eps = ctx.chunk, ctx.smoothing
+        n, vocab, f32, dev = hidden.shape[0], weight.shape[0], torch.float32, hidden.device
+        grad_h = grad_w = grad_b = None
+        with _autocast_off(dev.type):
+            w = weight.to(ctx.matmul_dtype)  # (V, H)
+            narrow = w.dtype != f32
+            if need_h:
+                grad_h = torch.empty(n, hidden.shape[1], dtype=f32, device=dev)  # (N, H)
+            if need_w:
+                grad_w = torch.zeros(vocab, hidden.shape[1], dtype=f32, device=dev)  # (V, H)
+            if need_b:
+                grad_b = torch.zeros(vocab, dtype=f32, device=dev)  # (V,)
+            buf = torch.empty(min(chunk, n), vocab, dtype=f32, device=dev)  # (C, V) reused
+            rows = torch.arange(min(chunk, n), device=dev)  # (C,)
+            for s in range(0, n, chunk):
+                e = min(s + chunk, n)
+                h = hidden[s:e].to(w.dtype)  # (c, H)
+                z = _chunk_logits(h, w, bias, buf[: e - s])  # (c, V) recomputed logits
+                # d loss / d z = softmax(z) - (1 - eps) onehot(t) - eps / V, built in place in the buffer.
+                z.sub_(lse[s:e, None]).exp_()  # (c, V) softmax
+                if eps:
+                    z.sub_(eps / vocab)
+                z[rows[: e - s], targets[s:e]] -= 1.0 - eps
+                g = z.to(w.dtype) if narrow else z  # (c, V) matmul operand
+                if need_h:
+                    if narrow:
+                        grad_h[s:e] = torch.mm(g, w)  # (c, H)
+                    else:
+                        torch.mm(g, w, out=grad_h[s:e])  # (c, H)
+                if need_w:
+                    if narrow:
+                        grad_w += torch.mm(g.t(), h)  # (V, H): bf16 partial, fp32 accumulation across chunks
+                    else:
+                        grad_w.addmm_(g.t(), h)  # (V, H)
+                if need_b:
+                    grad_b += z.sum(0)  # (V,)
+            # The incoming gradient is one scalar: scale the (N, H) and (V, H) results, not every (C, V) chunk.
+            grad_total = grad_total.to(f32)
+            if need_h:
+                grad_h = grad_h.mul_(grad_total).to(hidden.dtype)
+            if need_w:
+                grad_w = grad_w.mul_(grad_total).to(weight.dtype)
+            if need_b:
+                grad_b = grad_b.mul_(grad_total).to(bias.dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def _resolve_chunk(chunk_tokens: int, vocab: int, matmul_dtype: torch.dtype) -> int:
+    if chunk_tokens < 0:
+        raise SeqfitError(f"chunk_tokens must be >= 0 (0 picks it from the default budget), got {chunk_tokens}")
+    if chunk_tokens:
+        return chunk_tokens
+    return chunk_tokens_for_budget(DEFAULT_CHUNK_BUDGET, vocab, torch.empty((), dtype=matmul_dtype).element_size())
+
+
+def _check_targets(targets: torch.Tensor, vocab: int) -> None:
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+        raise SeqfitError(f"target ids must lie in [0, {vocab}) (got {int(targets.min())}..{int(targets.max())}): "
+                          f"was the data prepared with a different vocabulary?")
+
+
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          targets: torch.Tensor, *, chunk_tokens: int = 0, ignore_index: int = -100,
+                          label_smoothing: float = 0.0, reduction: str = "sum") -> torch.Tensor:
+    """F.cross_entropy(hidden @ weight.T + bias, targets) without the (N, V) logits; fp32 scalar.
+
+    hidden (..., H), targets (...) int64, weight (V, H) (a tied embedding weight works as is: autograd adds
+    its two gradients), bias (V,) or None. chunk_tokens rows per chunk, 0 = from DEFAULT_CHUNK_BUDGET.
+    Rows whose target is ignore_index contribute nothing; reduction "mean" divides by the kept rows, as
+    F.cross_entropy does.
+    """
+    if reduction not in ("sum", "mean"):
+        raise SeqfitError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise SeqfitError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+    hidden = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
+    targets = targets.reshape(-1)  # (N,)
+    if hidden.shape[0] != targets.shape[0] or hidden.shape[1] != weight.shape[1]:
+        raise SeqfitError(f"shapes do not match: hidden {tuple(hidden.shape)}, targets {tuple(targets.shape)}, "
+                          f"weight {tuple(weight.shape)}")
+    keep = targets != ignore_index  # (N,)
+    if not bool(keep.all()):
+        # Padding costs nothing downstream: drop its rows once here (autograd scatters the gradient back).
+        hidden, targets = hidden[keep], targets[keep]  # (M, H), (M,)
+    vocab = weight.shape[0]
+    _check_targets(targets, vocab)
+    matmul_dtype = _matmul_dtype(hidden, weight)
+    if targets.numel() == 0:
+        total = hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph so backward still runs
+        return total.float()
+    chunk = _resolve_chunk(chunk_tokens, vocab, matmul_dtype)
+    total = _ChunkedCrossEntropy.apply(hidden, weight, bias, targets, chunk, float(label_smoothing), matmul_dtype)
+    return total / targets.shape[0] if reduction == "mean" else total
+
+
+@torch.no_grad()
+def chunked_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+                        chunk_tokens: int = 0) -> torch.Tensor:
+    """(N, V) fp32 log-probabilities of hidden (N, H), one chunk of rows at a time, without grad.
+
+    The result is written in place chunk by chunk, so besides the (N, V) answer only one chunk's
+    temporaries exist (F.log_softmax(F.linear(...)) holds the logits and the answer together).
+    """
+    hidden = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
+    matmul_dtype = _matmul_dtype(hidden, weight)
+    n, vocab = hidden.shape[0], weight.shape[0]
+    chunk = _resolve_chunk(chunk_tokens, vocab, matmul_dtype)
+    out = torch.empty(n, vocab, dtype=torch.float32, device=hidden.device)  # (N, V)
+    with _autocast_off(hidden.device.type):
+        w = weight.to(matmul_dtype)  # (V, H)
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            z = _chunk_logits(hidden[s:e], w, bias, out[s:e])  # (c, V)
+            z.sub_(torch.logsumexp(z, dim=1, keepdim=True))  # (c, V) log-probabilities
+    return out
+

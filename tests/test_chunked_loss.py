@@ -1,0 +1,178 @@
+"""Chunked cross-entropy against F.cross_entropy on full logits: loss, gradients, memory."""
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqfit.errors import SeqfitError
+from seqfit.measure.memory import read_memory
+from seqfit.train.chunked_loss import (chunk_tokens_for_budget, chunked_cross_entropy, chunked_log_softmax,
+                                       full_logits_peak_bytes)
+
+N, H, V = 60, 12, 97  # 60 rows: chunks of 16 leave a ragged last chunk, chunks of 20 divide evenly
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def make_problem(tied: bool, pad: bool, seed: int = 0):
+    """hidden (N, H) computed from an embedding lookup, so a tied weight gets two gradient paths."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.Embedding(V, H)
+    with torch.no_grad():
+        emb.weight.copy_(torch.randn(V, H, generator=g))
+    mix = torch.randn(H, H, generator=g, requires_grad=True)
+    own_weight = torch.randn(V, H, generator=g).requires_grad_()
+    bias = torch.randn(V, generator=g).requires_grad_()
+    ids = torch.randint(0, V, (N,), generator=g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    if pad:
+        targets[::5] = -100
+    weight = emb.weight if tied else own_weight
+    leaves = [mix, emb.weight, bias] + ([] if tied else [own_weight])
+
+    def run(loss_fn):
+        hidden = torch.tanh(emb(ids) @ mix)  # (N, H)
+        loss = loss_fn(hidden, weight, bias, targets)
+        grads = torch.autograd.grad(loss, leaves)
+        return loss, grads
+
+    return run
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("pad", [False, True])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("chunk", [16, 20, 1000])
+def test_matches_full_cross_entropy(tied, pad, smoothing, chunk):
+    run = make_problem(tied, pad)
+    ref_loss, ref_grads = run(lambda h, w, b, t: F.cross_entropy(F.linear(h, w, b), t, reduction="sum",
+                                                                    label_smoothing=smoothing))
+    loss, grads = run(lambda h, w, b, t: chunked_cross_entropy(h, w, b, t, chunk_tokens=chunk,
+                                                               label_smoothing=smoothing))
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert rel(loss, ref_loss) < 1e-5
+    for got, want in zip(grads, ref_grads):
+        assert rel(got, want) < 1e-5
+
+
+def test_mean_reduction_no_bias_and_scaled_gradient():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(N, H, generator=g, requires_grad=True)
+    weight = torch.randn(V, H, generator=g, requires_grad=True)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[3:9] = -100
+    ref = F.cross_entropy(hidden @ weight.t(), targets, label_smoothing=0.2)  # mean over kept rows
+    got = chunked_cross_entropy(hidden, weight, None, targets, chunk_tokens=7, label_smoothing=0.2, reduction="mean")
+    assert rel(got, ref) < 1e-5
+    ref_grads = torch.autograd.grad(ref * 0.37, [hidden, weight])
+    got_grads = torch.autograd.grad(got * 0.37, [hidden, weight])
+    for a, b in zip(got_grads, ref_grads):
+        assert rel(a, b) < 1e-5
+    assert got_grads[0][3:9].abs().max() == 0  # padding rows get no gradient
+
+
+def test_three_dim_features_are_flattened():
+    hidden = torch.randn(4, 5, H, requires_grad=True)
+    weight, targets = torch.randn(V, H), torch.randint(0, V, (4, 5))
+    ref = F.cross_entropy(F.linear(hidden, weight).reshape(-1, V), targets.reshape(-1), reduction="sum")
+    assert rel(chunked_cross_entropy(hidden, weight, None, targets, chunk_tokens=3), ref) < 1e-5
+
+
+def test_all_targets_ignored_gives_zero_and_zero_gradient():
+    hidden = torch.randn(8, H, requires_grad=True)
+    weight = torch.randn(V, H, requires_grad=True)
+    loss = chunked_cross_entropy(hidden, weight, None, torch.full((8,), -100))
+    loss.backward()
+    assert loss.item() == 0.0 and hidden.grad.abs().max() == 0 and weight.grad.abs().max() == 0
+
+
+def test_bad_targets_raise():
+    with pytest.raises(SeqfitError, match="target ids"):
+        chunked_cross_entropy(torch.randn(4, H), torch.randn(V, H), None, torch.tensor([0, 1, V, 2]))
+    with pytest.raises(SeqfitError, match="shapes"):
+        chunked_cross_entropy(torch.randn(4, H), torch.randn(V, H + 1), None, torch.tensor([0, 1, 2, 3]))
+
+
+def test_bf16_autocast_close_to_fp32_reference():
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(N, H, generator=g, requires_grad=True)
+    weight = (0.3 * torch.randn(V, H, generator=g)).requires_grad_()
+    bias = torch.randn(V, generator=g, requires_grad=True)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[::4] = -100
+    ref = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum", label_smoothing=0.1)
+    ref_grads = torch.autograd.grad(ref, [hidden, weight, bias])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=16, label_smoothing=0.1)
+    assert got.dtype == torch.float32
+    got_grads = torch.autograd.grad(got, [hidden, weight, bias])
+    assert [t.dtype for t in got_grads] == [torch.float32] * 3
+    assert rel(got, ref) < 1e-2
+    for a, b in zip(got_grads, ref_grads):
+        assert rel(a, b) < 3e-2
+    # The matmul really ran narrow: the result differs from the fp32 one by more than fp32 rounding.
+    assert rel(got, ref) > 1e-6
+
+
+def test_forward_saves_no_vocabulary_sized_tensor():
+    n, h, v = 512, 16, 20_000  # (N, V) fp32 would be 41 MB; hidden + weight are 1.3 MB
+    hidden = torch.randn(n, h, requires_grad=True)
+    weight = torch.randn(v, h, requires_grad=True)
+    bias = torch.zeros(v, requires_grad=True)
+    targets = torch.randint(0, v, (n,))
+    targets[:7] = -100
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=64)
+    logits_bytes = n * v * 4
+    # Everything kept for backward: hidden rows, weight, bias, targets, row log-sum-exps, the padding mask.
+    assert sum(saved) <= (n * h + v * h + v) * 4 + n * 8 * 3
+    assert sum(saved) < logits_bytes / 10
+    loss.backward()  # and the saved state suffices
+
+
+def test_retained_memory_after_forward_is_not_n_by_v():
+    n, h, v = 1024, 32, 100_000  # full fp32 logits: 410 MB
+    hidden = torch.randn(n, h, requires_grad=True)
+    weight = torch.randn(v, h, requires_grad=True)
+    targets = torch.randint(0, v, (n,))
+    gc.collect()
+    before = read_memory().anon
+    loss = chunked_cross_entropy(hidden, weight, None, targets, chunk_tokens=128)
+    retained = read_memory().anon - before
+    assert retained < n * v * 4 / 10, retained
+    del loss
+
+
+def test_log_softmax_matches_reference_and_normalises():
+    hidden, weight, bias = torch.randn(N, H), torch.randn(V, H), torch.randn(V)
+    got = chunked_log_softmax(hidden, weight, bias, chunk_tokens=16)
+    ref = F.log_softmax(F.linear(hidden, weight, bias), dim=-1)
+    assert got.shape == (N, V) and rel(got, ref) < 1e-5
+    assert torch.allclose(got.exp().sum(1), torch.ones(N), atol=1e-5)
+
+
+def test_chunk_tokens_for_budget():
+    budget, v = 64 * 2**20, 50_000
+    rows = chunk_tokens_for_budget(budget, v, 4)
+    assert rows % 8 == 0 and rows * v * 4 <= budget < (rows + 8) * v * 4
+    assert chunk_tokens_for_budget(budget, v, 2) < rows  # a narrow matmul needs extra buffers
+    assert chunk_tokens_for_budget(1, 250_000, 4) == 1  # never zero rows
+    assert chunk_tokens_for_budget(5 * 250_000 * 4, 250_000, 4) == 5
+    with pytest.raises(SeqfitError):
+        chunk_tokens_for_budget(0, v, 4)
+
+
+def test_full_logits_peak_prediction_scales():
+    assert full_logits_peak_bytes(12_800, 250_000) == 3 * 12_800 * 250_000 * 4
+    assert full_logits_peak_bytes(100, 10, dtype_bytes=2) > full_logits_peak_bytes(100, 10)
