@@ -7,6 +7,7 @@ the memory available now) are skipped, never run. Full logits at V=250k x 64x200
 so a 64x50 row at V=250k compares chunked and full where both run.
 
     python benchmarks/bench_loss.py [--quick]   # table on stdout, JSON in benchmarks/results/loss.json
+    python benchmarks/bench_loss.py --device cuda --skip-above 60GiB   # peak = max_memory_allocated
 """
 
 from __future__ import annotations
@@ -37,7 +38,24 @@ def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN) 
         return full_logits_peak_bytes(tokens, vocab) + grads
     if method == "chunked":
         return min(DEFAULT_CHUNK_BUDGET, logits) + grads
-    return tokens * hidden * 4 * 4 + grads  # adaptive: a few (N, H)-sized buffers, head and tails
+    # adaptive: every token scores the head (shortlist + one logit per tail); the tokens of tail i (its
+    # share of the Zipf mass) score its ids too. Logits, log-softmax and two gradients of each, fp32.
+    counts, cutoffs = _zipf_targets_and_cutoffs(vocab)
+    bounds = [0, *cutoffs, vocab]
+    total = sum(counts)
+    scored = tokens * (cutoffs[0] + len(cutoffs))
+    for lo, hi in zip(bounds[1:-1], bounds[2:]):
+        scored += tokens * sum(counts[lo:hi]) / total * (hi - lo)
+    return int(4 * 4 * scored) + grads
+
+
+def _zipf_targets_and_cutoffs(vocab: int) -> tuple[list[float], list[int]]:
+    # Targets follow Zipf's law over frequency-sorted ids, as word tokens do; uniform targets would
+    # send most tokens to the largest tail cluster and misrepresent the adaptive softmax.
+    from seqfit.models.heads import adaptive_cutoffs, zipf_counts
+
+    counts = zipf_counts(vocab)
+    return counts, adaptive_cutoffs(counts)
 
 
 # ---------------------------------------------------------------------------------------------- child
@@ -48,27 +66,29 @@ def _child(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from seqfit.measure.memory import MemorySampler, read_memory
-    from seqfit.models.heads import _zipf_counts, adaptive_cutoffs
     from seqfit.train.chunked_loss import chunked_cross_entropy
 
     torch.manual_seed(0)
     n, v, method = spec["tokens"], spec["vocab"], spec["method"]
-    hidden = torch.randn(n, HIDDEN, requires_grad=True)  # (N, H)
-    targets = torch.randint(0, v, (n,))  # (N,)
+    dev = torch.device(spec.get("device", "cpu"))
+    cuda = dev.type == "cuda"
+    hidden = torch.randn(n, HIDDEN, device=dev, requires_grad=True)  # (N, H)
+    counts, cutoffs = _zipf_targets_and_cutoffs(v)
+    targets = torch.multinomial(torch.tensor(counts), n, replacement=True).to(dev)  # (N,)
     if method == "adaptive":
-        module = torch.nn.AdaptiveLogSoftmaxWithLoss(HIDDEN, v, adaptive_cutoffs(_zipf_counts(v)), div_value=4.0)
+        module = torch.nn.AdaptiveLogSoftmaxWithLoss(HIDDEN, v, cutoffs, div_value=4.0).to(dev)
         params = list(module.parameters())
 
         def step():
             return -module(hidden, targets).output.sum()
     else:
-        weight = (0.02 * torch.randn(v, HIDDEN)).requires_grad_()  # (V, H)
-        bias = torch.zeros(v, requires_grad=True)  # (V,)
+        weight = (0.02 * torch.randn(v, HIDDEN, device=dev)).requires_grad_()  # (V, H)
+        bias = torch.zeros(v, device=dev, requires_grad=True)  # (V,)
         params = [weight, bias]
         dtype = torch.bfloat16 if spec.get("bf16") else None
 
         def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype is not None):
                 if method == "chunked":
                     return chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=spec.get("chunk", 0))
                 logits = F.linear(hidden, weight, bias)  # (N, V)
@@ -78,19 +98,27 @@ def _child(spec: dict) -> dict:
                 return F.cross_entropy(logits.float(), onehot, reduction="sum")
 
     gc.collect()
-    base = read_memory().rss
+    base = torch.cuda.memory_allocated() if cuda else read_memory().rss
     times, peak = [], 0
-    for rep in range(spec["reps"]):
+    for rep in range(spec["reps"] + cuda):  # on CUDA a first untimed run loads the kernels
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         with MemorySampler(interval=0.005) as sampler:
             t0 = time.perf_counter()
             step().backward()
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         hidden.grad = None
         for p in params:
             p.grad = None
-        if rep == 0:  # ru_maxrss misses no spike; the sampler covers platforms where it is coarse
+        if cuda:
+            peak = max(peak, torch.cuda.max_memory_allocated() - base)
+        elif rep == 0:  # ru_maxrss misses no spike; the sampler covers platforms where it is coarse
             peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sampler.peak_rss) - base
         gc.collect()
+    times = times[1:] if cuda else times
     return {"peak_bytes": int(peak), "seconds": min(times), "all_seconds": [round(t, 3) for t in times]}
 
 
@@ -110,7 +138,7 @@ def _rows(quick: bool) -> list[dict]:
         rows += [{"vocab": 250_000, "batch": "64x50", "tokens": 3200, "method": m} for m in ("full", "chunked")]
         rows.append({"vocab": 250_000, "batch": "64x200", "tokens": 12_800, "method": "chunked", "bf16": True})
     for row in rows:
-        row["reps"] = 1 if quick or row["tokens"] * row["vocab"] > 10**9 else 3
+        row["reps"] = 1 if quick or row["tokens"] * row["vocab"] > 10**8 else 3  # big rows: one run
     return rows
 
 
@@ -125,15 +153,22 @@ def _run_child(spec: dict, timeout: float = 900) -> dict:
     return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, *, device: str = "cpu", skip_above: int = SKIP_ABOVE, only: str = "") -> dict:
     import psutil
+    import torch
 
     from seqfit.measure.memory import format_bytes
 
-    limit = min(SKIP_ABOVE, int(0.7 * psutil.virtual_memory().available))
+    if device == "cuda":
+        limit = min(skip_above, int(0.9 * torch.cuda.mem_get_info()[0]))
+    else:
+        limit = min(skip_above, int(0.7 * psutil.virtual_memory().available))
     rows = []
     for spec in _rows(quick):
+        spec["device"] = device
         label = spec["method"] + ("-bf16" if spec.get("bf16") else "")
+        if only and not any(part in f"V={spec['vocab']} {spec['batch']} {label}" for part in only.split(",")):
+            continue
         row = {"vocab": spec["vocab"], "batch": spec["batch"], "tokens": spec["tokens"], "method": label,
                "predicted_bytes": predicted_bytes(spec["method"], spec["tokens"], spec["vocab"])}
         if row["predicted_bytes"] > limit:
@@ -143,7 +178,8 @@ def run(quick: bool = False) -> dict:
             row.update(_run_child(spec))
         rows.append(row)
         print(_format_row(row), flush=True)
-    return {"name": "loss", "rows": rows, "summary": _summary(rows), "hidden": HIDDEN, "skip_above_bytes": limit}
+    return {"name": "loss", "rows": rows, "summary": _summary(rows), "hidden": HIDDEN, "skip_above_bytes": limit,
+            "device": device, "threads": torch.get_num_threads()}
 
 
 def _summary(rows: list[dict]) -> dict:
@@ -180,17 +216,24 @@ def _format_row(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small rows only (smoke test)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the losses run")
+    parser.add_argument("--skip-above", default="16GiB", help="skip rows predicted to need more (e.g. 64GiB)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/loss.json)")
+    parser.add_argument("--only", default="", help="run rows whose 'V=250000 64x50 full' label contains any of "
+                                                   "these comma-separated parts")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return
-    result = run(quick=args.quick)
+    from seqfit.measure.memory import parse_bytes
+
+    result = run(quick=args.quick, device=args.device, skip_above=parse_bytes(args.skip_above), only=args.only)
     print()
     for key, ratio in result["summary"]["ratios"].items():
         print(key, " ".join(f"{k}={v:.2f}" for k, v in ratio.items()))
-    out = Path(__file__).resolve().parent / "results" / "loss.json"
-    out.parent.mkdir(exist_ok=True)
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "loss.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 

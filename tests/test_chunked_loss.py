@@ -176,3 +176,30 @@ def test_chunk_tokens_for_budget():
 def test_full_logits_peak_prediction_scales():
     assert full_logits_peak_bytes(12_800, 250_000) == 3 * 12_800 * 250_000 * 4
     assert full_logits_peak_bytes(100, 10, dtype_bytes=2) > full_logits_peak_bytes(100, 10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fp32_and_bf16_autocast():
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 comparison needs true fp32 matmuls
+    g = torch.Generator(device=dev).manual_seed(3)
+    n, h, v = 1000, 64, 5000
+    hidden = torch.randn(n, h, device=dev, generator=g, requires_grad=True)
+    weight = (0.3 * torch.randn(v, h, device=dev, generator=g)).requires_grad_()
+    bias = torch.randn(v, device=dev, generator=g, requires_grad=True)
+    targets = torch.randint(0, v, (n,), device=dev, generator=g)
+    targets[::9] = -100
+    ref = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum", label_smoothing=0.1)
+    ref_grads = torch.autograd.grad(ref, [hidden, weight, bias])
+    got = chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=300, label_smoothing=0.1)
+    got_grads = torch.autograd.grad(got, [hidden, weight, bias])
+    assert rel(got, ref) < 1e-5
+    for a, b in zip(got_grads, ref_grads):
+        assert rel(a, b) < 1e-5
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=300, label_smoothing=0.1)
+    low_grads = torch.autograd.grad(low, [hidden, weight, bias])
+    assert low.dtype == torch.float32 and rel(low, ref) < 1e-2
+    for a, b in zip(low_grads, ref_grads):
+        assert a.dtype == torch.float32 and rel(a, b) < 3e-2

@@ -170,3 +170,10 @@ def test_choose_loss_kind():
     assert choose_loss_kind(50_000, 64 * 200, 2**40) == "full"  # memory to spare: full is simplest
     with pytest.raises(SeqfitError):
         choose_loss_kind(0, 10, None)
+
+
+def test_adaptive_tails_never_project_to_zero_dims():
+    for hidden in (2, 16, 64, 512):
+        head = make_output_head("adaptive", hidden, V, counts=zipf_counts(V))
+        assert all(tail[0].out_features >= 1 for tail in head.adaptive.tail)
+        assert 0 < head.adaptive.cutoffs[0] < V

@@ -152,3 +152,16 @@ def test_dataloader_workers_open_their_own_maps(tmp_path):
     assert len(got) == len(expected)
     for (x, lx, yx), (e, le, ye) in zip(got, expected):
         assert torch.equal(x, e) and torch.equal(lx, le) and torch.equal(yx, ye)
+
+
+def test_cli_prepare_classify_json(tmp_path, capsys):
+    from seqfit.cli.main import main
+
+    samples = _samples(120)
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps({"review": t, "stars": y}) + "\n" for t, y in samples))
+    main(["prepare", str(src), "--task", "classify", "--text-field", "review", "--label-field", "stars",
+          "--shard-size", "2KB", "--workers", "1", "--out", str(tmp_path / "out"), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["kind"] == "sequences" and sum(result["sequences"].values()) == 120
+    _check_round_trip(tmp_path / "out", samples)

@@ -67,3 +67,41 @@ def test_missing_meta_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SeqfitError, match="no meta.json"):
         TokenStore(tmp_path / "empty")
+
+
+def test_sharded_stream_round_trips(tmp_path, corpus):
+    out = tmp_path / "d"
+    meta = prepare_text(PrepareOptions(out=out, inputs=(str(corpus),), valid_fraction=0.0, shard_bytes=1024))
+    shards = meta["splits"]["train"]["shards"]
+    assert len(shards) > 1 and all(s["tokens"] <= 1024 for s in shards)
+    store = TokenStore(out)
+    ids = store.split("train").read(0, len(store.split("train")))
+    assert detokenize(store.vocab.decode(ids), "word", "<eos>") == corpus.read_text()
+
+
+def test_subword_round_trip(tmp_path, corpus):
+    pytest.importorskip("tokenizers")
+    from seqfit.data.tokenize import make_tokenizer
+
+    out = tmp_path / "d"
+    prepare_text(PrepareOptions(out=out, inputs=(str(corpus),), level="subword", bpe_vocab=60, valid_fraction=0.0))
+    store = TokenStore(out)
+    ids = store.split("train").read(0, len(store.split("train")))
+    assert detokenize(store.vocab.decode(ids), "subword", "<eos>") == corpus.read_text()
+    pieces = make_tokenizer("subword", subword=out / "tokenizer.json")("the cat sees")
+    assert "".join(pieces).replace("\u2581", " ").strip() == "the cat sees"
+
+
+def test_subword_without_tokenizers_gives_the_install_hint(tmp_path, corpus, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tokenizers(name, *args, **kwargs):
+        if name == "tokenizers":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tokenizers)
+    with pytest.raises(SeqfitError, match="pip install"):
+        prepare_text(PrepareOptions(out=tmp_path / "d", inputs=(str(corpus),), level="subword"))

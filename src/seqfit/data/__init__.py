@@ -1,1 +1,10 @@
-"""data"""
+"""Data: readers -> tokens/values -> memory-mapped stores -> batches.
+
+readers/     one streaming interface for text, JSON Lines, CSV/TSV, Parquet (.gz too)
+prepare      `seqfit prepare` for text (lm token streams, classify sequences); prepare_numeric for numbers
+chunks       work units and what a worker process does with one; parallel: the ordered pool
+store        TokenStore (token streams); sequences: SequenceStore; series: SeriesStore (+ stats)
+shards       size-capped shard files and checked memory maps
+vocab, tokenize, subword, embeddings   vocabulary, tokenizers (word/char/BPE), pretrained vectors
+batching     LM stream layout; buckets: token-budget sampler; dataset: DataLoader-ready sequences
+"""

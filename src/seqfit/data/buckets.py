@@ -9,7 +9,8 @@ pools keep the epoch random::
     batches:        [3 3 4 4 4] (5x4=20)  [5 7 8] (3x8=24)  [8 12] ... then shuffled
 
 A sequence longer than ``max_tokens`` forms a batch of its own (it cannot be split). With
-``shuffle=False`` the order is fixed: all samples sorted by length (evaluation).
+``shuffle=False`` the order is fixed: all samples sorted by length (evaluation). As with torch's
+DistributedSampler, call ``set_epoch(e)`` before each epoch for a new order.
 """
 
 from __future__ import annotations
@@ -93,8 +94,7 @@ class TokenBudgetSampler:
             b = batches[self.position]
             self.position += 1
             yield b.tolist()
-        self.epoch += 1  # the next pass is a new epoch (unless set_epoch says otherwise)
-        self.position = 0
+        self.position = 0  # as torch's DistributedSampler: the caller moves on with set_epoch(e)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:

@@ -1,8 +1,8 @@
 """Pretrained word vectors (GloVe or word2vec text, .gz too) restricted to a vocabulary, streamed.
 
 The file is read line by line and only rows of vocabulary words are parsed, so memory is the
-(V, D) result, never the file. A vocabulary word without its own row takes the row of its lowercase
-form (first seen); words still missing get normal noise with the found rows' standard deviation, so
+(V, D) result, never the file. A vocabulary word without its own row takes the first row whose word
+matches it ignoring case (GloVe is uncased; a --lowercase vocabulary meets cased word2vec files); words still missing get normal noise with the found rows' standard deviation, so
 every row has the same scale; <pad> is zero. word2vec text starts with a "count dim" header line.
 """
 
@@ -21,6 +21,7 @@ __all__ = ["restrict_embeddings", "EMBEDDING_DTYPES"]
 
 EMBEDDING_DTYPES = ("float32", "float16")
 _EXACT, _LOWER = 2, 1
+_ROWS = 4096  # rows per block when scanning the matrix
 
 
 def _open(path: Path):
@@ -88,7 +89,9 @@ def restrict_embeddings(path: str | Path, vocab: Vocab, out: str | Path, *, dtyp
                     matrix[i] = _parse(rest, path, lineno)
                     found[i] = _EXACT
                     continue
-                ids = lower.get(word)
+                ids = lower.get(word)  # an uncased file: "paris" serves the vocabulary's "Paris"
+                if not ids and word.lower() in index:  # a lowercased vocabulary: "Paris" serves "paris"
+                    ids = [index[word.lower()]]
                 if ids:
                     todo = [j for j in ids if found[j] == 0]
                     if todo:
@@ -102,18 +105,32 @@ def restrict_embeddings(path: str | Path, vocab: Vocab, out: str | Path, *, dtyp
     specials = np.array([tok == PAD for tok in vocab.tokens])
     if not have.any():
         raise SeqfitError(f"{path}: no vocabulary word has a vector (is it the right language/casing?)")
-    std = float(matrix[have].std()) or 1.0
+    std = _std(matrix, have) or 1.0
     rng = np.random.default_rng(seed)
-    missing = ~have & ~specials
-    matrix[missing] = rng.normal(0.0, std, size=(int(missing.sum()), matrix.shape[1]))
+    missing = np.flatnonzero(~have & ~specials)
+    for lo in range(0, len(missing), _ROWS):  # in blocks: no full-size temporary
+        rows = missing[lo:lo + _ROWS]
+        matrix[rows] = rng.standard_normal((len(rows), matrix.shape[1]), dtype=np.float32) * std
     matrix[specials] = 0.0
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, matrix.astype(dtype))
+            np.save(f, matrix if dtype == "float32" else matrix.astype(dtype))
     countable = len(vocab) - int(specials.sum())
     return {"file": out.name, "source": str(path), "dim": int(matrix.shape[1]), "dtype": dtype,
             "rows_read": lines, "found": int((found == _EXACT).sum()), "found_lowercase": int((found == _LOWER).sum()),
             "coverage": float(have[~specials].sum() / countable) if countable else 0.0, "init_std": std}
+
+
+def _std(matrix: np.ndarray, rows: np.ndarray) -> float:
+    """Standard deviation of every value in the chosen rows, summed in float64 blocks (no copy of them all)."""
+    idx = np.flatnonzero(rows)
+    total = total_sq = 0.0
+    for lo in range(0, len(idx), _ROWS):
+        block = matrix[idx[lo:lo + _ROWS]].astype(np.float64)
+        total += block.sum()
+        total_sq += (block ** 2).sum()
+    n = len(idx) * matrix.shape[1]
+    return float(np.sqrt(max(total_sq / n - (total / n) ** 2, 0.0)))
 
 
 def _parse(rest: bytes, path: Path, lineno: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from seqfit.data.shards import DEFAULT_SHARD_BYTES, ShardWriter
 from seqfit.data.sources import (SPLITS, Source, _class_files, check_not_empty, mixed_fraction, plan_chunks,
                                  resolve_sources, source_bytes)
 from seqfit.data.store import STORE_FORMAT, STORE_VERSION
-from seqfit.data.vocab import EOS, build_vocab, smallest_uint_dtype
+from seqfit.data.vocab import build_vocab, smallest_uint_dtype
 from seqfit.errors import SeqfitError
 
 __all__ = ["PrepareOptions", "prepare", "prepare_text", "SPLITS", "TASKS"]
@@ -196,7 +196,8 @@ def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass
                     continue
                 whole = bool((code == c).all())
                 put(split, "ids", ids if whole else ids[token_code == c])
-                put(split, "lengths", res.lengths if whole else res.lengths[code == c])
+                if task.kind != "lm":  # a stream needs no per-record lengths
+                    put(split, "lengths", res.lengths if whole else res.lengths[code == c])
                 if label_ids is not None:
                     put(split, "labels", label_ids if whole else label_ids[code == c])
     finally:

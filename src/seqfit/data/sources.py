@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from seqfit.data.chunks import Chunk, TextTask
-from seqfit.data.readers import ReadOptions, is_line_based, plan_ranges, read_records, splittable
+from seqfit.data.readers import is_line_based, plan_ranges, read_records, splittable
 from seqfit.data.readers.text import read_document
 from seqfit.data.text import expand_inputs
 from seqfit.errors import SeqfitError

@@ -7,7 +7,8 @@ Layout::
                      "vocab_size": V, "vocab_hash": sha256(vocab.json text),
                      "splits": {"train": {"tokens": N, "shards": [{"file": "train.bin", "tokens": N}]}, ...}}
       vocab.json    see seqfit.data.vocab
-      train.bin     raw little-endian token ids, no header (so `np.memmap` reads it as is)
+      train.bin     raw little-endian token ids, no header (so `np.memmap` reads it as is); a split larger
+                    than --shard-size is train-00000.bin, train-00001.bin, ... read as one array
 
 Opening a store checks the magic, version, vocabulary hash and every shard's size, so a mismatched or
 truncated directory fails with a hint instead of training on garbage.

@@ -27,7 +27,7 @@ from seqfit.errors import SeqfitError
 from seqfit.train.chunked_loss import chunked_cross_entropy, chunked_log_softmax, full_logits_peak_bytes
 
 __all__ = ["OutputHead", "LinearHead", "AdaptiveHead", "make_output_head", "choose_loss_kind", "adaptive_cutoffs",
-           "IGNORE_INDEX", "HEAD_KINDS"]
+           "zipf_counts", "IGNORE_INDEX", "HEAD_KINDS"]
 
 IGNORE_INDEX = -100  # targets with this id (padding) add nothing to any loss
 HEAD_KINDS = ("full", "chunked", "adaptive")
@@ -154,8 +154,8 @@ def _fp32(features: torch.Tensor):
     return torch.autocast(features.device.type, enabled=False)
 
 
-def _zipf_counts(vocab_size: int) -> list[float]:
-    # Without counts assume Zipf's law over ids sorted by frequency: count(i) ~ 1 / (i + 1).
+def zipf_counts(vocab_size: int) -> list[float]:
+    """Zipf's law over ids sorted by frequency, count(i) ~ 1 / (i + 1): the prior when no counts are known."""
     return [1.0 / (i + 1) for i in range(vocab_size)]
 
 
@@ -211,7 +211,7 @@ def make_output_head(kind: str, hidden: int, vocab_size: int, *, tied_embedding:
                               "computing; use the full or chunked loss, or no smoothing")
         if counts is not None and len(counts) != vocab_size:
             raise SeqfitError(f"{len(counts)} token counts for a vocabulary of {vocab_size}")
-        cutoffs = adaptive_cutoffs(counts if counts is not None else _zipf_counts(vocab_size))
+        cutoffs = adaptive_cutoffs(counts if counts is not None else zipf_counts(vocab_size))
         return AdaptiveHead(hidden, vocab_size, cutoffs)
     if tied_embedding is not None and tuple(tied_embedding.weight.shape) != (vocab_size, hidden):
         rows, dim = tied_embedding.weight.shape

@@ -29,7 +29,7 @@ def load_embedding_matrix(path: str, vocab_size: int, embed: int) -> torch.Tenso
     if matrix.shape != (vocab_size, embed):
         raise SeqfitError(f"embedding matrix {path} is {matrix.shape[0]}x{matrix.shape[1]}, "
                           f"the model needs {vocab_size}x{embed} (vocabulary x --embed)")
-    return torch.from_numpy(np.asarray(matrix, dtype=np.float32))
+    return torch.tensor(np.asarray(matrix), dtype=torch.float32)  # a copy: the map stays read-only
 
 
 class LanguageModel(nn.Module):

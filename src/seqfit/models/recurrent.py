@@ -67,9 +67,10 @@ class RecurrentStack(nn.Module):
         (-1: about sqrt(T)); see seqfit.models.timechunk.
         """
         if checkpoint_time:
-            from seqfit.models.timechunk import exact_forward  # timechunk imports this module
+            from seqfit.models.timechunk import exact_forward, resolve_chunk  # timechunk imports this module
 
-            return exact_forward(self, x, state, lengths, checkpoint_time)
+            if resolve_chunk(checkpoint_time, x.shape[1]) < x.shape[1]:  # one chunk would only add a recompute
+                return exact_forward(self, x, state, lengths, checkpoint_time)
         new_state: State = []
         out = x
         for i, layer in enumerate(self.layers):

@@ -198,15 +198,17 @@ def _prepare(stack, inputs: Inputs, state: State | None, lengths: Tensor | None,
 
 
 def exact_forward(stack, inputs: Inputs, state: State | None = None, lengths: Tensor | None = None, k: int = -1,
-                  *, total: int | None = None, reduce: Reduce | None = None) -> tuple[Tensor, State]:
+                  *, total: int | None = None, reduce: Reduce | None = None, checkpointed: bool = True,
+                  ) -> tuple[Tensor, State]:
     """Same result as ``stack(x, state, lengths)`` with every chunk of k steps checkpointed.
 
     Returns (outputs (B, T, D), final state), or (sum of ``reduce`` over chunks, final state).
-    Without grad (evaluation) the same chunks run unwrapped, which bounds memory to one chunk.
+    Without grad (evaluation), or with ``checkpointed=False``, the same chunks run unwrapped; without
+    grad that bounds memory to one chunk (unidirectional).
     """
     total, state, lengths = _prepare(stack, inputs, state, lengths, total)
     k = resolve_chunk(k, total)
-    grad = torch.is_grad_enabled()
+    grad = checkpointed and torch.is_grad_enabled()
 
     def run(fn, *args):
         return checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args)

@@ -28,9 +28,12 @@ from seqfit.errors import SeqfitError
 __all__ = ["chunked_cross_entropy", "chunked_log_softmax", "chunk_tokens_for_budget", "full_logits_peak_bytes",
            "DEFAULT_CHUNK_BUDGET"]
 
-# One (C, V) fp32 chunk of 64 MiB keeps the matmuls large enough to run at full speed (C = 67 rows at
-# V = 250k, 1678 at V = 10k) while staying small next to the model; measured in benchmarks/bench_loss.py.
-DEFAULT_CHUNK_BUDGET = 64 * 2**20
+# Every chunk re-reads the (V, H) weight and reads and writes its (V, H) gradient, while its matmuls
+# grow with the C rows, so the overhead is ~1/C whatever V is. On 2 CPU cores at V=250k, H=512 (N=2048),
+# loss + backward took 1.58x / 1.28x / 1.06x / 1.03x the time of full logits at C = 64 / 256 / 512 / 1024
+# rows. 1 GiB of fp32 chunk gives C ~ 1070 at V=250k (and more at smaller V); pass chunk_tokens (from
+# chunk_tokens_for_budget) when memory is tighter than that.
+DEFAULT_CHUNK_BUDGET = 2**30
 
 
 def chunk_tokens_for_budget(budget_bytes: int, vocab: int, dtype_bytes: int = 4) -> int:

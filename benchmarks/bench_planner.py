@@ -1,0 +1,224 @@
+"""Memory planner: predicted against measured peak, budget runs, and the planner's choice against brute force.
+
+Three parts, every measurement in a fresh child process running real training steps (TrainSession +
+lm_train_step on a synthetic token store; seqfit.memory.probe):
+
+  accuracy    a grid of configs (cells, sizes, sequence lengths, vocabularies, batch sizes, precisions,
+              checkpointing, loss kinds, optimizers): predicted peak next to measured peak.
+              Target: |predicted - measured| / measured <= 10% on every row.
+  budget      plan_for_budget under a budget, then the chosen plan measured: it must stay under.
+  choice      for a budget, every candidate plan of a grid is measured; the best measured throughput
+              among those that stayed under the budget is compared with the planner's choice.
+              Target: >= 90% of the best.
+
+"Measured peak" = the process's largest anonymous resident size during the training steps (absolute,
+runtime included), from VmHWM and a 2 ms sampler (see seqfit.memory.probe). Throughput in the choice
+part is tokens per CPU-second with one torch thread: this machine is shared, so wall time is noise.
+
+    python benchmarks/bench_planner.py [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from seqfit.config import RunCfg, merge
+from seqfit.measure.memory import format_bytes
+from seqfit.memory.calibrate import load_constants
+from seqfit.memory.estimate import DataInfo, estimate
+from seqfit.memory.plan import apply_plan, candidates, plan_for_budget, requested_plan
+from seqfit.memory.probe import measure_run
+from seqfit.memory.synthetic import write_synthetic_store
+from seqfit.memory.throughput import tokens_per_second
+
+MB = 2**20
+
+# name: (model, train, memory) overrides; vocabulary from "vocab"
+GRID = [
+    ("lstm-small", dict(cell="lstm", layers=1, hidden=256, embed=256), dict(batch_size=32, bptt=35), {}, 1000),
+    ("lstm-2x512", dict(cell="lstm", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=50), {}, 10000),
+    ("lstm-3x256-long", dict(cell="lstm", layers=3, hidden=256, embed=256), dict(batch_size=16, bptt=200), {}, 1000),
+    ("lstm-1024", dict(cell="lstm", layers=1, hidden=1024, embed=512), dict(batch_size=32, bptt=35), {}, 10000),
+    ("lstm-b64", dict(cell="lstm", layers=2, hidden=256, embed=256), dict(batch_size=64, bptt=70), {}, 5000),
+    ("lstm-adam", dict(cell="lstm", layers=2, hidden=512, embed=512), dict(batch_size=16, bptt=35, optimizer="adam", lr=0.001), {}, 30000),
+    ("lstm-ckpt", dict(cell="lstm", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=100), dict(checkpoint_time=10), 2000),
+    ("lstm-ckpt-sqrt", dict(cell="lstm", layers=3, hidden=256, embed=256), dict(batch_size=32, bptt=200), dict(checkpoint_time=-1), 1000),
+    ("lstm-bf16", dict(cell="lstm", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=50), dict(precision="bf16"), 10000),
+    ("lstm-chunked", dict(cell="lstm", layers=1, hidden=512, embed=512), dict(batch_size=32, bptt=50), dict(loss="chunked"), 30000),
+    ("lstm-accum", dict(cell="lstm", layers=2, hidden=512, embed=512), dict(batch_size=16, bptt=50), dict(effective_batch=64), 10000),
+    ("lstm-tied", dict(cell="lstm", layers=2, hidden=400, embed=400, tie_weights=True), dict(batch_size=32, bptt=35), {}, 20000),
+    ("gru-small", dict(cell="gru", layers=1, hidden=256, embed=256), dict(batch_size=32, bptt=35), {}, 1000),
+    ("gru-2x512", dict(cell="gru", layers=2, hidden=512, embed=256), dict(batch_size=32, bptt=50), {}, 10000),
+    ("gru-long", dict(cell="gru", layers=2, hidden=256, embed=256), dict(batch_size=16, bptt=200), {}, 2000),
+    ("gru-ckpt", dict(cell="gru", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=100), dict(checkpoint_time=10), 2000),
+    ("gru-bf16", dict(cell="gru", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=35), dict(precision="bf16"), 5000),
+    ("rnn-small", dict(cell="rnn", layers=2, hidden=256, embed=256), dict(batch_size=32, bptt=70), {}, 1000),
+    ("rnn-1024", dict(cell="rnn", layers=2, hidden=1024, embed=512), dict(batch_size=32, bptt=50), {}, 10000),
+    ("rnn-bf16", dict(cell="rnn", layers=2, hidden=512, embed=512), dict(batch_size=64, bptt=50), dict(precision="bf16"), 5000),
+    ("rnn-ckpt", dict(cell="rnn", layers=3, hidden=512, embed=512), dict(batch_size=32, bptt=100), dict(checkpoint_time=-1), 2000),
+    ("lstm-adaptive", dict(cell="lstm", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=35), dict(loss="adaptive"), 30000),
+    ("lstm-nodrop", dict(cell="lstm", layers=2, hidden=512, embed=512, dropout=0.0), dict(batch_size=32, bptt=50), {}, 10000),
+    ("gru-adamw-wd", dict(cell="gru", layers=1, hidden=768, embed=384), dict(batch_size=32, bptt=35, optimizer="adamw", lr=0.001, weight_decay=0.01), {}, 20000),
+]
+QUICK = {"lstm-small", "gru-small", "rnn-small", "lstm-ckpt", "lstm-bf16"}
+
+# (name, config index in GRID or overrides, budget): plan under the budget, then measure
+BUDGETS = [
+    ("lstm-2x512 @ 700MB", "lstm-2x512", dict(batch_size=64), {}, 700 * MB),
+    ("lstm-long @ 600MB", "lstm-3x256-long", dict(batch_size=32), {}, 600 * MB),
+    ("gru-2x512 @ 650MB", "gru-2x512", dict(batch_size=64), {}, 650 * MB),
+    ("lstm-adam-30k @ 900MB", "lstm-adam", dict(batch_size=32), {}, 900 * MB),
+]
+# (name, base, train overrides, budget) for the brute-force comparison (small models: every candidate is run)
+CHOICES = [
+    ("lstm 256, eff. batch 32, 450MB", "lstm-small", dict(batch_size=32, bptt=100), {}, 450 * MB, 5000),
+    ("gru 512, eff. batch 32, 450MB", "gru-2x512", dict(batch_size=32, bptt=50), {}, 450 * MB, 2000),
+]
+
+
+def _cfg(model: dict, train: dict, memory: dict) -> RunCfg:
+    train = {"optimizer": "sgd", "lr": 0.1, **train}
+    return merge(RunCfg(), {"model": {"dropout": 0.2, **model}, "train": train, "memory": {"device": "cpu", **memory}})
+
+
+def _grid_entry(name: str):
+    return next(g for g in GRID if g[0] == name)
+
+
+class _Stores:
+    """One synthetic store per vocabulary size, big enough for every row's batch."""
+
+    def __init__(self, root: Path):
+        self.root, self.dirs = root, {}
+
+    def get(self, vocab: int) -> Path:
+        if vocab not in self.dirs:
+            self.dirs[vocab] = write_synthetic_store(self.root / f"v{vocab}", vocab, 400_000, seed=vocab)
+        return self.dirs[vocab]
+
+
+def _accuracy(names, stores: _Stores, echo) -> list[dict]:
+    rows = []
+    for name, model, train, memory, vocab in GRID:
+        if name not in names:
+            continue
+        cfg = _cfg(model, train, memory)
+        data = DataInfo(vocab)
+        plan = requested_plan(cfg, data, "cpu")
+        consts = load_constants("cpu", [(cfg.model.cell, cfg.memory.precision)])
+        est = estimate(cfg, data, plan, consts)
+        got = measure_run(cfg, stores.get(vocab), steps=4)
+        err = (est["peak"] - got["peak_bytes"]) / got["peak_bytes"]
+        rows.append({"name": name, "cell": cfg.model.cell, "layers": cfg.model.layers, "hidden": cfg.model.hidden,
+                     "vocab": vocab, "batch": plan["batch_size"], "micro": plan["micro_batch"], "bptt": plan["bptt"],
+                     "precision": plan["precision"], "loss": plan["loss"], "ckpt": plan["checkpoint_time"],
+                     "optimizer": plan["optimizer"], "predicted_mb": est["peak"] / MB,
+                     "measured_mb": got["peak_bytes"] / MB, "sampled_mb": got["peak_anon_sampled"] / MB,
+                     "error": err, "phase": est["phase"]})
+        echo(f"{name:<18} predicted {est['peak'] / MB:8.1f} MB  measured {got['peak_bytes'] / MB:8.1f} MB  {err:+6.1%}")
+    return rows
+
+
+def _budget_runs(stores: _Stores, echo, quick: bool) -> list[dict]:
+    rows = []
+    for name, base, train, memory, budget in BUDGETS[:2] if quick else BUDGETS:
+        _, model, train0, memory0, vocab = _grid_entry(base)
+        cfg = _cfg(model, {**train0, **train}, {**memory0, **memory})
+        choice = plan_for_budget(cfg, DataInfo(vocab), budget, device="cpu")
+        got = measure_run(choice.cfg, stores.get(vocab), steps=4)
+        rows.append({"name": name, "budget_mb": budget / MB, "plan": _short(choice.plan),
+                     "predicted_mb": choice.plan["predicted_peak_bytes"] / MB, "measured_mb": got["peak_bytes"] / MB,
+                     "under_budget": got["peak_bytes"] <= budget})
+        echo(f"{name:<24} {_short(choice.plan):<32} predicted {choice.plan['predicted_peak_bytes'] / MB:7.1f} "
+             f"measured {got['peak_bytes'] / MB:7.1f} budget {budget / MB:.0f} MB")
+    return rows
+
+
+def _short(plan: dict) -> str:
+    ck = f" ck{plan['checkpoint_time']}" if plan["checkpoint_time"] else ""
+    loss = f" {plan['loss']}" + (f"/{plan['loss_chunk']}" if plan["loss"] == "chunked" else "")
+    return f"{plan['micro_batch']}x{plan['accumulate']}{ck}{loss}"
+
+
+def _choice_runs(stores: _Stores, echo, quick: bool) -> list[dict]:
+    rows = []
+    for name, base, train, memory, budget, vocab in CHOICES[:1] if quick else CHOICES:
+        _, model, train0, memory0, _ = _grid_entry(base)
+        cfg = _cfg(model, {**train0, **train}, {**memory0, "loss": "auto", **memory})
+        data = DataInfo(vocab)
+        choice = plan_for_budget(cfg, data, budget, device="cpu")
+        grid = [p for p in candidates(cfg, data, "cpu") if p["checkpoint_time"] in (0, max(
+            c["checkpoint_time"] for c in candidates(cfg, data, "cpu")))]
+        grid = [p for p in grid if p["loss"] == "full" or p["loss_chunk"] == max(
+            c["loss_chunk"] for c in grid if c["loss"] == "chunked")]
+        if not any(_same(p, choice.plan) for p in grid):
+            grid.append({k: choice.plan[k] for k in grid[0]})
+        measured = []
+        for p in grid:
+            got = measure_run(apply_plan(cfg, p), stores.get(vocab), steps=4, threads=1)
+            cpu = min(got["step_cpu_seconds"][1:])
+            tps = p["batch_size"] * p["bptt"] / cpu
+            measured.append({"plan": _short(p), "peak_mb": got["peak_bytes"] / MB, "tokens_per_cpu_s": tps,
+                             "fits": got["peak_bytes"] <= budget, "chosen": _same(p, choice.plan),
+                             "predicted_tokens_per_s": tokens_per_second(cfg.model, vocab, p)})
+        fitting = [m for m in measured if m["fits"]]
+        best = max(fitting, key=lambda m: m["tokens_per_cpu_s"]) if fitting else None
+        chosen = next(m for m in measured if m["chosen"])
+        ratio = chosen["tokens_per_cpu_s"] / best["tokens_per_cpu_s"] if best else 0.0
+        rows.append({"name": name, "budget_mb": budget / MB, "chosen": chosen["plan"],
+                     "best": best["plan"] if best else None, "ratio": ratio, "grid": measured})
+        echo(f"{name:<34} chosen {chosen['plan']:<18} best {best['plan'] if best else '-':<18} ratio {ratio:.2f}")
+    return rows
+
+
+def _same(a: dict, b: dict) -> bool:
+    keys = ("micro_batch", "accumulate", "checkpoint_time", "loss", "loss_chunk")
+    return all(a[k] == b[k] for k in keys)
+
+
+def run(quick: bool = False, echo=print) -> dict:
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bench-planner-") as tmp:
+        stores = _Stores(Path(tmp))
+        names = QUICK if quick else {g[0] for g in GRID}
+        accuracy = _accuracy(names, stores, echo)
+        budgets = _budget_runs(stores, echo, quick)
+        choices = _choice_runs(stores, echo, quick)
+    errors = [abs(r["error"]) for r in accuracy]
+    summary = {"rows": len(accuracy), "max_abs_error": max(errors), "mean_abs_error": sum(errors) / len(errors),
+               "within_10pct": sum(e <= 0.10 for e in errors), "budget_runs_under": sum(r["under_budget"] for r in budgets),
+               "budget_runs": len(budgets), "min_choice_ratio": min((c["ratio"] for c in choices), default=None),
+               "seconds": round(time.time() - started, 1)}
+    return {"name": "planner", "rows": accuracy, "budget_rows": budgets, "choice_rows": choices, "summary": summary}
+
+
+def _print_table(result: dict) -> None:
+    print(f"\n{'config':<18}{'cell':>5}{'L':>3}{'H':>6}{'V':>7}{'B':>5}{'T':>5}{'prec':>6}{'loss':>9}{'ckpt':>5}"
+          f"{'opt':>6}{'predicted':>11}{'measured':>10}{'error':>8}")
+    for r in result["rows"]:
+        print(f"{r['name']:<18}{r['cell']:>5}{r['layers']:>3}{r['hidden']:>6}{r['vocab']:>7}{r['batch']:>5}{r['bptt']:>5}"
+              f"{r['precision']:>6}{r['loss']:>9}{r['ckpt']:>5}{r['optimizer']:>6}{r['predicted_mb']:>9.1f}MB"
+              f"{r['measured_mb']:>8.1f}MB{r['error']:>+8.1%}")
+    print("\nbudget runs:")
+    for r in result["budget_rows"]:
+        print(f"  {r['name']:<26} plan {r['plan']:<24} predicted {r['predicted_mb']:7.1f} MB  measured "
+              f"{r['measured_mb']:7.1f} MB  {'under' if r['under_budget'] else 'OVER'} {r['budget_mb']:.0f} MB")
+    print("\nplanner choice vs brute force (tokens per CPU-second, 1 thread):")
+    for c in result["choice_rows"]:
+        print(f"  {c['name']}: chosen {c['chosen']}, best {c['best']}, ratio {c['ratio']:.2f}")
+        for m in c["grid"]:
+            print(f"      {m['plan']:<22} peak {m['peak_mb']:7.1f} MB  {m['tokens_per_cpu_s']:8.0f} tok/cpu-s"
+                  f"  {'fits' if m['fits'] else 'over'}{'  <- chosen' if m['chosen'] else ''}")
+    print("\nsummary:", json.dumps(result["summary"]))
+
+
+if __name__ == "__main__":
+    result = run(quick="--quick" in sys.argv)
+    _print_table(result)
+    out = Path(__file__).parent / "results" / "planner.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))

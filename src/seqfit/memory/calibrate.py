@@ -1,0 +1,173 @@
+"""Fit the estimator's machine constants with short probes, and cache them per machine and version.
+
+Probes (each a fresh child process running real training steps, seqfit.memory.probe):
+
+    baseline      a tiny model (H = 16): what it measures minus what the estimate gives for its
+                  tensors is the runtime's own anonymous memory (python, torch, seqfit, thread pools)
+    per cell      the same 2-layer model at two small token counts (b x T = 256 and 1024, H = 256);
+                  the slope between them, against the estimate's slope, scales that cell's
+                  per-token constants -- two sizes, so the baseline's error cancels
+    timing        the same runs' step times fit seconds_per_flop and seconds_per_call
+
+Probes stay small on purpose (under ~200 MB): on CPU an out-of-memory is a kill, so a probe must
+never be what runs out. The cache lives in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit) as
+calibration-<torch version>-<device>-<cpu hash>.json, holding the keys ("lstm/fp32", ...) calibrated so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+from seqfit.config import RunCfg, merge
+from seqfit.memory.constants import CellCoefs, Constants, default_constants
+from seqfit.memory.estimate import DataInfo, estimate
+from seqfit.memory.plan import requested_plan
+
+__all__ = ["cache_dir", "cache_path", "load_constants", "calibrate", "probe_config", "NO_CALIBRATE_ENV"]
+
+NO_CALIBRATE_ENV = "SEQFIT_NO_CALIBRATE"  # set to 1: never run probes, use the cache or the defaults
+PROBE_VOCAB = 64
+PROBE_TOKENS = 40_000
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEQFIT_CACHE_DIR") or Path.home() / ".cache" / "seqfit")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_path(device: str) -> Path:
+    import torch
+
+    name = torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
+    digest = hashlib.sha256(f"{name}|{os.cpu_count()}".encode()).hexdigest()[:12]
+    return cache_dir() / f"calibration-{torch.__version__}-{device}-{digest}.json"
+
+
+def _read_cache(device: str) -> dict:
+    try:
+        return json.loads(cache_path(device).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_constants(device: str, keys: list[tuple[str, str]] | None = None, *, calibrate_missing: bool = True,
+                   echo=None) -> Constants:
+    """Cached constants for this machine; probes the (cell, precision) keys not calibrated yet.
+
+    With SEQFIT_NO_CALIBRATE=1 or calibrate_missing=False, missing keys keep the defaults.
+    """
+    data = _read_cache(device)
+    consts = Constants.from_dict(data["constants"]) if data else default_constants(device)
+    missing = [k for k in (keys or []) if f"{k[0]}/{_prec_key(k[1])}" not in data.get("keys", [])]
+    if missing and calibrate_missing and os.environ.get(NO_CALIBRATE_ENV, "") in ("", "0"):
+        consts = calibrate(device, missing, echo=echo)
+    return consts
+
+
+def _prec_key(precision: str) -> str:
+    return "fp32" if precision == "fp32" else "bf16"
+
+
+def probe_config(cell: str, precision: str, device: str, micro: int, bptt: int, hidden: int = 256,
+                 layers: int = 2) -> RunCfg:
+    return merge(RunCfg(), {
+        "model": {"cell": cell, "layers": layers, "hidden": hidden, "embed": hidden, "dropout": 0.2},
+        "train": {"batch_size": micro, "bptt": bptt, "optimizer": "sgd", "lr": 0.1},
+        "memory": {"device": device, "precision": precision, "loss": "full"}})
+
+
+def _predicted(cfg: RunCfg, consts: Constants, device: str) -> int:
+    data = DataInfo(PROBE_VOCAB)
+    return estimate(cfg, data, requested_plan(cfg, data, device), consts)["peak"]
+
+
+def _scale(consts: Constants, key: str, s: float) -> Constants:
+    c = consts.cells[key]
+    scaled = CellCoefs(*(tuple(s * v for v in vec) for vec in (c.keep, c.rise, c.fwd)))
+    return dataclasses.replace(consts, cells={**consts.cells, key: scaled})
+
+
+def _fit_scale(consts: Constants, key: str, cfgs: list[RunCfg], measured: list[int], device: str) -> float:
+    """Scale of the cell's constants whose predicted slope between the two probes matches the measured one."""
+    want = measured[1] - measured[0]
+    lo, hi = 0.25, 4.0
+    for _ in range(40):  # the predicted slope grows with the scale: bisect
+        mid = (lo * hi) ** 0.5
+        c = _scale(consts, key, mid)
+        got = _predicted(cfgs[1], c, device) - _predicted(cfgs[0], c, device)
+        lo, hi = (mid, hi) if got < want else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
+def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constants:
+    """Run the probes for ``keys`` [(cell, precision)], refit, merge into the cache; returns the constants."""
+    from seqfit.memory.probe import measure_run
+    from seqfit.memory.synthetic import write_synthetic_store
+
+    say = echo or (lambda text: None)
+    cached = _read_cache(device)
+    consts = Constants.from_dict(cached["constants"]) if cached else default_constants(device)
+    done = set(cached.get("keys", []))
+    timings = []
+    with tempfile.TemporaryDirectory(prefix="seqfit-calibrate-") as tmp:
+        data_dir = write_synthetic_store(Path(tmp) / "data", PROBE_VOCAB, PROBE_TOKENS)
+        if "baseline" not in done:
+            say("calibrating: runtime baseline (tiny model)")
+            tiny = probe_config("rnn", "fp32", device, 2, 4, hidden=16, layers=1)
+            got = measure_run(tiny, data_dir, steps=3)["peak_bytes"]
+            rest = _predicted(tiny, consts, device) - consts.baseline
+            consts = dataclasses.replace(consts, baseline=int(got - rest))
+            done.add("baseline")
+        for cell, precision in keys:
+            key = f"{cell}/{_prec_key(precision)}"
+            say(f"calibrating: {key} at two sizes")
+            cfgs = [probe_config(cell, precision, device, micro, 32) for micro in (8, 32)]
+            runs = [measure_run(c, data_dir, steps=4) for c in cfgs]
+            consts = _scale(consts, key, _fit_scale(consts, key, cfgs, [r["peak_bytes"] for r in runs], device))
+            timings += [(c, min(r["step_seconds"][1:])) for c, r in zip(cfgs, runs)]
+            done.add(key)
+    consts = _fit_timing(consts, timings)
+    consts = dataclasses.replace(consts, calibrated=True, device=device, source=f"probes on this machine ({_cpu_model()})")
+    path = cache_path(device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"keys": sorted(done), "constants": consts.to_dict()}, indent=1))
+    return consts
+
+
+def _fit_timing(consts: Constants, timings: list[tuple[RunCfg, float]]) -> Constants:
+    """seconds_per_flop and seconds_per_call from two or more timed probes (kept when the fit is not sane)."""
+    from seqfit.memory.throughput import step_seconds
+
+    if len(timings) < 2:
+        return consts
+    # step_seconds is linear in (seconds_per_flop, seconds_per_call): evaluate it on unit vectors
+    rows = []
+    for cfg, seconds in timings:
+        plan = requested_plan(cfg, DataInfo(PROBE_VOCAB), consts.device)
+        a = step_seconds(cfg.model, PROBE_VOCAB, plan, dataclasses.replace(consts, seconds_per_flop=1.0, seconds_per_call=0.0))
+        c = step_seconds(cfg.model, PROBE_VOCAB, plan, dataclasses.replace(consts, seconds_per_flop=0.0, seconds_per_call=1.0))
+        rows.append((a, c, seconds))
+    import numpy as np
+
+    A = np.array([[a, c] for a, c, _ in rows])
+    y = np.array([s for _, _, s in rows])
+    (flop, call), *_ = np.linalg.lstsq(A, y, rcond=None)
+    if flop > 0 and call >= 0:
+        return dataclasses.replace(consts, seconds_per_flop=float(flop), seconds_per_call=float(call))
+    return consts

@@ -1,0 +1,100 @@
+"""The machine- and build-dependent numbers the estimator needs, with defaults measured on one machine.
+
+Everything else in the estimate is exact arithmetic on shapes (parameters, gradients, optimizer state,
+logits). What is not: how many bytes a fused recurrent kernel keeps per token for backward, how much
+scratch its backward touches, and what the Python + PyTorch runtime itself holds. Those differ between
+PyTorch builds (oneDNN's LSTM keeps ~10 H-sized values per step, the native GRU ~8) and devices, so
+they live here and `seqfit.memory.calibrate` refits them with short probes on the machine at hand.
+
+A layer's bytes are linear in its sizes, with n = micro-batch x steps tokens, b the micro-batch, I its
+input size, H its hidden size (I = E for the first layer) and P = gates x H x (I + H) its weights:
+
+    keep   = k[0] n H + k[1] n I + k[2] b H + k[3] P    kept from its forward until its backward
+    fwd    = f[0] n H + ...                             forward scratch above `keep` (freed by its end)
+    rise   = r[0] n H + ...                             backward scratch above `keep` (workspace, weight
+                                                        copies in the kernel's layout, grad of input)
+
+"Bytes" are resident bytes: pages a kernel allocates but never touches (oneDNN's workspace has
+regions only backward writes) count only once written, which is why these are measured, not derived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["CellCoefs", "Constants", "DEFAULT_CONSTANTS", "default_constants"]
+
+
+@dataclass(frozen=True)
+class CellCoefs:
+    keep: tuple[float, float, float, float]  # bytes per (n H, n I, b H, P) kept from forward to backward
+    rise: tuple[float, float, float, float]  # ... of backward scratch above `keep`
+    fwd: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # ... of forward scratch above `keep`
+
+
+def _defaults() -> dict[str, CellCoefs]:
+    # Fitted on CPU, torch 2.13 (oneDNN 3.12 LSTM; native GRU/RNN), glibc mmap threshold pinned
+    # (seqfit.memory.allocator); see /tmp notes in the planner report. Keys: "<cell>/<precision>".
+    return {
+        "lstm/fp32": CellCoefs(keep=(24.0, 0.0, 19.0, 0.0), rise=(35.0, 12.0, 13.0, 7.4), fwd=(16.0, 4.0, 0.0, 4.0)),
+        "gru/fp32": CellCoefs(keep=(28.0, 4.0, 0.0, 0.0), rise=(7.5, 2.2, 0.0, 3.8), fwd=(16.0, 4.0, 0.0, 0.0)),
+        "rnn/fp32": CellCoefs(keep=(4.0, 4.0, 4.0, 0.0), rise=(4.0, 4.0, 0.0, 4.0), fwd=(4.0, 0.0, 0.0, 0.0)),
+        "lstm/bf16": CellCoefs(keep=(13.5, 0.0, 0.0, 1.85), rise=(9.5, 13.9, 150.0, 7.5), fwd=(0.0, 8.0, 0.0, 1.5)),
+        "gru/bf16": CellCoefs(keep=(14.0, 2.0, 0.0, 2.0), rise=(8.0, 4.0, 0.0, 4.0), fwd=(8.0, 2.0, 0.0, 0.0)),
+        "rnn/bf16": CellCoefs(keep=(2.0, 2.0, 2.0, 2.0), rise=(4.0, 4.0, 0.0, 4.0), fwd=(2.0, 0.0, 0.0, 0.0)),
+    }
+
+
+@dataclass(frozen=True)
+class Constants:
+    device: str = "cpu"
+    baseline: int = 218 * 2**20  # anonymous bytes of python + torch + seqfit after one tiny training step
+    cells: dict[str, CellCoefs] = field(default_factory=_defaults)
+    # relative throughput model (seqfit.memory.throughput): seconds per multiply-add and per-call overhead
+    seconds_per_flop: float = 2.5e-11
+    seconds_per_call: float = 4.0e-5  # per time step per layer kernel launch / Python overhead
+    batch_half: float = 8.0  # micro-batch at which a time step's matmuls reach half their best speed
+    calibrated: bool = False  # True once fitted on this machine
+    source: str = "defaults measured on the development machine"
+
+    def coefs(self, cell: str, precision: str) -> CellCoefs:
+        key = f"{cell}/{'fp32' if precision == 'fp32' else 'bf16'}"  # fp16 (CUDA) is sized like bf16
+        return self.cells[key]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Constants":
+        cells = {k: CellCoefs(**{f: tuple(v) for f, v in c.items()}) for k, c in data.get("cells", {}).items()}
+        rest = {k: v for k, v in data.items() if k != "cells" and k in cls.__dataclass_fields__}
+        base = _cuda_defaults() if data.get("device") == "cuda" else _defaults()
+        return cls(**rest, cells={**base, **cells})
+
+
+def _cuda_defaults() -> dict[str, CellCoefs]:
+    # Not measured: cuDNN keeps its "reserve space" (gates and states, ~10 H-sized values per step for an
+    # LSTM, fp32 or the compute dtype) plus the layer output; calibrate.py refits these on a CUDA machine.
+    return {
+        "lstm/fp32": CellCoefs(keep=(44.0, 4.0, 0.0, 0.0), rise=(20.0, 4.0, 0.0, 4.0)),
+        "gru/fp32": CellCoefs(keep=(36.0, 4.0, 0.0, 0.0), rise=(16.0, 4.0, 0.0, 4.0)),
+        "rnn/fp32": CellCoefs(keep=(12.0, 4.0, 0.0, 0.0), rise=(8.0, 4.0, 0.0, 4.0)),
+        "lstm/bf16": CellCoefs(keep=(24.0, 2.0, 0.0, 2.0), rise=(12.0, 2.0, 0.0, 4.0)),
+        "gru/bf16": CellCoefs(keep=(20.0, 2.0, 0.0, 2.0), rise=(10.0, 2.0, 0.0, 4.0)),
+        "rnn/bf16": CellCoefs(keep=(8.0, 2.0, 0.0, 2.0), rise=(6.0, 2.0, 0.0, 4.0)),
+    }
+
+
+def default_constants(device: str) -> Constants:
+    """Uncalibrated constants for a device: the CPU ones were measured, the CUDA ones are estimates.
+
+    On CUDA the budget governs the caching allocator's reserved bytes, which start near zero: the
+    CUDA context lives outside it, so the baseline is small.
+    """
+    if device == "cuda":
+        return Constants(device="cuda", baseline=16 * 2**20, cells=_cuda_defaults(), seconds_per_flop=2e-14,
+                         seconds_per_call=2e-5, batch_half=64.0, source="uncalibrated CUDA estimates")
+    return Constants()
+
+
+DEFAULT_CONSTANTS = Constants()

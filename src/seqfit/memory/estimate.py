@@ -1,0 +1,294 @@
+"""Predicted memory of one training run, part by part: pure functions of sizes, dtypes and constants.
+
+What the budget governs. On CPU: anonymous resident memory (heap, tensors, the runtime itself); on
+CUDA: the caching allocator's reserved bytes. File-backed resident pages are left out on purpose: the
+token store is memory-mapped, and its pages (like those of shared libraries) are clean copies of a file
+that the kernel drops and re-reads under pressure instead of killing the process, so they compete for
+page cache, not for the budget. `seqfit.measure.memory.read_memory` reports both halves.
+
+The peak is not a sum of sizes: gradients do not exist during the forward pass (they are set to None
+at each step), activations are freed layer by layer as backward walks down, and the output layer's
+vocabulary-sized buffers come and go first. So the estimate replays one step as a sequence of moments
+(forward through each layer, loss forward, loss backward, each layer's backward, the optimizer step;
+with accumulation, a second micro-batch with the gradients already there) and reports the largest.
+Its ``parts`` are the bytes of each kind alive at that moment, so they add up to the peak exactly.
+
+    baseline          python + torch + seqfit after a first step (measured: constants.baseline)
+    weights           fp32 parameters
+    gradients         .grad tensors alive at the peak (all of them after the first micro-batch)
+    optimizer_state   momentum / Adam moments / Adafactor factors (optimizer_state_bytes)
+    activations       what forward keeps for backward, plus backward scratch of the layer at work
+    output_loss       logits / log-softmax / their gradients (full), one chunk (chunked), clusters (adaptive)
+    data              the batch's token ids
+    temporaries       optimizer-step scratch
+
+(bf16 copies autocast makes of the recurrent weights count with the activations: constants.py.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from seqfit.config import ModelCfg, RunCfg
+from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
+
+__all__ = ["DataInfo", "PARTS", "GATES", "param_shapes", "static_bytes", "estimate", "chunk_len"]
+
+PARTS = ("baseline", "weights", "gradients", "optimizer_state", "activations", "output_loss", "data", "temporaries")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+F32 = 4
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the estimate needs to know about the data: vocabulary size, and (optional) split sizes and counts."""
+
+    vocab_size: int
+    train_tokens: int = 0  # 0: unknown (what-if planning with --vocab-size)
+    counts: tuple[int, ...] | None = None  # per-id corpus counts, for the adaptive head's cutoffs
+
+
+def chunk_len(checkpoint_time: int, steps: int) -> int:
+    """Time-chunk length k for --checkpoint-time (as models/timechunk.resolve_chunk): -1 -> ceil(sqrt(T))."""
+    if checkpoint_time == 0:
+        return steps
+    k = math.ceil(math.sqrt(steps)) if checkpoint_time < 0 else checkpoint_time
+    return max(1, min(k, steps))
+
+
+def _adaptive_layout(hidden: int, vocab: int, counts) -> tuple[list[int], list[int]]:
+    """(cutoffs + [V], projection size of each tail) exactly as heads.AdaptiveHead builds them."""
+    from seqfit.models.heads import adaptive_cutoffs  # torch import: only when the adaptive head is asked for
+
+    cutoffs = adaptive_cutoffs(counts if counts is not None else [1.0 / (i + 1) for i in range(vocab)])
+    div, tails = 4.0, 0
+    while tails < len(cutoffs) and hidden // div ** (tails + 1) >= 4:
+        tails += 1
+    if tails == 0:
+        div, tails = 1.0, len(cutoffs)
+    cutoffs = cutoffs[:tails]
+    return cutoffs + [vocab], [int(hidden // div ** (i + 1)) for i in range(len(cutoffs))]
+
+
+def param_shapes(model: ModelCfg, vocab: int, loss: str, counts=None) -> list[tuple[str, tuple[int, ...], bool]]:
+    """(name, shape, trainable) of every parameter the language model will have (one entry per tensor)."""
+    g = GATES[model.cell]
+    shapes = [("embedding", (vocab, model.embed), not model.freeze_embeddings)]
+    for i in range(model.layers):
+        inp = model.embed if i == 0 else model.hidden
+        shapes += [(f"layer{i}.w_ih", (g * model.hidden, inp), True), (f"layer{i}.w_hh", (g * model.hidden, model.hidden), True),
+                   (f"layer{i}.b_ih", (g * model.hidden,), True), (f"layer{i}.b_hh", (g * model.hidden,), True)]
+        if model.layer_norm:
+            shapes += [(f"norm{i}.weight", (model.hidden,), True), (f"norm{i}.bias", (model.hidden,), True)]
+    if loss == "adaptive":
+        bounds, proj = _adaptive_layout(model.hidden, vocab, counts)
+        shapes.append(("head.head", (bounds[0] + len(proj), model.hidden), True))
+        for i, p in enumerate(proj):
+            shapes += [(f"head.tail{i}.proj", (p, model.hidden), True), (f"head.tail{i}.out", (bounds[i + 1] - bounds[i], p), True)]
+    else:
+        if not model.tie_weights:
+            shapes.append(("head.weight", (vocab, model.hidden), True))
+        shapes.append(("head.bias", (vocab,), True))
+    return shapes
+
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+def static_bytes(cfg: RunCfg, data: DataInfo, loss: str) -> dict[str, int]:
+    """Weights, gradients and optimizer state at full size (fp32 parameters; see train/optim.py)."""
+    from seqfit.train.optim import optimizer_state_bytes
+
+    shapes = param_shapes(cfg.model, data.vocab_size, loss, data.counts)
+    trainable = [s for _, s, t in shapes if t]
+    return {"weights": F32 * sum(_numel(s) for _, s, _ in shapes),
+            "gradients": F32 * sum(_numel(s) for s in trainable),
+            "optimizer_state": optimizer_state_bytes(cfg.train.optimizer, trainable, momentum=cfg.train.momentum),
+            "parameters": sum(_numel(s) for _, s, _ in shapes),
+            "largest_parameter": F32 * max(_numel(s) for s in trainable) if trainable else 0}
+
+
+def _optimizer_scratch(cfg: RunCfg, device: str, sizes: dict[str, int]) -> int:
+    """Bytes the optimizer step allocates on top of weights, gradients and state.
+
+    On CPU torch's optimizers run their per-parameter loop (foreach kernels are CUDA-only), so scratch is
+    per parameter: Adam's denominator (sqrt, then a division: two temporaries of the largest parameter),
+    an L2 term added to the gradient. On CUDA the foreach path makes the same temporaries for all at once.
+    """
+    name, t = cfg.train.optimizer, cfg.train
+    unit = sizes["gradients"] if device == "cuda" else sizes["largest_parameter"]
+    temps = {"sgd": 0, "adam": 2, "adamw": 2, "adafactor": 3}[name]
+    if t.weight_decay and name in ("sgd", "adam"):
+        temps += 1
+    if name == "sgd" and t.momentum:
+        temps = max(temps, 1)  # the first step clones the gradient into the buffer
+    return temps * unit
+
+
+class _Replay:
+    """Bytes alive by part while one step is replayed; keeps the largest moment and its composition."""
+
+    def __init__(self, **start: int):
+        self.now = dict.fromkeys(PARTS, 0) | start
+        self.peak, self.phase, self.parts = -1, "", {}
+        self.phases: dict[str, int] = {}
+
+    def moment(self, phase: str, **extra: int) -> None:
+        parts = dict(self.now)
+        for k, v in extra.items():
+            parts[k] += v
+        total = sum(parts.values())
+        self.phases[phase] = max(self.phases.get(phase, 0), total)
+        if total > self.peak:
+            self.peak, self.phase, self.parts = total, phase, parts
+
+
+def _dot(c: tuple[float, ...], f: tuple[float, ...]) -> int:
+    return int(sum(a * b for a, b in zip(c, f)))
+
+
+def _head_bytes(loss: str, n: int, vocab: int, hidden: int, bf16: bool, chunk: int, counts) -> dict[str, int]:
+    """Vocabulary-sized buffers of the output layer for n tokens: kept for backward, and each phase's extra."""
+    if loss == "full":
+        # F.linear -> (.float()) -> log_softmax (kept) ; backward: grad of log-softmax + grad of logits
+        logits = n * vocab * (2 if bf16 else F32)
+        keep = F32 * n * vocab
+        fwd = logits + (F32 * n * vocab if bf16 else 0)
+        bwd = 2 * F32 * n * vocab + (2 * n * vocab if bf16 else 0)
+        cast = 2 * (vocab * hidden + n * hidden) if bf16 else 0  # bf16 copies of the weight and features
+        return {"keep": keep + cast, "fwd": fwd, "bwd": bwd, "bwd_linear": F32 * n * vocab}
+    if loss == "chunked":
+        c = min(chunk, n)
+        narrow = 2 if bf16 else 0
+        buf = c * vocab * (F32 + 2 * narrow)  # (C, V) fp32 buffer (+ bf16 matmul output and gradient cast)
+        w = narrow * vocab * hidden  # bf16 copy of the weight, made in forward and again in backward
+        return {"keep": F32 * n, "fwd": buf + w, "bwd": buf + w + (F32 * vocab * hidden if bf16 else 0),
+                "bwd_linear": 0}
+    # adaptive: the head cluster's logits for all tokens, each tail's for the share of tokens it holds
+    bounds, proj = _adaptive_layout(hidden, vocab, counts)
+    width = bounds[0] + len(proj)
+    share = _tail_shares(bounds, vocab, counts)
+    tail = sum(s * n * (p + (hi - lo)) for s, p, lo, hi in zip(share, proj, bounds, bounds[1:]))
+    keep = int(F32 * (n * width + tail))
+    return {"keep": keep + F32 * n * hidden, "fwd": keep, "bwd": 2 * keep, "bwd_linear": 0}
+
+
+def _tail_shares(bounds: list[int], vocab: int, counts) -> list[float]:
+    weights = counts if counts is not None else [1.0 / (i + 1) for i in range(vocab)]
+    total = float(sum(weights))
+    return [sum(weights[lo:hi]) / total for lo, hi in zip(bounds, bounds[1:])]
+
+
+def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
+    """Predicted peak bytes of training ``cfg`` with the resolved ``plan`` (keys as train.loop.resolve_plan).
+
+    Returns {"peak", "parts" (bytes by part at the peak, summing to it), "phase" (where it peaks),
+    "phases" (each phase's own peak), "sizes" (weights/gradients/optimizer state at full size),
+    "layers" (activation bytes each recurrent layer keeps)}.
+    """
+    m, V = cfg.model, data.vocab_size
+    if m.task != "lm":
+        from seqfit.errors import SeqfitError
+
+        raise SeqfitError(f"the memory planner covers language models (task lm), not {m.task!r}")
+    b, T, acc = plan["micro_batch"], plan["bptt"], plan["accumulate"]
+    bf16 = plan["precision"] != "fp32"
+    loss, device = plan["loss"], plan["device"]
+    chunk = plan.get("loss_chunk") or _default_chunk(V, bf16)
+    sizes = static_bytes(cfg, data, loss)
+    coefs = consts.coefs(m.cell, plan["precision"])
+    k = chunk_len(plan.get("checkpoint_time", 0), T)
+    n, E, H, L = b * T, m.embed, m.hidden, m.layers
+    p = m.dropout
+    out_b = 2 if bf16 and m.cell != "gru" else F32  # autocast runs LSTM/RNN in bf16; GRU's output stays fp32
+    g = GATES[m.cell]
+    layer_params = [g * H * ((E if i == 0 else H) + H) for i in range(L)]
+    head = _head_bytes(loss, n, V, H, bf16, chunk, data.counts)
+    data_bytes = 8 * b * acc * (T + 1) + 16 * n  # the (B, T+1) int64 window; per micro-batch id copies
+    head_grad = sizes["gradients"] - F32 * sum(lp + 2 * g * H + (2 * H if m.layer_norm else 0) for lp in layer_params) - (
+        F32 * V * E if not m.freeze_embeddings else 0)  # the output layer's gradient bytes
+
+    r = _Replay(baseline=consts.baseline, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"],
+                data=data_bytes)
+    layers_kept = []
+    for micro in range(2 if acc > 1 else 1):
+        grads_before = sizes["gradients"] if micro else 0
+        r.now["gradients"] = grads_before
+        r.now["activations"] = 0
+        r.now["temporaries"] = 0
+
+        def layer_feats(i: int, tokens: int) -> tuple[int, int, int, int]:
+            return (tokens * H, tokens * (E if i == 0 else H), b * H, layer_params[i])  # see constants.py
+
+        # ---- forward: embedding (+ dropout: CPU dropout keeps a same-dtype noise tensor and its output)
+        emb = F32 * n * E
+        r.moment("forward", activations=emb * (3 if p else 1))
+        r.now["activations"] = emb * (2 if p else 1)
+        drop_keep = (2 * out_b if p else 0) * n * H  # per dropout after a layer
+        if k < T:  # exact time-chunked checkpointing: boundary states + top output, one chunk at a time
+            states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H
+            chunk_keep = sum(_dot(coefs.keep, layer_feats(i, b * k)) for i in range(L))
+            chunk_fwd = max(_dot(coefs.fwd, layer_feats(i, b * k)) for i in range(L))
+            r.moment("forward", activations=states + chunk_keep + chunk_fwd + out_b * n * H)
+            r.now["activations"] += states + 2 * out_b * n * H  # cat of the chunk outputs (+ pieces freed)
+            r.moment("forward")
+            r.now["activations"] += drop_keep - out_b * n * H if p else 0
+            kept = [chunk_keep]
+        else:
+            kept = []
+            for i in range(L):
+                f = layer_feats(i, n)
+                keep = _dot(coefs.keep, f) + (4 * F32 * n * H if m.layer_norm else 0)
+                r.moment("forward", activations=keep + _dot(coefs.fwd, f))
+                r.now["activations"] += keep + drop_keep
+                if not p and m.cell != "lstm":
+                    r.now["activations"] += out_b * n * H  # the layer's output lives on as the next input
+                kept.append(keep)
+        layers_kept = kept
+        # ---- loss forward
+        r.moment("loss", output_loss=head["keep"] + head["fwd"])
+        r.now["output_loss"] = head["keep"]
+        # ---- loss backward (vocabulary-sized gradients), then the head's weight gradient
+        new_grad = head_grad
+        r.moment("loss backward", output_loss=head["bwd"])
+        r.moment("loss backward", output_loss=head["bwd_linear"] - head["keep"], activations=F32 * n * H,
+                 gradients=new_grad)
+        r.now["output_loss"] = 0
+        r.now["gradients"] = grads_before + (0 if micro else new_grad)
+        flow = F32 * n * H  # gradient of the features, then of each layer's input
+        if k < T:
+            # backward recomputes one chunk at a time: its keep and scratch, the whole feature gradient,
+            # and the embedding gradient buffer autograd sums the chunks' slices into
+            rise = sum(_dot(coefs.rise, layer_feats(i, b * k)) for i in range(L))
+            r.moment("backward", activations=kept[0] + rise + flow + 2 * F32 * n * E,
+                     gradients=F32 * sum(layer_params) if micro else F32 * sum(layer_params) // 2)
+            r.now["activations"] = emb * (2 if p else 1)
+            r.now["gradients"] = grads_before + (0 if micro else new_grad + F32 * sum(lp + 2 * g * H for lp in layer_params))
+        else:
+            r.now["activations"] -= drop_keep  # the last dropout's backward runs first
+            for i in reversed(range(L)):
+                f = layer_feats(i, n)
+                layer_grad = F32 * (layer_params[i] + 2 * g * H)
+                r.moment("backward", activations=_dot(coefs.rise, f) + flow, gradients=layer_grad)
+                r.now["activations"] -= kept[i] + (drop_keep if i else 0)
+                if not p and m.cell != "lstm":
+                    r.now["activations"] -= out_b * n * H
+                r.now["gradients"] += 0 if micro else layer_grad
+                flow = F32 * n * (E if i == 0 else H)
+        emb_grad = F32 * V * E if not m.freeze_embeddings else 0
+        r.moment("backward", activations=flow + F32 * n * E, gradients=emb_grad)
+    # ---- optimizer step: weights, all gradients, state, and the step's scratch
+    r.now.update(activations=0, output_loss=0, temporaries=_optimizer_scratch(cfg, device, sizes),
+                 gradients=sizes["gradients"])
+    r.moment("optimizer")
+    return {"peak": r.peak, "parts": r.parts, "phase": r.phase, "phases": r.phases,
+            "sizes": {k: sizes[k] for k in ("weights", "gradients", "optimizer_state", "parameters")},
+            "layers": layers_kept, "chunk_steps": k}
+
+
+def _default_chunk(vocab: int, bf16: bool) -> int:
+    from seqfit.train.chunked_loss import DEFAULT_CHUNK_BUDGET, chunk_tokens_for_budget
+
+    return chunk_tokens_for_budget(DEFAULT_CHUNK_BUDGET, vocab, 2 if bf16 else 4)

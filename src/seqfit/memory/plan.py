@@ -1,0 +1,176 @@
+"""Choose the fastest plan that fits a memory budget, before anything is allocated.
+
+The user's config fixes what changes the result: the effective batch (streams per optimizer step),
+bptt, model, optimizer and precision. The planner varies only what gives the same gradients:
+
+    micro-batch      a divisor of the effective batch; the rest becomes accumulation steps
+    checkpointing    exact time-chunked checkpointing every k steps (when --checkpoint-time is 0)
+    output loss      full logits or chunked (when --loss is auto), and the chunk size
+
+Every candidate's peak comes from the estimator (estimate.py) and its speed from the relative model
+(throughput.py); the fastest candidate under budget x (1 - SAFETY_MARGIN) wins. Nothing is run to
+find out: on CPU running out of memory is a kill, not an exception, so a search by trial would crash.
+When nothing fits, BudgetError says what the smallest plan needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seqfit.config import RunCfg
+from seqfit.errors import BudgetError, SeqfitError
+from seqfit.measure.memory import format_bytes
+from seqfit.memory.constants import Constants
+from seqfit.memory.estimate import DataInfo, estimate
+from seqfit.memory.throughput import tokens_per_second
+
+__all__ = ["SAFETY_MARGIN", "PlanChoice", "data_info_from_dir", "effective_batch", "requested_plan", "candidates",
+           "plan_for_budget", "describe_plan", "apply_plan"]
+
+SAFETY_MARGIN = 0.05  # plans must fit in budget x (1 - this): the estimator's error on bench_planner is below it
+CHUNK_BUDGETS = (64 * 2**20, 16 * 2**20, 4 * 2**20)  # (C, V) fp32 buffer sizes tried for the chunked loss
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    cfg: RunCfg  # the resolved config: train with this one
+    plan: dict  # resolve_plan's keys + predicted_peak_bytes, predicted_tokens_per_s, reason
+    parts: dict[str, int]  # predicted bytes by part at the peak (they add up to the peak)
+    alternatives: list[dict] = field(default_factory=list)  # other plans with their peak, speed and fit
+    budget: int = 0
+
+
+def data_info_from_dir(data_dir: str | Path) -> DataInfo:
+    """Vocabulary size, training tokens and id counts from DATA_DIR's meta.json and vocab.json."""
+    from seqfit.data.store import read_meta
+
+    data_dir = Path(data_dir)
+    meta = read_meta(data_dir)
+    counts = None
+    try:
+        counts = tuple(json.loads((data_dir / "vocab.json").read_text(encoding="utf-8"))["counts"])
+    except (OSError, ValueError, KeyError):
+        pass
+    train = meta.get("splits", {}).get("train", {}).get("tokens", 0)
+    return DataInfo(vocab_size=int(meta["vocab_size"]), train_tokens=int(train), counts=counts)
+
+
+def effective_batch(cfg: RunCfg) -> int:
+    """Streams per optimizer step the user asked for (--effective-batch, else batch size x accumulate)."""
+    return cfg.memory.effective_batch or cfg.train.batch_size * cfg.memory.accumulate
+
+
+def _device(cfg: RunCfg) -> str:
+    from seqfit.device import resolve_device
+
+    return resolve_device(cfg.memory.device).type
+
+
+def requested_plan(cfg: RunCfg, data: DataInfo, device: str | None = None) -> dict:
+    """The plan the config asks for as it stands (what train.loop.resolve_plan would give), no budget."""
+    from seqfit.models.heads import choose_loss_kind
+
+    device = device or _device(cfg)
+    mem, micro = cfg.memory, cfg.train.batch_size
+    eff = effective_batch(cfg)
+    if eff % micro:
+        raise SeqfitError(f"--effective-batch {eff} is not a multiple of --batch-size {micro}")
+    loss = mem.loss if mem.loss != "auto" else choose_loss_kind(data.vocab_size, micro * cfg.train.bptt, None)
+    return _plan(device, mem.precision, loss, mem.loss_chunk, micro, eff // micro, cfg.train.bptt,
+                 mem.checkpoint_time, cfg.train.optimizer)
+
+
+def _plan(device, precision, loss, loss_chunk, micro, accumulate, bptt, checkpoint_time, optimizer) -> dict:
+    return {"device": device, "precision": precision, "loss": loss, "loss_chunk": loss_chunk if loss == "chunked" else 0,
+            "micro_batch": micro, "accumulate": accumulate, "batch_size": micro * accumulate, "bptt": bptt,
+            "checkpoint_time": checkpoint_time, "optimizer": optimizer}
+
+
+def _chunk_options(cfg: RunCfg, data: DataInfo) -> list[int]:
+    from seqfit.train.chunked_loss import chunk_tokens_for_budget
+
+    if cfg.memory.loss_chunk:
+        return [cfg.memory.loss_chunk]
+    width = 2 if cfg.memory.precision != "fp32" else 4
+    return sorted({chunk_tokens_for_budget(b, data.vocab_size, width) for b in CHUNK_BUDGETS}, reverse=True)
+
+
+def _checkpoint_options(cfg: RunCfg) -> list[int]:
+    T = cfg.train.bptt
+    if cfg.memory.checkpoint_time:
+        return [cfg.memory.checkpoint_time]
+    ks = {math.ceil(T / 2), math.ceil(T / 4), math.ceil(math.sqrt(T))}
+    return [0] + sorted(k for k in ks if 1 <= k < T)
+
+
+def candidates(cfg: RunCfg, data: DataInfo, device: str | None = None) -> list[dict]:
+    """Every plan the planner may choose between for ``cfg`` (same gradients as the config asks for)."""
+    device = device or _device(cfg)
+    eff = effective_batch(cfg)
+    losses = ["full", "chunked"] if cfg.memory.loss == "auto" else [cfg.memory.loss]
+    out = []
+    for micro in sorted((d for d in range(1, eff + 1) if eff % d == 0), reverse=True):
+        for k in _checkpoint_options(cfg):
+            for loss in losses:
+                for chunk in (_chunk_options(cfg, data) if loss == "chunked" else [0]):
+                    out.append(_plan(device, cfg.memory.precision, loss, chunk, micro, eff // micro, cfg.train.bptt,
+                                     k, cfg.train.optimizer))
+    return out
+
+
+def apply_plan(cfg: RunCfg, plan: dict) -> RunCfg:
+    """The config whose resolve_plan gives ``plan``: micro-batch, accumulation, loss and checkpointing set."""
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, batch_size=plan["micro_batch"]),
+        memory=dataclasses.replace(cfg.memory, accumulate=plan["accumulate"], effective_batch=0, loss=plan["loss"],
+                                   loss_chunk=plan["loss_chunk"], checkpoint_time=plan["checkpoint_time"]))
+
+
+def describe_plan(plan: dict) -> str:
+    ckpt = f"checkpoint every {plan['checkpoint_time']} steps" if plan["checkpoint_time"] else "no checkpointing"
+    loss = f"chunked loss ({plan['loss_chunk']} tokens)" if plan["loss"] == "chunked" and plan["loss_chunk"] else f"{plan['loss']} loss"
+    return (f"micro-batch {plan['micro_batch']} x {plan['accumulate']} accumulated, bptt {plan['bptt']}, {ckpt}, "
+            f"{loss}, {plan['precision']}, {plan['optimizer']}")
+
+
+def _scored(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants) -> dict:
+    est = estimate(cfg, data, plan, consts)
+    return {**plan, "predicted_peak_bytes": est["peak"], "peak_phase": est["phase"],
+            "predicted_tokens_per_s": tokens_per_second(cfg.model, data.vocab_size, plan, consts), "_parts": est["parts"]}
+
+
+def plan_for_budget(cfg: RunCfg, data_info: DataInfo, budget_bytes: int, consts: Constants | None = None,
+                    device: str | None = None) -> PlanChoice:
+    """The fastest plan predicted to fit in ``budget_bytes``; BudgetError (nothing allocated) when none does."""
+    device = device or _device(cfg)
+    if consts is None:
+        from seqfit.memory.calibrate import load_constants
+
+        consts = load_constants(device, [(cfg.model.cell, cfg.memory.precision)])
+    usable = int(budget_bytes * (1 - SAFETY_MARGIN))
+    scored = [_scored(cfg, data_info, p, consts) for p in candidates(cfg, data_info, device)]
+    fits = [s for s in scored if s["predicted_peak_bytes"] <= usable]
+    if not fits:
+        smallest = min(scored, key=lambda s: s["predicted_peak_bytes"])
+        parts = smallest["_parts"]
+        fixed = ", ".join(f"{k.replace('_', ' ')} {format_bytes(parts[k])}"
+                          for k in ("baseline", "weights", "gradients", "optimizer_state") if parts[k])
+        raise BudgetError(f"nothing fits in --budget {format_bytes(budget_bytes)}: the smallest plan "
+                          f"({describe_plan(smallest)}) needs {format_bytes(smallest['predicted_peak_bytes'])} "
+                          f"+ {SAFETY_MARGIN:.0%} margin ({fixed}); raise --budget or shrink the model")
+    best = max(fits, key=lambda s: (s["predicted_tokens_per_s"], -s["predicted_peak_bytes"]))
+    faster = [s for s in scored if s["predicted_tokens_per_s"] > best["predicted_tokens_per_s"]]
+    reason = (f"fastest of {len(fits)} of {len(scored)} plans predicted to fit in {format_bytes(usable)} "
+              f"(budget {format_bytes(budget_bytes)} less a {SAFETY_MARGIN:.0%} margin)")
+    if faster:
+        nxt = min(faster, key=lambda s: s["predicted_peak_bytes"])
+        reason += f"; the next faster plan ({describe_plan(nxt)}) needs {format_bytes(nxt['predicted_peak_bytes'])}"
+    plan = {k: v for k, v in best.items() if k != "_parts"} | {"reason": reason, "budget_bytes": budget_bytes}
+    ranked = sorted(scored, key=lambda s: -s["predicted_tokens_per_s"])
+    alternatives = [{k: v for k, v in s.items() if k != "_parts"} | {"fits": s["predicted_peak_bytes"] <= usable}
+                    for s in ranked if s is not best][:15]
+    return PlanChoice(apply_plan(cfg, best), plan, best["_parts"], alternatives, budget_bytes)

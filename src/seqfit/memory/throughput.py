@@ -1,0 +1,47 @@
+"""A relative speed model for ranking plans that fit: tokens per second from FLOPs and per-step overhead.
+
+Not a benchmark: it only has to order plans the way the machine would. Per micro-batch of b streams
+and T steps, each layer runs T fused time steps whose matmuls are b x (I + H) by (I + H) x gH; small
+b leaves the matrix units idle, so a step's rate saturates as b / (b + b_half). The output layer is
+three N x H x V matmuls (forward, two for backward). Then:
+
+    checkpointing   recomputes the recurrent forward once more:  x 4/3 of the recurrent part
+    chunked loss    recomputes each chunk's logits in backward:   x 4/3 of the output part, plus a
+                    few kernel calls per chunk (so of two chunk sizes that fit, the larger wins)
+    accumulation    a steps of b streams instead of one of a*b: the per-step overhead a times
+
+``seconds_per_flop``, ``seconds_per_call`` and ``batch_half`` come from the calibration probe's
+timings (constants.py); the defaults were measured on the development machine.
+"""
+
+from __future__ import annotations
+
+from seqfit.config import ModelCfg
+from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
+from seqfit.memory.estimate import GATES, chunk_len
+
+__all__ = ["step_seconds", "tokens_per_second"]
+
+
+def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> float:
+    """Predicted seconds for one optimizer step of ``plan`` (keys as train.loop.resolve_plan)."""
+    b, T, acc = plan["micro_batch"], plan["bptt"], plan["accumulate"]
+    g, H, E, L = GATES[model.cell], model.hidden, model.embed, model.layers
+    n = b * T
+    macs_per_step = sum(b * g * H * ((E if i == 0 else H) + H) for i in range(L))
+    efficiency = b / (b + consts.batch_half)
+    rnn = T * (3 * 2 * macs_per_step * consts.seconds_per_flop / efficiency + L * consts.seconds_per_call)
+    if chunk_len(plan.get("checkpoint_time", 0), T) < T:
+        rnn *= 4 / 3
+    if plan["loss"] == "adaptive":
+        head = 3 * 2 * n * H * min(vocab, 2 * H + 64) * consts.seconds_per_flop  # shortlist + projected tails
+    else:
+        head = 3 * 2 * n * H * vocab * consts.seconds_per_flop + 3 * n * vocab * consts.seconds_per_flop * 10
+        if plan["loss"] == "chunked":
+            chunks = -(-n // max(1, plan.get("loss_chunk") or n))
+            head = head * 4 / 3 + 4 * chunks * consts.seconds_per_call  # a few small kernels per chunk
+    return acc * (rnn + head)
+
+
+def tokens_per_second(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> float:
+    return plan["micro_batch"] * plan["accumulate"] * plan["bptt"] / step_seconds(model, vocab, plan, consts)

@@ -1,0 +1,148 @@
+"""plan_for_budget and `seqfit plan`: the chosen plan fits, nothing fitting is refused before allocating."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seqfit.config import RunCfg, merge
+from seqfit.errors import BudgetError
+from seqfit.measure.memory import read_resident
+from seqfit.memory.constants import Constants
+from seqfit.memory.estimate import DataInfo, estimate
+from seqfit.memory.plan import (SAFETY_MARGIN, apply_plan, candidates, effective_batch, plan_for_budget,
+                                requested_plan)
+
+MB = 2**20
+CONSTS = Constants()
+
+
+@pytest.fixture(autouse=True)
+def no_calibration(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEQFIT_NO_CALIBRATE", "1")
+    monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def cfg_of(model=None, train=None, memory=None) -> RunCfg:
+    return merge(RunCfg(), {"model": {"layers": 2, "hidden": 256, "embed": 256, **(model or {})},
+                            "train": {"batch_size": 64, "bptt": 100, **(train or {})},
+                            "memory": {"device": "cpu", **(memory or {})}})
+
+
+def test_chosen_plan_fits_and_resolves_to_itself():
+    cfg, data = cfg_of(memory={"loss": "auto"}), DataInfo(30_000)
+    want = estimate(cfg, data, requested_plan(cfg, data, "cpu"), CONSTS)["peak"]
+    budget = int(want * 0.6)  # the plan as asked does not fit
+    choice = plan_for_budget(cfg, data, budget, CONSTS, device="cpu")
+    assert choice.plan["predicted_peak_bytes"] <= budget * (1 - SAFETY_MARGIN)
+    assert sum(choice.parts.values()) == choice.plan["predicted_peak_bytes"]
+    resolved = requested_plan(choice.cfg, data, "cpu")
+    assert {k: choice.plan[k] for k in resolved} == resolved
+    assert effective_batch(choice.cfg) == effective_batch(cfg)  # same gradients: same streams per step
+    assert choice.cfg.model == cfg.model and choice.cfg.train.optimizer == cfg.train.optimizer
+    assert choice.alternatives and all("fits" in a for a in choice.alternatives)
+    assert "fit" in choice.plan["reason"]
+
+
+def test_more_memory_never_gives_a_slower_plan():
+    cfg, data = cfg_of(memory={"loss": "auto"}), DataInfo(10_000)
+    speeds = [plan_for_budget(cfg, data, b * MB, CONSTS, device="cpu").plan["predicted_tokens_per_s"]
+              for b in (450, 600, 900, 2000)]
+    assert speeds == sorted(speeds)
+
+
+def test_planner_turns_to_chunked_loss_and_checkpointing_when_needed():
+    cfg, data = cfg_of({"hidden": 512, "embed": 512}, {"batch_size": 32, "bptt": 400}, {"loss": "auto"}), DataInfo(50_000)
+    roomy = plan_for_budget(cfg, data, 64 * 2**30, CONSTS, device="cpu").plan
+    assert roomy["checkpoint_time"] == 0 and roomy["micro_batch"] == 32
+    tight = min((p for p in candidates(cfg, data, "cpu") if p["micro_batch"] == 1),
+                key=lambda p: estimate(cfg, data, p, CONSTS)["peak"])
+    budget = int(estimate(cfg, data, tight, CONSTS)["peak"] / (1 - SAFETY_MARGIN)) + MB
+    plan = plan_for_budget(cfg, data, budget, CONSTS, device="cpu").plan
+    assert plan["predicted_peak_bytes"] <= budget
+    assert plan["loss"] == "chunked" or plan["checkpoint_time"] or plan["micro_batch"] < 32
+
+
+def test_too_small_a_budget_is_refused_with_what_the_smallest_plan_needs_before_allocating():
+    # 250k vocabulary x 4096 hidden: the weights alone are ~8 GB; building it would allocate them
+    cfg, data = cfg_of({"hidden": 4096, "embed": 4096}, {"batch_size": 8}), DataInfo(250_000)
+    before = read_resident()[1]
+    with pytest.raises(BudgetError) as e:
+        plan_for_budget(cfg, data, 1 * 2**30, CONSTS, device="cpu")
+    assert read_resident()[1] - before < 64 * MB  # nothing model-sized was allocated
+    message = str(e.value)
+    assert "smallest plan" in message and "needs" in message and "\n" not in message
+    assert e.value.exit_code == 3
+
+
+def test_apply_plan_keeps_everything_else():
+    cfg = cfg_of(train={"lr": 3.0, "clip": 0.5}, memory={"precision": "bf16"})
+    plan = {**requested_plan(cfg, DataInfo(100), "cpu"), "micro_batch": 16, "accumulate": 4, "checkpoint_time": 10}
+    out = apply_plan(cfg, plan)
+    assert out.train.batch_size == 16 and out.memory.accumulate == 4 and out.memory.checkpoint_time == 10
+    assert out.train.lr == 3.0 and out.train.clip == 0.5 and out.memory.precision == "bf16"
+
+
+def run_cli(capsys, *args):
+    from seqfit.cli.plan_cmd import plan
+
+    try:
+        plan.main([str(a) for a in args], standalone_mode=False)
+        code = 0
+    except BudgetError as e:
+        code = e.exit_code
+        print(e)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_command_json_with_a_data_dir(capsys, data_dir):
+    code, out, _ = run_cli(capsys, data_dir, "--layers", "1", "--hidden", "32", "--embed", "32", "--budget", "2GB",
+                           "--device", "cpu", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["predicted_peak_bytes"] == sum(r["parts"].values())
+    assert r["plan"]["micro_batch"] * r["plan"]["accumulate"] == 20  # the config's default batch
+    assert r["budget_bytes"] == 2 * 2**30 and r["plan"]["predicted_peak_bytes"] <= r["budget_bytes"]
+
+
+def test_plan_command_table_and_refusal(capsys):
+    code, out, _ = run_cli(capsys, "--vocab-size", "10000", "--hidden", "650", "--embed", "650", "--device", "cpu")
+    assert code == 0 and "predicted peak" in out and "optimizer state" in out
+    code, out, _ = run_cli(capsys, "--vocab-size", "250000", "--hidden", "2048", "--embed", "2048", "--budget", "500MB",
+                           "--device", "cpu")
+    assert code == 3 and "smallest plan" in out
+
+
+def test_plan_verify_measures_a_real_run(capsys):
+    code, out, _ = run_cli(capsys, "--vocab-size", "200", "--layers", "1", "--hidden", "64", "--embed", "64",
+                           "--batch-size", "8", "--bptt", "16", "--device", "cpu", "--verify", "--verify-steps", "3", "--json")
+    assert code == 0
+    r = json.loads(out)
+    assert r["measured_peak_bytes"] > 0
+    assert abs(r["predicted_peak_bytes"] - r["measured_peak_bytes"]) / r["measured_peak_bytes"] < 0.25
+
+
+def _loop_plans() -> bool:
+    import inspect
+
+    import seqfit.train.loop as loop
+
+    return "plan_for_budget" in inspect.getsource(loop)
+
+
+@pytest.mark.skipif(not _loop_plans(), reason="train.loop is not wired to the memory planner yet")
+def test_train_refuses_a_budget_nothing_fits_before_writing_anything(capsys, data_dir, tmp_path):
+    from seqfit.cli.main import main
+
+    out = tmp_path / "run"
+    try:
+        main(["train", str(data_dir), "--out", str(out), "--hidden", "64", "--embed", "64", "--budget", "50MB",
+              "--device", "cpu", "--max-steps", "2"])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 3 and "smallest plan" in err and "needs" in err
+    assert not out.exists()
