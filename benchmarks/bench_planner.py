@@ -40,6 +40,7 @@ MB = 2**20
 # name: (model, train, memory) overrides; vocabulary from "vocab"
 GRID = [
     ("lstm-small", dict(cell="lstm", layers=1, hidden=256, embed=256), dict(batch_size=32, bptt=35), {}, 1000),
+    ("lstm-acts", dict(cell="lstm", layers=2, hidden=256, embed=256), dict(batch_size=64, bptt=100), {}, 1000),
     ("lstm-2x512", dict(cell="lstm", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=50), {}, 10000),
     ("lstm-3x256-long", dict(cell="lstm", layers=3, hidden=256, embed=256), dict(batch_size=16, bptt=200), {}, 1000),
     ("lstm-1024", dict(cell="lstm", layers=1, hidden=1024, embed=512), dict(batch_size=32, bptt=35), {}, 10000),
@@ -52,11 +53,13 @@ GRID = [
     ("lstm-accum", dict(cell="lstm", layers=2, hidden=512, embed=512), dict(batch_size=16, bptt=50), dict(effective_batch=64), 10000),
     ("lstm-tied", dict(cell="lstm", layers=2, hidden=400, embed=400, tie_weights=True), dict(batch_size=32, bptt=35), {}, 20000),
     ("gru-small", dict(cell="gru", layers=1, hidden=256, embed=256), dict(batch_size=32, bptt=35), {}, 1000),
+    ("gru-acts", dict(cell="gru", layers=2, hidden=256, embed=256), dict(batch_size=64, bptt=100), {}, 1000),
+    ("gru-heap", dict(cell="gru", layers=2, hidden=256, embed=256), dict(batch_size=16, bptt=100), {}, 1000),
     ("gru-2x512", dict(cell="gru", layers=2, hidden=512, embed=256), dict(batch_size=32, bptt=50), {}, 10000),
     ("gru-long", dict(cell="gru", layers=2, hidden=256, embed=256), dict(batch_size=16, bptt=200), {}, 2000),
     ("gru-ckpt", dict(cell="gru", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=100), dict(checkpoint_time=10), 2000),
     ("gru-bf16", dict(cell="gru", layers=2, hidden=512, embed=512), dict(batch_size=32, bptt=35), dict(precision="bf16"), 5000),
-    ("rnn-small", dict(cell="rnn", layers=2, hidden=256, embed=256), dict(batch_size=32, bptt=70), {}, 1000),
+    ("rnn-acts", dict(cell="rnn", layers=3, hidden=512, embed=256), dict(batch_size=32, bptt=100), {}, 1000),
     ("rnn-1024", dict(cell="rnn", layers=2, hidden=1024, embed=512), dict(batch_size=32, bptt=50), {}, 10000),
     ("rnn-bf16", dict(cell="rnn", layers=2, hidden=512, embed=512), dict(batch_size=64, bptt=50), dict(precision="bf16"), 5000),
     ("rnn-ckpt", dict(cell="rnn", layers=3, hidden=512, embed=512), dict(batch_size=32, bptt=100), dict(checkpoint_time=-1), 2000),
@@ -64,7 +67,7 @@ GRID = [
     ("lstm-nodrop", dict(cell="lstm", layers=2, hidden=512, embed=512, dropout=0.0), dict(batch_size=32, bptt=50), {}, 10000),
     ("gru-adamw-wd", dict(cell="gru", layers=1, hidden=768, embed=384), dict(batch_size=32, bptt=35, optimizer="adamw", lr=0.001, weight_decay=0.01), {}, 20000),
 ]
-QUICK = {"lstm-small", "gru-small", "rnn-small", "lstm-ckpt", "lstm-bf16"}
+QUICK = {"lstm-acts", "gru-acts", "rnn-acts", "lstm-ckpt", "lstm-bf16"}
 
 # (name, config index in GRID or overrides, budget): plan under the budget, then measure
 BUDGETS = [

@@ -87,9 +87,12 @@ Examples:
 @json_flag
 def generate(run_dir, prompt, tokens, temperature, seed, data_dir, as_json) -> None:
     """Sample text from a trained language model."""
+    from seqfit.data.subword import TOKENIZER_FILE
     from seqfit.train.generate import generate as sample
     from seqfit.train.run_dir import load_run
 
     run = load_run(run_dir, data_dir=data_dir)
-    text = sample(run.model, run.store.vocab, prompt, tokens=tokens, temperature=temperature, seed=seed, device=run.device)
+    subword = run.store.dir / TOKENIZER_FILE if run.store.vocab.level == "subword" else None
+    text = sample(run.model, run.store.vocab, prompt, tokens=tokens, temperature=temperature, seed=seed,
+                  device=run.device, subword=subword)
     emit({"prompt": prompt, "text": text}, as_json, text)

@@ -65,7 +65,7 @@ class PrepareOptions:
     encoding_errors: str = "strict"
     shard_bytes: int = DEFAULT_SHARD_BYTES  # split arrays into files of at most this many bytes
     workers: int = 0  # encoding processes (0: all cores for large inputs, 1 for small)
-    chunk_bytes: int = 4 << 20  # bytes of a plain text/JSONL file per work unit (a worker holds ~5x this)
+    chunk_bytes: int = 1 << 20  # bytes of a plain text/JSONL file per work unit (a worker holds ~5x this; small keeps the peak flat)
     embeddings: str = ""  # GloVe / word2vec text file to restrict to the vocabulary
     embeddings_dtype: str = "float32"
     seed: int = 0  # random rows of embeddings missing from the file
@@ -147,7 +147,7 @@ def _ordered(fn, chunks, workers: int, initargs: tuple):
 
 
 _TMP = {"ids": np.uint32, "lengths": np.int64, "labels": np.int64}
-_BLOCK = 1 << 22  # elements per read when rewriting the temporary files
+_BLOCK = 1 << 18  # elements per read when rewriting the temporary files (small: peak must not grow with the corpus)
 
 
 @dataclass

@@ -6,7 +6,8 @@ Probes (each a fresh child process running real training steps, seqfit.memory.pr
                   tensors is the runtime's own anonymous memory (python, torch, seqfit, thread pools)
     per cell      the same 2-layer model at two small token counts (b x T = 256 and 1024, H = 256);
                   the slope between them, against the estimate's slope, scales that cell's
-                  per-token constants -- two sizes, so the baseline's error cancels
+                  per-token constants -- two sizes, so the baseline's error cancels -- and what is
+                  left at both sizes is that kernel library's one-time state (``const``)
     timing        the same runs' step times fit seconds_per_flop and seconds_per_call
 
 Probes stay small on purpose (under ~200 MB): on CPU an out-of-memory is a kill, so a probe must
@@ -97,9 +98,10 @@ def _predicted(cfg: RunCfg, consts: Constants, device: str) -> int:
     return estimate(cfg, data, requested_plan(cfg, data, device), consts)["peak"]
 
 
-def _scale(consts: Constants, key: str, s: float) -> Constants:
+def _scale(consts: Constants, key: str, s: float, const: float | None = None) -> Constants:
     c = consts.cells[key]
-    scaled = CellCoefs(*(tuple(s * v for v in vec) for vec in (c.keep, c.rise, c.fwd)))
+    scaled = CellCoefs(*(tuple(s * v for v in vec) for vec in (c.keep, c.rise, c.fwd)),
+                       const=c.const if const is None else const)
     return dataclasses.replace(consts, cells={**consts.cells, key: scaled})
 
 
@@ -139,7 +141,11 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
             say(f"calibrating: {key} at two sizes")
             cfgs = [probe_config(cell, precision, device, micro, 32) for micro in (8, 32)]
             runs = [measure_run(c, data_dir, steps=4) for c in cfgs]
-            consts = _scale(consts, key, _fit_scale(consts, key, cfgs, [r["peak_bytes"] for r in runs], device))
+            measured = [r["peak_bytes"] for r in runs]
+            consts = _scale(consts, key, _fit_scale(consts, key, cfgs, measured, device))
+            # the intercept left over is the kernel library's one-time state (oneDNN's RNN primitives)
+            left = sum(m - _predicted(c, consts, device) for c, m in zip(cfgs, measured)) / len(cfgs)
+            consts = _scale(consts, key, 1.0, const=max(0.0, consts.cells[key].const + left))
             timings += [(c, min(r["step_seconds"][1:])) for c, r in zip(cfgs, runs)]
             done.add(key)
     consts = _fit_timing(consts, timings)

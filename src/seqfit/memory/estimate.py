@@ -13,7 +13,8 @@ vocabulary-sized buffers come and go first. So the estimate replays one step as 
 with accumulation, a second micro-batch with the gradients already there) and reports the largest.
 Its ``parts`` are the bytes of each kind alive at that moment, so they add up to the peak exactly.
 
-    baseline          python + torch + seqfit after a first step (measured: constants.baseline)
+    baseline          python + torch + seqfit after a first step (measured: constants.baseline), plus
+                      the packing buffers the BLAS library keeps after its largest matmul
     weights           fp32 parameters
     gradients         .grad tensors alive at the peak (all of them after the first micro-batch)
     optimizer_state   momentum / Adam moments / Adafactor factors (optimizer_state_bytes)
@@ -31,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 from seqfit.config import ModelCfg, RunCfg
+from seqfit.memory.allocator import MMAP_THRESHOLD
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 
 __all__ = ["DataInfo", "PARTS", "GATES", "param_shapes", "static_bytes", "estimate", "chunk_len"]
@@ -206,11 +208,16 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     g = GATES[m.cell]
     layer_params = [g * H * ((E if i == 0 else H) + H) for i in range(L)]
     head = _head_bytes(loss, n, V, H, bf16, chunk, data.counts)
+    # Native GRU/RNN kernels allocate a few (b, H) tensors per time step. Below the allocator's mmap
+    # threshold they come from the heap, whose holes stay resident: the forward's scratch between the
+    # saved tensors stays, and what backward frees is not returned before the step ends.
+    heap = device == "cpu" and m.cell != "lstm" and F32 * b * H < MMAP_THRESHOLD
+    residue = 0  # heap bytes freed but still resident
     data_bytes = 8 * b * acc * (T + 1) + 16 * n  # the (B, T+1) int64 window; per micro-batch id copies
     head_grad = sizes["gradients"] - F32 * sum(lp + 2 * g * H + (2 * H if m.layer_norm else 0) for lp in layer_params) - (
         F32 * V * E if not m.freeze_embeddings else 0)  # the output layer's gradient bytes
 
-    r = _Replay(baseline=consts.baseline, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"],
+    r = _Replay(baseline=consts.baseline + int(coefs.const) + _blas_buffers(n, E, H, V, g, loss, consts), weights=sizes["weights"], optimizer_state=sizes["optimizer_state"],
                 data=data_bytes)
     layers_kept = []
     for micro in range(2 if acc > 1 else 1):
@@ -227,20 +234,23 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
         r.moment("forward", activations=emb * (3 if p else 1))
         r.now["activations"] = emb * (2 if p else 1)
         drop_keep = (2 * out_b if p else 0) * n * H  # per dropout after a layer
-        if k < T:  # exact time-chunked checkpointing: boundary states + top output, one chunk at a time
+        if k < T:  # exact time-chunked checkpointing: only boundary states and chunk outputs stay
             states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H
-            chunk_keep = sum(_dot(coefs.keep, layer_feats(i, b * k)) for i in range(L))
-            chunk_fwd = max(_dot(coefs.fwd, layer_feats(i, b * k)) for i in range(L))
-            r.moment("forward", activations=states + chunk_keep + chunk_fwd + out_b * n * H)
-            r.now["activations"] += states + 2 * out_b * n * H  # cat of the chunk outputs (+ pieces freed)
-            r.moment("forward")
-            r.now["activations"] += drop_keep - out_b * n * H if p else 0
-            kept = [chunk_keep]
+            # inside a checkpoint nothing is saved: one layer's buffers for one chunk exist at a time
+            chunk_peak = max(_dot(coefs.keep, layer_feats(i, b * k)) + _dot(coefs.fwd, layer_feats(i, b * k))
+                             for i in range(L))
+            residue = chunk_peak if heap else 0
+            r.moment("forward", activations=states + out_b * n * H + chunk_peak)
+            r.moment("forward", activations=states + 2 * out_b * n * H)  # torch.cat of the chunk outputs
+            r.moment("forward", activations=states + out_b * n * H + drop_keep)  # the final dropout
+            r.now["activations"] += states + (drop_keep if p else out_b * n * H)
+            # what a chunk's recompute keeps for its backward: every layer, plus the dropouts between them
+            kept = [sum(_dot(coefs.keep, layer_feats(i, b * k)) for i in range(L)) + (L - 1) * 2 * out_b * b * k * H * (p > 0)]
         else:
             kept = []
             for i in range(L):
                 f = layer_feats(i, n)
-                keep = _dot(coefs.keep, f) + (4 * F32 * n * H if m.layer_norm else 0)
+                keep = _dot(coefs.keep, f) + (4 * F32 * n * H if m.layer_norm else 0) + (_dot(coefs.fwd, f) if heap else 0)
                 r.moment("forward", activations=keep + _dot(coefs.fwd, f))
                 r.now["activations"] += keep + drop_keep
                 if not p and m.cell != "lstm":
@@ -259,20 +269,24 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
         r.now["gradients"] = grads_before + (0 if micro else new_grad)
         flow = F32 * n * H  # gradient of the features, then of each layer's input
         if k < T:
-            # backward recomputes one chunk at a time: its keep and scratch, the whole feature gradient,
-            # and the embedding gradient buffer autograd sums the chunks' slices into
-            rise = sum(_dot(coefs.rise, layer_feats(i, b * k)) for i in range(L))
+            # backward recomputes one chunk at a time: its keep and the top layer's scratch, beside the whole
+            # feature gradient and the (B, T, E) buffer autograd sums each chunk's input gradient into
+            r.now["activations"] -= drop_keep if p else 0
+            rise = max(_dot(coefs.rise, layer_feats(i, b * k)) for i in range(L))
+            layer_grads = F32 * sum(lp + 2 * g * H for lp in layer_params)
             r.moment("backward", activations=kept[0] + rise + flow + 2 * F32 * n * E,
-                     gradients=F32 * sum(layer_params) if micro else F32 * sum(layer_params) // 2)
-            r.now["activations"] = emb * (2 if p else 1)
-            r.now["gradients"] = grads_before + (0 if micro else new_grad + F32 * sum(lp + 2 * g * H for lp in layer_params))
+                     gradients=max(layer_params) * F32 if micro else layer_grads)
+            r.now["activations"] = emb * (2 if p else 1) + residue
+            r.now["gradients"] += 0 if micro else layer_grads
+            flow = F32 * n * E
         else:
             r.now["activations"] -= drop_keep  # the last dropout's backward runs first
             for i in reversed(range(L)):
                 f = layer_feats(i, n)
                 layer_grad = F32 * (layer_params[i] + 2 * g * H)
                 r.moment("backward", activations=_dot(coefs.rise, f) + flow, gradients=layer_grad)
-                r.now["activations"] -= kept[i] + (drop_keep if i else 0)
+                r.now["activations"] -= (0 if heap else kept[i]) + (drop_keep if i else 0)
+                residue += kept[i] if heap else 0
                 if not p and m.cell != "lstm":
                     r.now["activations"] -= out_b * n * H
                 r.now["gradients"] += 0 if micro else layer_grad
@@ -280,12 +294,23 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
         emb_grad = F32 * V * E if not m.freeze_embeddings else 0
         r.moment("backward", activations=flow + F32 * n * E, gradients=emb_grad)
     # ---- optimizer step: weights, all gradients, state, and the step's scratch
-    r.now.update(activations=0, output_loss=0, temporaries=_optimizer_scratch(cfg, device, sizes),
+    r.now.update(activations=residue, output_loss=0, temporaries=_optimizer_scratch(cfg, device, sizes),
                  gradients=sizes["gradients"])
     r.moment("optimizer")
     return {"peak": r.peak, "parts": r.parts, "phase": r.phase, "phases": r.phases,
             "sizes": {k: sizes[k] for k in ("weights", "gradients", "optimizer_state", "parameters")},
             "layers": layers_kept, "chunk_steps": k}
+
+
+def _blas_buffers(n: int, E: int, H: int, V: int, gates: int, loss: str, consts: Constants) -> int:
+    """Bytes MKL keeps after a large matmul (per-thread packing panels, reused, never returned).
+
+    Measured here: 0.4 MB after a 256^3 matmul, 2 MB after 1024x512x1024, 12.4 MB (the cap, 2 threads)
+    after 4800x512x10000 -- about half of k x (m + n) fp32 elements, up to consts.blas_cap.
+    """
+    out = V if loss != "adaptive" else min(V, 2 * H + 64)
+    shapes = [(n, H, out), (n, max(E, H), gates * H)]  # output layer; a layer's input projection
+    return int(min(consts.blas_cap, max(2 * k * (m + o) for m, k, o in shapes)))
 
 
 def _default_chunk(vocab: int, bf16: bool) -> int:

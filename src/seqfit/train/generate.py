@@ -13,11 +13,11 @@ __all__ = ["generate"]
 
 @torch.no_grad()
 def generate(model, vocab: Vocab, prompt: str, *, tokens: int, temperature: float = 1.0, seed: int = 0,
-             device: torch.device = torch.device("cpu")) -> str:
-    """Prompt text followed by ``tokens`` sampled tokens, as text."""
+             device: torch.device = torch.device("cpu"), subword=None) -> str:
+    """Prompt text followed by ``tokens`` sampled tokens, as text (``subword``: the store's tokenizer.json)."""
     if temperature <= 0:
         raise SeqfitError("--temperature must be > 0")
-    tokenize = make_tokenizer(vocab.level, lowercase=vocab.lowercase)
+    tokenize = make_tokenizer(vocab.level, lowercase=vocab.lowercase, subword=subword)
     lines = prompt.split("\n")
     ids: list[int] = []
     for i, line in enumerate(lines):

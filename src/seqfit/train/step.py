@@ -68,7 +68,7 @@ def lm_train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: Sta
         with phase("loss"), precision.autocast():
             loss = model.head.loss(feats.reshape(-1, feats.shape[-1]), y[rows].reshape(-1))
         with phase("backward"):
-            precision.backward(loss / y[rows].numel())
+            precision.backward(loss / tokens)
         loss_sum += loss.item()
         states.append(detach_state(s))
         del loss, feats  # frees this micro-batch's graph before the next one is built
