@@ -13,7 +13,8 @@ Before a row runs its memory is predicted -- linear in T from the previous row o
 above the budget (16 GiB on this 24 GiB CPU machine; 80% of a GPU) are skipped, not crashed.
 
 Children use one thread: on the shared 2-core machine OpenMP threads waiting on each other made
-steps 5-30x slower. Other workers' load still shows in the seconds; compare within one run.
+steps 5-30x slower. Other workers' load still shows in the seconds; compare within one run. They
+also pin glibc's mmap threshold (see _fix_mmap_threshold; --no-malloc-fix to see the difference).
 
     python benchmarks/bench_long.py [--quick] [--device cuda]
 """
@@ -46,7 +47,25 @@ def predict_bytes(mode: str, T: int, measured: dict[str, tuple[int, int]]) -> in
     per_step = B * (E + 12 * LAYERS * H) * 4
     if mode.startswith("full"):
         return T * per_step
-    return k * per_step + (T // k + 1) * LAYERS * 2 * B * H * 4
+    kept = 3 * B * T * (E + H) * 4 if mode.endswith("outputs") else 0  # input, output and its gradient
+    return k * per_step + (T // k + 1) * LAYERS * 2 * B * H * 4 + kept
+
+
+def _fix_mmap_threshold(limit: int = 128 << 10) -> bool:
+    """Pin glibc's mmap threshold, so blocks of >= 128 KiB are mapped and unmapped one by one.
+
+    By default glibc raises the threshold (up to 32 MiB) whenever a mapped block is freed; the
+    chunked modes then take their per-chunk tensors (a few MiB) from the heap, where small tensors
+    that stay alive (pooled sums, boundary states) land in the freed holes and fragment it: resident
+    memory grew by about one chunk input per chunk, linearly in T (1.5 GiB at T=64k for a 2 MiB
+    chunk). mallopt(M_MMAP_THRESHOLD) also turns the dynamic adjustment off (mallopt(3)).
+    """
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, limit))  # M_MMAP_THRESHOLD = -3
+    except (OSError, AttributeError):
+        return False
 
 
 def child(spec: dict) -> dict:
@@ -62,6 +81,8 @@ def child(spec: dict) -> dict:
     from seqfit.models.timechunk import truncated_chunks
 
     torch.set_num_threads(1)
+    if spec["malloc_fix"]:
+        _fix_mmap_threshold()
     torch.manual_seed(0)
     device = torch.device(spec["device"])
     T, mode = spec["T"], spec["mode"]
@@ -124,7 +145,7 @@ def child(spec: dict) -> dict:
 _CHILD = "import json, sys; sys.path.insert(0, {here!r}); import bench_long; print(json.dumps(bench_long.child(json.loads(sys.argv[1]))))"
 
 
-def run(quick: bool = False, device: str = "cpu") -> dict:
+def run(quick: bool = False, device: str = "cpu", malloc_fix: bool = True) -> dict:
     lengths = [256, 1024] if quick else [1024, 4096, 16384, 65536]
     modes = ["full", "exact", "truncated"]
     if device == "cuda":
@@ -144,7 +165,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
             rows.append({**row, "status": f"skipped: predicted {predicted / GiB:.1f} GiB > budget {budget / GiB:.0f} GiB"})
             print(f"T={T} {mode}: skipped (predicted {predicted / GiB:.1f} GiB)", file=sys.stderr, flush=True)
             continue
-        spec = {"T": T, "mode": mode, "device": device, "steps": 2 if T <= 4096 else 1}
+        spec = {"T": T, "mode": mode, "device": device, "steps": 2 if T <= 4096 else 1, "malloc_fix": malloc_fix}
         try:
             out = run_child(_CHILD.format(here=str(HERE)), json.dumps(spec), timeout=1200)
         except Exception as e:  # a killed child (out of memory) is a row, not a crash
@@ -156,7 +177,8 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         print(f"T={T} {mode}: {out['seconds']:.2f} s, {out['act_bytes'] / GiB:.3f} GiB", file=sys.stderr, flush=True)
     return {"name": "long" if device == "cpu" else f"long_{device}", "rows": rows,
             "summary": _summary(rows, 1024 if quick else 16384),
-            "note": f"2-layer LSTM {H}, batch {B}, {device}; act = step peak over the pre-step baseline"}
+            "note": f"2-layer LSTM {H}, batch {B}, {device}; act = peak over the pre-run baseline"
+                    + ("" if malloc_fix or device != "cpu" else "; glibc's dynamic mmap threshold left on")}
 
 
 def _summary(rows: list[dict], T: int) -> dict:
@@ -177,7 +199,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="T in {256, 1024} only")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--no-malloc-fix", action="store_true", help="leave glibc's dynamic mmap threshold on")
     args = parser.parse_args()
-    result = run(quick=args.quick, device=args.device)
+    result = run(quick=args.quick, device=args.device, malloc_fix=not args.no_malloc_fix)
     print_table(result)
     print(f"-> {write_result(result)}")

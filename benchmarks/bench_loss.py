@@ -26,9 +26,9 @@ SKIP_ABOVE = 16 * 2**30  # predicted bytes above which a row is skipped
 METHODS = ("onehot", "full", "chunked", "adaptive")
 
 
-def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN) -> int:
+def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN, bf16: bool = False) -> int:
     """Peak above baseline: vocabulary-sized activations plus the (V, H) and (N, H) gradients."""
-    from seqfit.train.chunked_loss import DEFAULT_CHUNK_BUDGET, full_logits_peak_bytes
+    from seqfit.train.chunked_loss import DEFAULT_CHUNK_BUDGET, chunk_tokens_for_budget, full_logits_peak_bytes
 
     grads = (vocab * hidden + vocab + tokens * hidden) * 4
     logits = tokens * vocab * 4
@@ -36,6 +36,9 @@ def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN) 
         return 5 * logits + grads
     if method == "full":
         return full_logits_peak_bytes(tokens, vocab) + grads
+    if method == "chunked" and bf16:  # narrower chunks (bf16 matmul output and gradient) + a bf16 weight copy
+        rows = min(tokens, chunk_tokens_for_budget(DEFAULT_CHUNK_BUDGET, vocab, 2))
+        return rows * vocab * 8 + vocab * hidden * 2 + grads
     if method == "chunked":
         return min(DEFAULT_CHUNK_BUDGET, logits) + grads
     # adaptive: every token scores the head (shortlist + one logit per tail); the tokens of tail i (its
@@ -170,7 +173,8 @@ def run(quick: bool = False, *, device: str = "cpu", skip_above: int = SKIP_ABOV
         if only and not any(part in f"V={spec['vocab']} {spec['batch']} {label}" for part in only.split(",")):
             continue
         row = {"vocab": spec["vocab"], "batch": spec["batch"], "tokens": spec["tokens"], "method": label,
-               "predicted_bytes": predicted_bytes(spec["method"], spec["tokens"], spec["vocab"])}
+               "predicted_bytes": predicted_bytes(spec["method"], spec["tokens"], spec["vocab"],
+                                                  bf16=spec.get("bf16", False))}
         if row["predicted_bytes"] > limit:
             row.update(status="skipped", reason=f"predicted {format_bytes(row['predicted_bytes'])} > "
                                                 f"{format_bytes(limit)}")

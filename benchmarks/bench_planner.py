@@ -15,7 +15,7 @@ lm_train_step on a synthetic token store; seqfit.memory.probe):
 runtime included), from VmHWM and a 2 ms sampler (see seqfit.memory.probe). Throughput in the choice
 part is tokens per CPU-second with one torch thread: this machine is shared, so wall time is noise.
 
-    python benchmarks/bench_planner.py [--quick]
+    python benchmarks/bench_planner.py [--quick] [--only=accuracy,budget,choice]
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 from seqfit.config import RunCfg, merge
-from seqfit.measure.memory import format_bytes
 from seqfit.memory.calibrate import load_constants
 from seqfit.memory.estimate import DataInfo, estimate
 from seqfit.memory.plan import apply_plan, candidates, plan_for_budget, requested_plan
@@ -72,14 +71,14 @@ QUICK = {"lstm-acts", "gru-acts", "rnn-acts", "lstm-ckpt", "lstm-bf16"}
 # (name, config index in GRID or overrides, budget): plan under the budget, then measure
 BUDGETS = [
     ("lstm-2x512 @ 700MB", "lstm-2x512", dict(batch_size=64), {}, 700 * MB),
-    ("lstm-long @ 600MB", "lstm-3x256-long", dict(batch_size=32), {}, 600 * MB),
+    ("lstm-long @ 450MB", "lstm-3x256-long", dict(batch_size=32), {}, 450 * MB),
     ("gru-2x512 @ 650MB", "gru-2x512", dict(batch_size=64), {}, 650 * MB),
-    ("lstm-adam-30k @ 900MB", "lstm-adam", dict(batch_size=32), {}, 900 * MB),
+    ("lstm-adam-30k @ 1100MB", "lstm-adam", dict(batch_size=32), {}, 1100 * MB),
 ]
 # (name, base, train overrides, budget) for the brute-force comparison (small models: every candidate is run)
 CHOICES = [
     ("lstm 256, eff. batch 32, 450MB", "lstm-small", dict(batch_size=32, bptt=100), {}, 450 * MB, 5000),
-    ("gru 512, eff. batch 32, 450MB", "gru-2x512", dict(batch_size=32, bptt=50), {}, 450 * MB, 2000),
+    ("gru 512, eff. batch 32, 300MB", "gru-2x512", dict(batch_size=32, bptt=50), {}, 300 * MB, 2000),
 ]
 
 
@@ -154,7 +153,9 @@ def _choice_runs(stores: _Stores, echo, quick: bool) -> list[dict]:
         cfg = _cfg(model, {**train0, **train}, {**memory0, "loss": "auto", **memory})
         data = DataInfo(vocab)
         choice = plan_for_budget(cfg, data, budget, device="cpu")
-        grid = [p for p in candidates(cfg, data, "cpu") if p["checkpoint_time"] in (0, max(
+        # every micro-batch down to 4 streams, with and without checkpointing (its largest k), full or chunked
+        # loss (its largest chunk); smaller micro-batches are always slower here
+        grid = [p for p in candidates(cfg, data, "cpu") if p["micro_batch"] >= 4 and p["checkpoint_time"] in (0, max(
             c["checkpoint_time"] for c in candidates(cfg, data, "cpu")))]
         grid = [p for p in grid if p["loss"] == "full" or p["loss_chunk"] == max(
             c["loss_chunk"] for c in grid if c["loss"] == "chunked")]
@@ -183,15 +184,15 @@ def _same(a: dict, b: dict) -> bool:
     return all(a[k] == b[k] for k in keys)
 
 
-def run(quick: bool = False, echo=print) -> dict:
+def run(quick: bool = False, echo=print, parts: tuple[str, ...] = ("accuracy", "budget", "choice")) -> dict:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-planner-") as tmp:
         stores = _Stores(Path(tmp))
         names = QUICK if quick else {g[0] for g in GRID}
-        accuracy = _accuracy(names, stores, echo)
-        budgets = _budget_runs(stores, echo, quick)
-        choices = _choice_runs(stores, echo, quick)
-    errors = [abs(r["error"]) for r in accuracy]
+        accuracy = _accuracy(names, stores, echo) if "accuracy" in parts else []
+        budgets = _budget_runs(stores, echo, quick) if "budget" in parts else []
+        choices = _choice_runs(stores, echo, quick) if "choice" in parts else []
+    errors = [abs(r["error"]) for r in accuracy] or [0.0]
     summary = {"rows": len(accuracy), "max_abs_error": max(errors), "mean_abs_error": sum(errors) / len(errors),
                "within_10pct": sum(e <= 0.10 for e in errors), "budget_runs_under": sum(r["under_budget"] for r in budgets),
                "budget_runs": len(budgets), "min_choice_ratio": min((c["ratio"] for c in choices), default=None),
@@ -220,7 +221,8 @@ def _print_table(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    result = run(quick="--quick" in sys.argv)
+    only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), "accuracy,budget,choice")
+    result = run(quick="--quick" in sys.argv, parts=tuple(only.split(",")))
     _print_table(result)
     out = Path(__file__).parent / "results" / "planner.json"
     out.parent.mkdir(exist_ok=True)

@@ -1,22 +1,31 @@
 """fp32 against bf16 training on CPU, side by side: tokens/s, peak memory, validation perplexity.
 
 WikiText-2 (train on test.txt, validate on valid.txt), 2-layer LSTM, 650 units, tied embedding,
-dropout 0.5, bptt 35, SGD lr 20 with clipping 0.25; batch 20 and batch 64. Every row is one
-``seqfit train`` in a fresh interpreter (so memory peaks don't bleed between rows), with
-torch.set_num_threads(THREADS). fp32 and bf16 rows of a batch size run back to back, and the
-summary reports their ratios, since absolute timings on a shared machine drift with its load.
+dropout 0.5, bptt 35, Adam lr 1e-3 with clipping 0.25 (smoother early steps than SGD at lr 20, so
+perplexities after a few dozen steps compare precisions rather than a chaotic start); batch 20 and
+batch 64. Every row is one ``seqfit train`` in a fresh interpreter (so memory peaks don't bleed
+between rows) with torch.set_num_threads(THREADS). The rows of a batch size run back to back and the
+summary reports ratios to fp32, since absolute timings on a shared machine drift with its load (the
+"load" column: 1-minute load average before and after the row).
 
     tokens/s    median over logging windows of LOG_EVERY steps, the first (warm-up) window left out
-    peak        the training loop's sampled peak RSS, and the process's ru_maxrss (includes validation
-                and the final checkpoint)
-    ppl         perplexity on the first EVAL_TOKENS-ish tokens of valid.txt after the same steps,
+    peak        the training loop's sampled peak RSS; ru_maxrss also covers validation and the checkpoint
+    ppl         perplexity on the first ~EVAL_TOKENS tokens of valid.txt after the same number of steps,
                 evaluated in the precision the row trained in
 
-Speed-only rows (few steps) add bf16 with the chunked loss. A last table gives the optimizer state
-of SGD, SGD with momentum, Adam(W) and Adafactor for this model: predicted from shapes
-(optimizer_state_bytes) and measured after one step (measured_state_bytes).
+Quality rows (fp32 and bf16, STEPS steps) give perplexity and peak memory. Speed rows come from
+ROUNDS interleaved rounds of short runs (SPEED_STEPS) of every variant: fp32, bf16, bf16 "full-plain"
+(the full head as it was before train/narrow_loss.py, F.cross_entropy on widened logits, patched in
+that child only: a plain autocast of the whole step) and bf16 with the chunked loss; each variant's
+tokens/s is its median over the rounds, and the speedups in the summary come from these.
 
-    python benchmarks/bench_precision.py [--quick] [--threads N]   # JSON in benchmarks/results/precision.json
+With 2 threads on a machine that other jobs load, the LSTM's per-time-step kernels stall on OpenMP
+barriers and absolute numbers swing 5x; compare rows of one round, or use --threads 1.
+
+A last table gives the optimizer state of SGD, SGD with momentum, Adam(W) and Adafactor for this
+model: predicted from shapes (optimizer_state_bytes) and measured after one step (measured_state_bytes).
+
+    python benchmarks/bench_precision.py [--quick] [--threads N]   # JSON: benchmarks/results/precision.json
 """
 
 from __future__ import annotations
@@ -32,25 +41,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, print_table, run_child, wikitext, write_result  # noqa: E402
 
 THREADS = int(os.environ.get("SEQFIT_BENCH_THREADS", "2"))
-STEPS = {20: 150, 64: 60}  # quality rows: same steps for fp32 and bf16 of a batch size
+STEPS = {20: 80, 64: 30}  # quality rows: same steps for fp32 and bf16 of a batch size
 QUICK_STEPS = {20: 8, 64: 4}
-SPEED_STEPS = 12  # speed-only rows
+SPEED_STEPS = 12  # speed rounds: short runs, the first LOG_EVERY steps left out as warm-up
+ROUNDS = 2
+SPEED_VARIANTS = (("fp32", "full", False), ("bf16", "full", False), ("bf16", "full", True), ("bf16", "chunked", False))
 LOG_EVERY = 4
-EVAL_TOKENS = 20_000  # validation tokens per quality row (whole batches of batch x bptt)
+EVAL_TOKENS = 10_000  # validation tokens per quality row (whole batches of batch x bptt)
 BPTT = 35
 MODEL = ["--cell", "lstm", "--layers", "2", "--hidden", "650", "--embed", "650", "--tie-weights",
-         "--dropout", "0.5", "--bptt", str(BPTT), "--optimizer", "sgd", "--lr", "20", "--clip", "0.25",
+         "--dropout", "0.5", "--bptt", str(BPTT), "--optimizer", "adam", "--lr", "0.001", "--clip", "0.25",
          "--schedule", "constant", "--device", "cpu", "--checkpoint-every", "0", "--seed", "1111"]
 
 TRAIN_CHILD = """
 import json, os, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
+if sys.argv[2] == "plain":  # the full head as before train/narrow_loss.py: F.cross_entropy on widened logits
+    import seqfit.models.heads
+    seqfit.models.heads.narrow_autocast = lambda x: None
 from seqfit.cli.main import main
 load_before = os.getloadavg()[0]
 started = time.perf_counter()
 try:
-    main(sys.argv[2:])
+    main(sys.argv[3:])
 except SystemExit as e:
     if e.code: raise
 print(json.dumps({"ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -85,11 +99,11 @@ print(json.dumps(rows))
 
 
 def _train_row(data: Path, work: Path, *, batch: int, precision: str, loss: str, steps: int, eval_batches: int,
-               threads: int) -> dict:
-    run_dir = work / f"run-b{batch}-{precision}-{loss}-{steps}"
+               threads: int, plain: bool = False) -> dict:
+    run_dir = work / f"run-b{batch}-{precision}-{loss}{'-plain' if plain else ''}-{steps}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    child = run_child(TRAIN_CHILD, str(threads), "train", str(data), "--out", str(run_dir), *MODEL,
-                      "--batch-size", str(batch), "--precision", precision, "--loss", loss,
+    child = run_child(TRAIN_CHILD, str(threads), "plain" if plain else "-", "train", str(data), "--out", str(run_dir),
+                      *MODEL, "--batch-size", str(batch), "--precision", precision, "--loss", loss,
                       "--max-steps", str(steps), "--eval-batches", str(eval_batches),
                       "--log-every", str(min(LOG_EVERY, steps)))
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -98,7 +112,8 @@ def _train_row(data: Path, work: Path, *, batch: int, precision: str, loss: str,
     rates = rates[1:] or rates  # the first window holds the warm-up (allocation, oneDNN primitive creation)
     shutil.rmtree(run_dir, ignore_errors=True)
     mib = 1 / 2**20
-    return {"batch": batch, "precision": precision, "loss": loss, "steps": steps,
+    return {"role": "quality", "batch": batch, "precision": precision, "loss": loss + ("-plain" if plain else ""),
+            "steps": steps,
             "tokens_per_s": statistics.median(rates), "peak_train_MiB": summary["peak_rss"] * mib,
             "ru_maxrss_MiB": child["ru_maxrss"] * mib, "valid_ppl": summary["valid_ppl"],
             "valid_tokens": eval_batches * batch * BPTT, "seconds": child["seconds"],
@@ -113,7 +128,7 @@ def run(quick: bool = False, threads: int = THREADS) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data = work / "data"
-    run_child(TRAIN_CHILD, str(threads), "prepare", "--train", str(wiki / "test.txt"), "--valid",
+    run_child(TRAIN_CHILD, str(threads), "-", "prepare", "--train", str(wiki / "test.txt"), "--valid",
               str(wiki / "valid.txt"), "--out", str(data))
     vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
 
@@ -121,15 +136,29 @@ def run(quick: bool = False, threads: int = THREADS) -> dict:
     for batch in (20, 64):
         steps = (QUICK_STEPS if quick else STEPS)[batch]
         eval_batches = 1 if quick else max(1, EVAL_TOKENS // (batch * BPTT))
-        for precision in ("fp32", "bf16"):  # back to back, so the ratio sees the same machine load
+        for precision in ("fp32", "bf16"):  # quality: perplexity and peak memory after the same steps
             rows.append(_train_row(data, work, batch=batch, precision=precision, loss="full", steps=steps,
                                    eval_batches=eval_batches, threads=threads))
             print(_describe(rows[-1]), flush=True)
-        if not quick:
-            rows.append(_train_row(data, work, batch=batch, precision="bf16", loss="chunked", steps=SPEED_STEPS,
-                                   eval_batches=1, threads=threads))
-            rows[-1]["valid_ppl"] = None  # a speed row: too few steps for its perplexity to mean anything
-            print(_describe(rows[-1]), flush=True)
+        if quick:
+            continue
+        # speed: short runs of every variant, interleaved round by round, so a change in the machine's
+        # load falls on all of them alike; each variant's tokens/s is its median over the rounds
+        runs: dict[tuple, list[dict]] = {v: [] for v in SPEED_VARIANTS}
+        for _ in range(ROUNDS):
+            for precision, loss, plain in SPEED_VARIANTS:
+                runs[(precision, loss, plain)].append(_train_row(
+                    data, work, batch=batch, precision=precision, loss=loss, steps=SPEED_STEPS, eval_batches=1,
+                    threads=threads, plain=plain))
+                print(_describe(runs[(precision, loss, plain)][-1], speed=True), flush=True)
+        for done in runs.values():
+            rate = statistics.median(r["tokens_per_s"] for r in done)
+            rows.append({**done[0], "role": "speed", "steps": f"{ROUNDS}x{SPEED_STEPS}", "tokens_per_s": rate,
+                         "round_tokens_per_s": [round(r["tokens_per_s"]) for r in done], "valid_ppl": None,
+                         "peak_train_MiB": max(r["peak_train_MiB"] for r in done),
+                         "ru_maxrss_MiB": max(r["ru_maxrss_MiB"] for r in done),
+                         "seconds": sum(r["seconds"] for r in done),
+                         "load": [min(r["load"][0] for r in done), max(r["load"][1] for r in done)]})
     optim_rows = _optimizer_rows(threads, vocab)
     shutil.rmtree(work, ignore_errors=True)
     return {"name": "precision", "rows": rows, "optimizer_state": optim_rows, "threads": threads,
@@ -145,27 +174,29 @@ def _optimizer_rows(threads: int, vocab: int) -> list[dict]:
 
 
 def _summary(rows: list[dict]) -> dict:
+    """Ratios to fp32 of the same batch size: speed from the speed rounds (the quality rows without them)."""
     out = {}
     for batch in sorted({r["batch"] for r in rows}):
-        fp32 = next(r for r in rows if r["batch"] == batch and r["precision"] == "fp32")
-        for r in rows:
-            if r["batch"] != batch or r["precision"] == "fp32":
-                continue
-            key = f"batch {batch} {r['precision']}-{r['loss']}"
-            out[f"{key} speedup"] = r["tokens_per_s"] / fp32["tokens_per_s"]
-            out[f"{key} peak memory ratio"] = r["peak_train_MiB"] / fp32["peak_train_MiB"]
-            if r["valid_ppl"] is not None:
-                out[f"{key} ppl rel diff"] = r["valid_ppl"] / fp32["valid_ppl"] - 1
-    key = "batch 64 bf16-full"
-    if f"{key} speedup" in out:
+        quality = {r["precision"]: r for r in rows if r["batch"] == batch and r["role"] == "quality"}
+        speed = {(r["precision"], r["loss"]): r for r in rows if r["batch"] == batch and r["role"] == "speed"}
+        if not speed:
+            speed = {(r["precision"], r["loss"]): r for r in quality.values()}
+        base = speed[("fp32", "full")]["tokens_per_s"]
+        for (precision, loss), r in speed.items():
+            if precision != "fp32":
+                out[f"batch {batch} {precision}-{loss} speedup"] = r["tokens_per_s"] / base
+        fp32, bf16 = quality["fp32"], quality["bf16"]
+        out[f"batch {batch} bf16-full peak memory ratio"] = bf16["peak_train_MiB"] / fp32["peak_train_MiB"]
+        out[f"batch {batch} bf16-full ppl rel diff"] = bf16["valid_ppl"] / fp32["valid_ppl"] - 1
+    if "batch 64 bf16-full speedup" in out:
         out["target (batch 64: bf16 >= 2x fp32 tokens/s, ppl within 2%) met"] = bool(
-            out[f"{key} speedup"] >= 2.0 and abs(out[f"{key} ppl rel diff"]) <= 0.02)
+            out["batch 64 bf16-full speedup"] >= 2.0 and abs(out["batch 64 bf16-full ppl rel diff"]) <= 0.02)
     return out
 
 
-def _describe(r: dict) -> str:
-    ppl = f"ppl {r['valid_ppl']:.1f}" if r["valid_ppl"] is not None else "ppl -"
-    return (f"batch {r['batch']:>2} {r['precision']} {r['loss']:>7} {r['steps']:>3} steps: "
+def _describe(r: dict, speed: bool = False) -> str:
+    ppl = f"ppl {r['valid_ppl']:.1f}" if r["valid_ppl"] is not None and not speed else "ppl -"
+    return (f"batch {r['batch']:>2} {r['precision']} {r['loss']:>12} {r['steps']:>3} steps: "
             f"{r['tokens_per_s']:,.0f} tok/s, peak {r['peak_train_MiB']:,.0f} MiB, {ppl} "
             f"({r['seconds']:.0f}s, load {r['load']})")
 

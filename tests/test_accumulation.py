@@ -128,3 +128,22 @@ def test_effective_batch_sets_accumulate(data_dir):
     assert (plan["micro_batch"], plan["accumulate"], plan["batch_size"]) == (4, 2, 8)
     with pytest.raises(SeqfitError, match="not a multiple of --batch-size 4"):
         resolve_plan(RunCfg(train=TrainCfg(batch_size=4), memory=MemoryCfg(effective_batch=10)), store, cpu)
+
+
+def test_bf16_accumulation_is_close_to_one_batch_and_carries_an_fp32_state():
+    bf16 = make_precision("bf16", "cpu")
+    base = _model("full")
+    one, two = copy.deepcopy(base), copy.deepcopy(base)
+    x, y = _windows(1)[0]
+    results = []
+    for model, accumulate in ((one, 1), (two, 2)):
+        opt = torch.optim.SGD(model.parameters(), lr=LR)
+        results.append(lm_train_step(model, x, y, model.init_state(STREAMS), accumulate=accumulate,
+                                     precision=bf16, optimizer=opt, clip=0.0))
+    assert results[1].loss_sum == pytest.approx(results[0].loss_sum, rel=1e-2)
+    for p, q in zip(one.parameters(), two.parameters()):
+        assert p.dtype == torch.float32 and torch.allclose(p, q, rtol=1e-2, atol=1e-3)
+    # the carried state stays fp32 under autocast, so an fp32 step (e.g. a resumed run) can take it
+    assert all(t.dtype == torch.float32 for layer in results[1].state for t in layer)
+    opt = torch.optim.SGD(two.parameters(), lr=LR)
+    lm_train_step(two, x, y, results[1].state, accumulate=2, precision=FP32, optimizer=opt, clip=0.0)

@@ -52,7 +52,8 @@ def test_weights_and_gradients_match_the_built_model(model, memory):
     assert est["sizes"]["gradients"] == 4 * sum(p.numel() for p in params if p.requires_grad)
 
 
-@pytest.mark.parametrize("name,momentum", [("adam", 0.0), ("adamw", 0.0), ("sgd", 0.9), ("adafactor", 0.0), ("sgd", 0.0)])
+@pytest.mark.parametrize("name,momentum", [("adam", 0.0), ("adamw", 0.0), ("sgd", 0.9), ("adafactor", 0.0),
+                                           ("sgd", 0.0)])
 def test_optimizer_state_matches_a_real_step(name, momentum):
     cfg = cfg_of({"cell": "gru"}, {"optimizer": name, "momentum": momentum, "lr": 0.01})
     est = estimate(cfg, DataInfo(V), plan_of(cfg))

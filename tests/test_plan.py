@@ -53,7 +53,8 @@ def test_more_memory_never_gives_a_slower_plan():
 
 
 def test_planner_turns_to_chunked_loss_and_checkpointing_when_needed():
-    cfg, data = cfg_of({"hidden": 512, "embed": 512}, {"batch_size": 32, "bptt": 400}, {"loss": "auto"}), DataInfo(50_000)
+    cfg = cfg_of({"hidden": 512, "embed": 512}, {"batch_size": 32, "bptt": 400}, {"loss": "auto"})
+    data = DataInfo(50_000)
     roomy = plan_for_budget(cfg, data, 64 * 2**30, CONSTS, device="cpu").plan
     assert roomy["checkpoint_time"] == 0 and roomy["micro_batch"] == 32
     tight = min((p for p in candidates(cfg, data, "cpu") if p["micro_batch"] == 1),
@@ -117,7 +118,8 @@ def test_plan_command_table_and_refusal(capsys):
 
 def test_plan_verify_measures_a_real_run(capsys):
     code, out, _ = run_cli(capsys, "--vocab-size", "200", "--layers", "1", "--hidden", "64", "--embed", "64",
-                           "--batch-size", "8", "--bptt", "16", "--device", "cpu", "--verify", "--verify-steps", "3", "--json")
+                           "--batch-size", "8", "--bptt", "16", "--device", "cpu", "--verify", "--verify-steps", "3",
+                           "--json")
     assert code == 0
     r = json.loads(out)
     assert r["measured_peak_bytes"] > 0

@@ -54,6 +54,7 @@ class TrainCfg:
     momentum: float = opt(0.0, "SGD momentum")
     weight_decay: float = opt(0.0, "weight decay")
     clip: float = opt(0.25, "clip the gradient norm to this (0: off)")
+    label_smoothing: float = opt(0.0, "label smoothing of the training loss (perplexity is always measured without it)")
     schedule: str = opt("plateau", "learning-rate schedule", ("constant", "plateau", "cosine"))
     warmup: int = opt(0, "warm-up steps (cosine schedule)")
     seed: int = opt(1111, "random seed")

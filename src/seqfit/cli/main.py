@@ -8,6 +8,8 @@ import click
 
 from seqfit import __version__
 from seqfit.cli.inspect_cmd import profile, report
+from seqfit.cli.plan_cmd import plan
+from seqfit.cli.predict_cmd import predict
 from seqfit.cli.prepare_cmd import prepare
 from seqfit.cli.train_cmd import evaluate, generate, train
 from seqfit.errors import SeqfitError
@@ -21,7 +23,7 @@ def cli() -> None:
     """Train RNN/LSTM/GRU models on data and models larger than your memory."""
 
 
-for command in (prepare, train, evaluate, generate, profile, report):
+for command in (prepare, plan, train, evaluate, generate, predict, profile, report):
     cli.add_command(command)
 
 

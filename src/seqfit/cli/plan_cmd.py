@@ -44,7 +44,8 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
     requested = requested_plan(cfg, data)
     consts = load_constants(requested["device"], [(cfg.model.cell, cfg.memory.precision)], calibrate_missing=calibrate,
                             echo=None if as_json else say)
-    result: dict = {"vocab_size": data.vocab_size, "constants": {"calibrated": consts.calibrated, "source": consts.source}}
+    result: dict = {"vocab_size": data.vocab_size,
+                    "constants": {"calibrated": consts.calibrated, "source": consts.source}}
     if cfg.memory.budget:
         try:
             budget = parse_bytes(cfg.memory.budget)
@@ -54,7 +55,8 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
         cfg, chosen, alternatives = choice.cfg, choice.plan, choice.alternatives
         result["budget_bytes"] = budget
     else:
-        chosen = requested | {"predicted_tokens_per_s": tokens_per_second(cfg.model, data.vocab_size, requested, consts)}
+        speed = tokens_per_second(cfg.model, data.vocab_size, requested, consts)
+        chosen = requested | {"predicted_tokens_per_s": speed}
         alternatives = []
     est = estimate(cfg, data, {k: chosen[k] for k in requested}, consts)
     chosen = chosen | {"predicted_peak_bytes": est["peak"]}
@@ -77,8 +79,9 @@ def _verify(cfg, data_dir, data, steps: int, predicted: int, say_progress: bool)
             tokens = max(100_000, 2 * effective_batch(cfg) * (cfg.train.bptt * (steps + 1) + 1))
             data_dir = write_synthetic_store(Path(tmp) / "data", data.vocab_size, tokens)
         measured = measure_run(cfg, data_dir, steps=steps)
+    steady = measured["step_seconds"][1:] or measured["step_seconds"]  # the first step warms up
     return {"measured_peak_bytes": measured["peak_bytes"], "measured_step_seconds": measured["step_seconds"],
-            "measured_tokens_per_s": effective_batch(cfg) * cfg.train.bptt / min(measured["step_seconds"][1:] or measured["step_seconds"]),
+            "measured_tokens_per_s": effective_batch(cfg) * cfg.train.bptt / min(steady),
             "prediction_error": (predicted - measured["peak_bytes"]) / measured["peak_bytes"]}
 
 
@@ -93,18 +96,20 @@ def _human(r: dict) -> str:
     lines.append(f"{'part':<18}{'at the peak':>14}{'full size':>14}")
     for part, value in r["parts"].items():
         full = r["sizes"].get(part)
-        lines.append(f"{part.replace('_', ' '):<18}{format_bytes(value):>14}{format_bytes(full) if full is not None else '':>14}")
+        size = format_bytes(full) if full is not None else ""
+        lines.append(f"{part.replace('_', ' '):<18}{format_bytes(value):>14}{size:>14}")
     lines.append(f"{'predicted peak':<18}{format_bytes(r['predicted_peak_bytes']):>14}  (during {r['peak_phase']}; "
                  f"{r['plan']['predicted_tokens_per_s']:,.0f} tokens/s predicted)")
     if "measured_peak_bytes" in r:
         lines.append(f"{'measured peak':<18}{format_bytes(r['measured_peak_bytes']):>14}  "
-                     f"({r['prediction_error']:+.1%} predicted vs measured; {r['measured_tokens_per_s']:,.0f} tokens/s)")
+                     f"({r['prediction_error']:+.1%} predicted vs measured; "
+                     f"{r['measured_tokens_per_s']:,.0f} tokens/s)")
     if r["alternatives"]:
         lines += ["", "alternatives (fastest first):",
                   f"  {'micro x acc':>12} {'ckpt':>5} {'loss':>8} {'chunk':>6} {'peak':>11} {'tokens/s':>10}  fits"]
         for a in r["alternatives"]:
-            lines.append(f"  {a['micro_batch']:>6} x {a['accumulate']:<3} {a['checkpoint_time'] or '-':>5} {a['loss']:>8} "
-                         f"{a['loss_chunk'] or '-':>6} {format_bytes(a['predicted_peak_bytes']):>11} "
+            lines.append(f"  {a['micro_batch']:>6} x {a['accumulate']:<3} {a['checkpoint_time'] or '-':>5} "
+                         f"{a['loss']:>8} {a['loss_chunk'] or '-':>6} {format_bytes(a['predicted_peak_bytes']):>11} "
                          f"{a['predicted_tokens_per_s']:>10,.0f}  {'yes' if a['fits'] else 'no'}")
     if not r["constants"]["calibrated"]:
         lines.append("\n(constants not calibrated on this machine: defaults from the development machine)")

@@ -1,4 +1,4 @@
-"""Memory planning: predict a run's peak before it starts, choose the fastest plan under a budget, stop cleanly if crossed.
+"""Memory planning: predict a run's peak before it starts, pick the fastest plan under a budget, stop if crossed.
 
     estimate.py    pure byte arithmetic: parts and peak of one training step (what the budget governs: see there)
     constants.py   the machine-dependent numbers (per-token bytes of each recurrent kernel, runtime baseline)

@@ -4,7 +4,7 @@ Probes (each a fresh child process running real training steps, seqfit.memory.pr
 
     baseline      a tiny model (H = 16): what it measures minus what the estimate gives for its
                   tensors is the runtime's own anonymous memory (python, torch, seqfit, thread pools)
-    per cell      the same 2-layer model at two small token counts (b x T = 256 and 1024, H = 256);
+    per cell      the same 2-layer model at two small token counts (b x T = 64 x 8 and 64 x 32, H = 256);
                   the slope between them, against the estimate's slope, scales that cell's
                   per-token constants -- two sizes, so the baseline's error cancels -- and what is
                   left at both sizes is that kernel library's one-time state (``const``)
@@ -106,7 +106,11 @@ def _scale(consts: Constants, key: str, s: float, const: float | None = None) ->
 
 
 def _fit_scale(consts: Constants, key: str, cfgs: list[RunCfg], measured: list[int], device: str) -> float:
-    """Scale of the cell's constants whose predicted slope between the two probes matches the measured one."""
+    """Scale of the cell's constants whose predicted slope between the two probes matches the measured one.
+
+    A slope the scale cannot reach within [1/4, 4] means the probes disagree with the model's shape
+    rather than its size: keep the constants as they are (1.0) instead of clamping.
+    """
     want = measured[1] - measured[0]
     lo, hi = 0.25, 4.0
     for _ in range(40):  # the predicted slope grows with the scale: bisect
@@ -114,7 +118,8 @@ def _fit_scale(consts: Constants, key: str, cfgs: list[RunCfg], measured: list[i
         c = _scale(consts, key, mid)
         got = _predicted(cfgs[1], c, device) - _predicted(cfgs[0], c, device)
         lo, hi = (mid, hi) if got < want else (lo, mid)
-    return (lo * hi) ** 0.5
+    scale = (lo * hi) ** 0.5
+    return 1.0 if scale < 0.26 or scale > 3.9 else scale
 
 
 def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constants:
@@ -139,7 +144,8 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
         for cell, precision in keys:
             key = f"{cell}/{_prec_key(precision)}"
             say(f"calibrating: {key} at two sizes")
-            cfgs = [probe_config(cell, precision, device, micro, 32) for micro in (8, 32)]
+            # 64 streams of 256 units: a time step's (b, H) fp32 tensors are 64 KiB, mmapped like a real run's
+            cfgs = [probe_config(cell, precision, device, 64, bptt) for bptt in (8, 32)]
             runs = [measure_run(c, data_dir, steps=4) for c in cfgs]
             measured = [r["peak_bytes"] for r in runs]
             consts = _scale(consts, key, _fit_scale(consts, key, cfgs, measured, device))
@@ -149,7 +155,8 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
             timings += [(c, min(r["step_seconds"][1:])) for c, r in zip(cfgs, runs)]
             done.add(key)
     consts = _fit_timing(consts, timings)
-    consts = dataclasses.replace(consts, calibrated=True, device=device, source=f"probes on this machine ({_cpu_model()})")
+    consts = dataclasses.replace(consts, calibrated=True, device=device,
+                                 source=f"probes on this machine ({_cpu_model()})")
     path = cache_path(device)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"keys": sorted(done), "constants": consts.to_dict()}, indent=1))
@@ -166,8 +173,8 @@ def _fit_timing(consts: Constants, timings: list[tuple[RunCfg, float]]) -> Const
     rows = []
     for cfg, seconds in timings:
         plan = requested_plan(cfg, DataInfo(PROBE_VOCAB), consts.device)
-        a = step_seconds(cfg.model, PROBE_VOCAB, plan, dataclasses.replace(consts, seconds_per_flop=1.0, seconds_per_call=0.0))
-        c = step_seconds(cfg.model, PROBE_VOCAB, plan, dataclasses.replace(consts, seconds_per_flop=0.0, seconds_per_call=1.0))
+        unit = [dataclasses.replace(consts, seconds_per_flop=f, seconds_per_call=1.0 - f) for f in (1.0, 0.0)]
+        a, c = (step_seconds(cfg.model, PROBE_VOCAB, plan, u) for u in unit)
         rows.append((a, c, seconds))
     import numpy as np
 

@@ -79,15 +79,17 @@ def param_shapes(model: ModelCfg, vocab: int, loss: str, counts=None) -> list[tu
     shapes = [("embedding", (vocab, model.embed), not model.freeze_embeddings)]
     for i in range(model.layers):
         inp = model.embed if i == 0 else model.hidden
-        shapes += [(f"layer{i}.w_ih", (g * model.hidden, inp), True), (f"layer{i}.w_hh", (g * model.hidden, model.hidden), True),
-                   (f"layer{i}.b_ih", (g * model.hidden,), True), (f"layer{i}.b_hh", (g * model.hidden,), True)]
+        gh = g * model.hidden
+        shapes += [(f"layer{i}.w_ih", (gh, inp), True), (f"layer{i}.w_hh", (gh, model.hidden), True),
+                   (f"layer{i}.b_ih", (gh,), True), (f"layer{i}.b_hh", (gh,), True)]
         if model.layer_norm:
             shapes += [(f"norm{i}.weight", (model.hidden,), True), (f"norm{i}.bias", (model.hidden,), True)]
     if loss == "adaptive":
         bounds, proj = _adaptive_layout(model.hidden, vocab, counts)
         shapes.append(("head.head", (bounds[0] + len(proj), model.hidden), True))
         for i, p in enumerate(proj):
-            shapes += [(f"head.tail{i}.proj", (p, model.hidden), True), (f"head.tail{i}.out", (bounds[i + 1] - bounds[i], p), True)]
+            shapes += [(f"head.tail{i}.proj", (p, model.hidden), True),
+                       (f"head.tail{i}.out", (bounds[i + 1] - bounds[i], p), True)]
     else:
         if not model.tie_weights:
             shapes.append(("head.weight", (vocab, model.hidden), True))
@@ -151,23 +153,32 @@ def _dot(c: tuple[float, ...], f: tuple[float, ...]) -> int:
     return int(sum(a * b for a, b in zip(c, f)))
 
 
-def _head_bytes(loss: str, n: int, vocab: int, hidden: int, bf16: bool, chunk: int, counts) -> dict[str, int]:
+def _head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk: int, counts) -> dict[str, int]:
     """Vocabulary-sized buffers of the output layer for n tokens: kept for backward, and each phase's extra."""
+    bf16 = precision != "fp32"
+    if loss == "full" and precision == "bf16":
+        # train/narrow_loss.py: bf16 logits kept (their gradient overwrites them), fp32 softmax in ~4 MiB row
+        # blocks; backward's two bf16 GEMMs are widened to fp32 afterwards
+        block = max(8, 4 * 2**20 // (F32 * vocab)) * vocab * F32
+        keep = 2 * n * vocab + 2 * (n + vocab) * hidden + F32 * n
+        return {"keep": keep, "fwd": block, "bwd": block + 6 * (n + vocab) * hidden, "bwd_linear": 0}
     if loss == "full":
-        # F.linear -> (.float()) -> log_softmax (kept) ; backward: grad of log-softmax + grad of logits
+        # F.linear -> (.float()) -> log_softmax (kept); backward: the log-softmax's gradient and the logits'
+        # (fp32) beside it; under bf16 the logits' gradient is then cast down for the linear's backward
         logits = n * vocab * (2 if bf16 else F32)
         keep = F32 * n * vocab
         fwd = logits + (F32 * n * vocab if bf16 else 0)
-        bwd = 2 * F32 * n * vocab + (2 * n * vocab if bf16 else 0)
         cast = 2 * (vocab * hidden + n * hidden) if bf16 else 0  # bf16 copies of the weight and features
-        return {"keep": keep + cast, "fwd": fwd, "bwd": bwd, "bwd_linear": F32 * n * vocab}
+        return {"keep": keep + cast, "fwd": fwd, "bwd": 2 * F32 * n * vocab, "bwd_linear": logits}
     if loss == "chunked":
         c = min(chunk, n)
         narrow = 2 if bf16 else 0
         buf = c * vocab * (F32 + 2 * narrow)  # (C, V) fp32 buffer (+ bf16 matmul output and gradient cast)
         w = narrow * vocab * hidden  # bf16 copy of the weight, made in forward and again in backward
-        return {"keep": F32 * n, "fwd": buf + w, "bwd": buf + w + (F32 * vocab * hidden if bf16 else 0),
-                "bwd_linear": 0}
+        # backward allocates the weight's and the features' fp32 gradients up front, beside the buffer
+        # (and under bf16 each chunk's (V, H) partial product before it is added in fp32)
+        grads = F32 * vocab * hidden + F32 * n * hidden + narrow * vocab * hidden
+        return {"keep": F32 * n, "fwd": buf + w, "bwd": buf + w + grads, "bwd_linear": 0}
     # adaptive: the head cluster's logits for all tokens, each tail's for the share of tokens it holds
     bounds, proj = _adaptive_layout(hidden, vocab, counts)
     width = bounds[0] + len(proj)
@@ -207,18 +218,18 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     out_b = 2 if bf16 and m.cell != "gru" else F32  # autocast runs LSTM/RNN in bf16; GRU's output stays fp32
     g = GATES[m.cell]
     layer_params = [g * H * ((E if i == 0 else H) + H) for i in range(L)]
-    head = _head_bytes(loss, n, V, H, bf16, chunk, data.counts)
+    head = _head_bytes(loss, n, V, H, plan["precision"], chunk, data.counts)
     # Native GRU/RNN kernels allocate a few (b, H) tensors per time step. Below the allocator's mmap
     # threshold they come from the heap, whose holes stay resident: the forward's scratch between the
     # saved tensors stays, and what backward frees is not returned before the step ends.
     heap = device == "cpu" and m.cell != "lstm" and F32 * b * H < MMAP_THRESHOLD
     residue = 0  # heap bytes freed but still resident
     data_bytes = 8 * b * acc * (T + 1) + 16 * n  # the (B, T+1) int64 window; per micro-batch id copies
-    head_grad = sizes["gradients"] - F32 * sum(lp + 2 * g * H + (2 * H if m.layer_norm else 0) for lp in layer_params) - (
-        F32 * V * E if not m.freeze_embeddings else 0)  # the output layer's gradient bytes
+    rnn_grads = F32 * sum(lp + 2 * g * H + (2 * H if m.layer_norm else 0) for lp in layer_params)
+    head_grad = sizes["gradients"] - rnn_grads - (F32 * V * E if not m.freeze_embeddings else 0)  # output layer's
 
-    r = _Replay(baseline=consts.baseline + int(coefs.const) + _blas_buffers(n, E, H, V, g, loss, consts), weights=sizes["weights"], optimizer_state=sizes["optimizer_state"],
-                data=data_bytes)
+    runtime = consts.baseline + int(coefs.const) + _blas_buffers(n, E, H, V, g, loss, device, consts)
+    r = _Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=data_bytes)
     layers_kept = []
     for micro in range(2 if acc > 1 else 1):
         grads_before = sizes["gradients"] if micro else 0
@@ -245,12 +256,14 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
             r.moment("forward", activations=states + out_b * n * H + drop_keep)  # the final dropout
             r.now["activations"] += states + (drop_keep if p else out_b * n * H)
             # what a chunk's recompute keeps for its backward: every layer, plus the dropouts between them
-            kept = [sum(_dot(coefs.keep, layer_feats(i, b * k)) for i in range(L)) + (L - 1) * 2 * out_b * b * k * H * (p > 0)]
+            between = (L - 1) * 2 * out_b * b * k * H if p else 0
+            kept = [sum(_dot(coefs.keep, layer_feats(i, b * k)) for i in range(L)) + between]
         else:
             kept = []
             for i in range(L):
                 f = layer_feats(i, n)
-                keep = _dot(coefs.keep, f) + (4 * F32 * n * H if m.layer_norm else 0) + (_dot(coefs.fwd, f) if heap else 0)
+                keep = _dot(coefs.keep, f) + (4 * F32 * n * H if m.layer_norm else 0)
+                keep += _dot(coefs.fwd, f) // 2 if heap else 0  # its scratch leaves holes between what it keeps
                 r.moment("forward", activations=keep + _dot(coefs.fwd, f))
                 r.now["activations"] += keep + drop_keep
                 if not p and m.cell != "lstm":
@@ -267,17 +280,16 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
                  gradients=new_grad)
         r.now["output_loss"] = 0
         r.now["gradients"] = grads_before + (0 if micro else new_grad)
-        flow = F32 * n * H  # gradient of the features, then of each layer's input
+        flow = out_b * n * H  # gradient of the features (in the layers' dtype), then of each layer's input
         if k < T:
             # backward recomputes one chunk at a time: its keep and the top layer's scratch, beside the whole
             # feature gradient and the (B, T, E) buffer autograd sums each chunk's input gradient into
             r.now["activations"] -= drop_keep if p else 0
             rise = max(_dot(coefs.rise, layer_feats(i, b * k)) for i in range(L))
-            layer_grads = F32 * sum(lp + 2 * g * H for lp in layer_params)
             r.moment("backward", activations=kept[0] + rise + flow + 2 * F32 * n * E,
-                     gradients=max(layer_params) * F32 if micro else layer_grads)
+                     gradients=max(layer_params) * F32 if micro else rnn_grads)
             r.now["activations"] = emb * (2 if p else 1) + residue
-            r.now["gradients"] += 0 if micro else layer_grads
+            r.now["gradients"] += 0 if micro else rnn_grads
             flow = F32 * n * E
         else:
             r.now["activations"] -= drop_keep  # the last dropout's backward runs first
@@ -290,7 +302,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
                 if not p and m.cell != "lstm":
                     r.now["activations"] -= out_b * n * H
                 r.now["gradients"] += 0 if micro else layer_grad
-                flow = F32 * n * (E if i == 0 else H)
+                flow = F32 * n * E if i == 0 else out_b * n * H
         emb_grad = F32 * V * E if not m.freeze_embeddings else 0
         r.moment("backward", activations=flow + F32 * n * E, gradients=emb_grad)
     # ---- optimizer step: weights, all gradients, state, and the step's scratch
@@ -302,12 +314,15 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
             "layers": layers_kept, "chunk_steps": k}
 
 
-def _blas_buffers(n: int, E: int, H: int, V: int, gates: int, loss: str, consts: Constants) -> int:
-    """Bytes MKL keeps after a large matmul (per-thread packing panels, reused, never returned).
+def _blas_buffers(n: int, E: int, H: int, V: int, gates: int, loss: str, device: str, consts: Constants) -> int:
+    """Bytes the BLAS library keeps after its largest matmul (reused, never returned).
 
-    Measured here: 0.4 MB after a 256^3 matmul, 2 MB after 1024x512x1024, 12.4 MB (the cap, 2 threads)
-    after 4800x512x10000 -- about half of k x (m + n) fp32 elements, up to consts.blas_cap.
+    CPU (MKL, per-thread packing panels), measured here: 0.4 MB after a 256^3 matmul, 2 MB after
+    1024x512x1024, 12.4 MB (the cap, 2 threads) after 4800x512x10000 -- about half of k x (m + n)
+    fp32 elements, up to consts.blas_cap. CUDA: cuBLAS's workspace, consts.blas_cap.
     """
+    if device == "cuda":
+        return consts.blas_cap
     out = V if loss != "adaptive" else min(V, 2 * H + 64)
     shapes = [(n, H, out), (n, max(E, H), gates * H)]  # output layer; a layer's input projection
     return int(min(consts.blas_cap, max(2 * k * (m + o) for m, k, o in shapes)))

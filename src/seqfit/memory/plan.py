@@ -85,8 +85,9 @@ def requested_plan(cfg: RunCfg, data: DataInfo, device: str | None = None) -> di
 
 
 def _plan(device, precision, loss, loss_chunk, micro, accumulate, bptt, checkpoint_time, optimizer) -> dict:
-    return {"device": device, "precision": precision, "loss": loss, "loss_chunk": loss_chunk if loss == "chunked" else 0,
-            "micro_batch": micro, "accumulate": accumulate, "batch_size": micro * accumulate, "bptt": bptt,
+    return {"device": device, "precision": precision, "loss": loss,
+            "loss_chunk": loss_chunk if loss == "chunked" else 0, "micro_batch": micro, "accumulate": accumulate,
+            "batch_size": micro * accumulate, "bptt": bptt,
             "checkpoint_time": checkpoint_time, "optimizer": optimizer}
 
 
@@ -132,7 +133,9 @@ def apply_plan(cfg: RunCfg, plan: dict) -> RunCfg:
 
 def describe_plan(plan: dict) -> str:
     ckpt = f"checkpoint every {plan['checkpoint_time']} steps" if plan["checkpoint_time"] else "no checkpointing"
-    loss = f"chunked loss ({plan['loss_chunk']} tokens)" if plan["loss"] == "chunked" and plan["loss_chunk"] else f"{plan['loss']} loss"
+    loss = f"{plan['loss']} loss"
+    if plan["loss"] == "chunked" and plan["loss_chunk"]:
+        loss = f"chunked loss ({plan['loss_chunk']} tokens a chunk)"
     return (f"micro-batch {plan['micro_batch']} x {plan['accumulate']} accumulated, bptt {plan['bptt']}, {ckpt}, "
             f"{loss}, {plan['precision']}, {plan['optimizer']}")
 
@@ -140,7 +143,8 @@ def describe_plan(plan: dict) -> str:
 def _scored(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants) -> dict:
     est = estimate(cfg, data, plan, consts)
     return {**plan, "predicted_peak_bytes": est["peak"], "peak_phase": est["phase"],
-            "predicted_tokens_per_s": tokens_per_second(cfg.model, data.vocab_size, plan, consts), "_parts": est["parts"]}
+            "predicted_tokens_per_s": tokens_per_second(cfg.model, data.vocab_size, plan, consts),
+            "_parts": est["parts"]}
 
 
 def plan_for_budget(cfg: RunCfg, data_info: DataInfo, budget_bytes: int, consts: Constants | None = None,

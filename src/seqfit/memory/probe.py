@@ -34,17 +34,16 @@ from seqfit.errors import SeqfitError
 __all__ = ["measure_run", "child_main"]
 
 
-def measure_run(cfg: RunCfg, data_dir: str | Path, *, steps: int = 4, threads: int = 0, hold_bytes: int = 0,
+def measure_run(cfg: RunCfg, data_dir: str | Path, *, steps: int = 4, threads: int = 0,
                 timeout: float = 900.0) -> dict:
     """Train ``steps`` steps of ``cfg`` on DATA_DIR in a child process; returns its measurements.
 
     {"peak_bytes": anonymous (CPU) or reserved (CUDA) peak over the steps, "peak_anon_sampled",
     "baseline_bytes": anonymous bytes after imports, before the model is built, "file_drift",
-    "step_seconds": [...] wall, "step_cpu_seconds": [...] process CPU time, "device"}. threads > 0 sets torch's thread count; hold_bytes allocates and
-    keeps that much after the first step (tests). A killed child raises SeqfitError.
+    "step_seconds": [...] wall, "step_cpu_seconds": [...] process CPU time, "device"}.
+    threads > 0 sets torch's thread count. A killed child raises SeqfitError.
     """
-    spec = {"config": to_dict(cfg), "data_dir": str(data_dir), "steps": steps, "threads": threads,
-            "hold_bytes": hold_bytes}
+    spec = {"config": to_dict(cfg), "data_dir": str(data_dir), "steps": steps, "threads": threads}
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         proc = subprocess.run([sys.executable, "-m", "seqfit.memory.probe"], input=json.dumps(spec), text=True,
@@ -88,7 +87,6 @@ def child_main(spec: dict) -> dict:
     cuda = s.device.type == "cuda"
     state = s.model.init_state(s.plan["batch_size"], device=s.device)
     s.model.train()
-    hold = []
     sampler = _Sampler(read_resident)
     if cuda:
         torch.cuda.synchronize()
@@ -109,8 +107,6 @@ def child_main(spec: dict) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
-        if i == 0 and spec.get("hold_bytes"):
-            hold.append(bytearray(int(spec["hold_bytes"])))  # bytearray zero-fills: the pages are resident
     sampler.stop.set()
     sampler.join()
     rss, anon, file_end = read_resident()

@@ -3,9 +3,9 @@
 The planner keeps a run under its budget by prediction; the watchdog covers what prediction cannot
 see: another process on the machine, a leak, data that grows a buffer. The loop calls ``check()``
 once per step; it takes one fresh reading (/proc/self/status, tens of microseconds) and the peak of
-the loop's MemorySampler (a thread sampling every few tens of ms), and it raises MemoryBudgetExceeded, upon which the loop writes a checkpoint and
-exits with code 4. At most the step in flight is lost: a resumed run (``--resume``) continues from
-the step the check followed.
+the loop's MemorySampler (a thread sampling every few tens of ms), and raises MemoryBudgetExceeded;
+the loop then writes a checkpoint and exits with code 4. At most the step in flight is lost: a
+resumed run (``--resume``) continues from the step the check followed.
 
 What is compared with the budget: on CPU the anonymous resident bytes (file-backed pages such as
 the memory-mapped token store are reclaimable, see seqfit.memory.estimate); on CUDA the caching

@@ -15,7 +15,8 @@ __all__ = ["build_model", "count_parameters"]
 def build_model(cfg: RunCfg, vocab: Vocab, *, loss_kind: str) -> nn.Module:
     if cfg.model.task == "lm":
         return LanguageModel(cfg.model, len(vocab), loss=loss_kind, loss_chunk=cfg.memory.loss_chunk,
-                             counts=vocab.counts, checkpoint_time=cfg.memory.checkpoint_time)
+                             counts=vocab.counts, checkpoint_time=cfg.memory.checkpoint_time,
+                             label_smoothing=cfg.train.label_smoothing)
     raise SeqfitError(f"task {cfg.model.task!r} is not available for this data directory")
 
 

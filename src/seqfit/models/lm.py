@@ -32,9 +32,17 @@ def load_embedding_matrix(path: str, vocab_size: int, embed: int) -> torch.Tenso
     return torch.tensor(np.asarray(matrix), dtype=torch.float32)  # a copy: the map stays read-only
 
 
+def _fp32_state(state: State) -> State:
+    # Under CPU autocast the fused LSTM/GRU kernels return their final state in bf16. The state is carried
+    # into the next truncated-BPTT window and saved in checkpoints, so keep it fp32 like the weights: its
+    # dtype then never depends on the precision (an fp32 nn.LSTM refuses a bf16 state, e.g. when a bf16
+    # run is resumed or evaluated in fp32). A no-op in fp32.
+    return [tuple(t.float() for t in s) if isinstance(s, tuple) else s.float() for s in state]
+
+
 class LanguageModel(nn.Module):
     def __init__(self, cfg: ModelCfg, vocab_size: int, *, loss: str = "full", loss_chunk: int = 0,
-                 counts: Sequence[int] | None = None, checkpoint_time: int = 0):
+                 counts: Sequence[int] | None = None, checkpoint_time: int = 0, label_smoothing: float = 0.0):
         super().__init__()
         if cfg.tie_weights and cfg.embed != cfg.hidden:
             raise SeqfitError(f"--tie-weights needs --embed equal to --hidden (got {cfg.embed} and {cfg.hidden})")
@@ -47,6 +55,7 @@ class LanguageModel(nn.Module):
         self.rnn = RecurrentStack(cfg.cell, cfg.embed, cfg.hidden, cfg.layers, dropout=cfg.dropout,
                                   layer_norm=cfg.layer_norm)
         self.head = make_output_head(loss, cfg.hidden, vocab_size, counts=counts, chunk_tokens=loss_chunk,
+                                     label_smoothing=label_smoothing,
                                      tied_embedding=self.embedding if cfg.tie_weights else None)
         self._init_weights(cfg)
 
@@ -66,7 +75,7 @@ class LanguageModel(nn.Module):
         """x (B, T) ids -> features (B, T, H) before the output layer, and the carried state."""
         emb = self.drop(self.embedding(x))  # (B, T, E)
         out, state = self.rnn(emb, state, checkpoint_time=self.checkpoint_time)  # (B, T, H)
-        return self.drop(out), state
+        return self.drop(out), _fp32_state(state)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Summed cross-entropy of targets y (B, T) (fp32 scalar) and the carried state."""

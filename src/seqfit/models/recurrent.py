@@ -71,6 +71,8 @@ class RecurrentStack(nn.Module):
 
             if resolve_chunk(checkpoint_time, x.shape[1]) < x.shape[1]:  # one chunk would only add a recompute
                 return exact_forward(self, x, state, lengths, checkpoint_time)
+        if lengths is not None and bool((lengths == x.shape[1]).all()):
+            lengths = None  # no padding: the unpacked call is the same and, on CPU, takes the fused oneDNN kernel
         new_state: State = []
         out = x
         for i, layer in enumerate(self.layers):

@@ -162,7 +162,8 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                 loss = result.loss_sum / result.tokens
                 if not math.isfinite(loss):
                     raise SeqfitError(f"the loss became {loss} at step {step}: lower --lr or use --clip")
-                if step % t.log_every == 0 or step == total_steps:
+                out_of_time = time.monotonic() > deadline
+                if step % t.log_every == 0 or step == total_steps or out_of_time:
                     elapsed = time.perf_counter() - window_start
                     mem = sampler.last
                     log.write({"kind": "train", "step": step, "epoch": epoch, "loss": loss,
@@ -176,7 +177,7 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     window_start = time.perf_counter()
                 if t.checkpoint_every and step % t.checkpoint_every == 0:
                     checkpoint()
-                if time.monotonic() > deadline:
+                if out_of_time:
                     progress.write(f"--max-minutes {t.max_minutes:g} reached at step {step}")
                     break
     except KeyboardInterrupt:
