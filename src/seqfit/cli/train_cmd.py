@@ -43,9 +43,13 @@ def train(data_dir, out, resume, profile, tensorboard, as_json, **kwargs) -> Non
         from seqfit.train.classify import train_classifier as run_training
     summary = run_training(cfg, Path(data_dir), Path(out), resume=resume, echo=say, profile=profile,
                            tensorboard=tensorboard)
-    ppl = summary["valid_ppl"]
-    emit(summary, as_json,
-         f"step {summary['step']}: valid perplexity {ppl:.2f}" if ppl is not None else f"step {summary['step']} (no valid split)")
+    if summary.get("valid_ppl") is not None:
+        result = f"valid perplexity {summary['valid_ppl']:.2f}"
+    elif summary.get("valid_accuracy") is not None:
+        result = f"valid accuracy {summary['valid_accuracy']:.2%}, macro-F1 {summary['valid_macro_f1']:.3f}"
+    else:
+        result = "no valid split"
+    emit(summary, as_json, f"step {summary['step']}: {result}")
     if not as_json:
         from seqfit.measure.memory import format_bytes
 

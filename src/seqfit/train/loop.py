@@ -17,11 +17,12 @@ from seqfit.config import RunCfg, dump_toml
 from seqfit.data.batching import StreamBatches
 from seqfit.data.store import TokenStore
 from seqfit.device import resolve_device
-from seqfit.errors import SeqfitError
-from seqfit.measure.memory import MemorySampler, format_bytes
+from seqfit.errors import MemoryBudgetExceeded, SeqfitError
+from seqfit.measure.memory import MemorySampler, format_bytes, parse_bytes
 from seqfit.measure.metrics import MetricsLog, read_metrics
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.measure.progress import Progress
+from seqfit.memory import Watchdog, configure_allocator, data_info_from_dir, plan_for_budget
 from seqfit.models.build import build_model, count_parameters
 from seqfit.models.heads import choose_loss_kind
 from seqfit.models.recurrent import detach_state
@@ -99,6 +100,14 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     run_dir = Path(run_dir)
     if not resume and (has_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
         raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    budget = _budget_bytes(cfg)
+    if budget and not resume:  # a resumed run keeps the plan its config.toml holds
+        choice = plan_for_budget(cfg, data_info_from_dir(data_dir), budget)  # BudgetError: nothing built yet
+        cfg = choice.cfg
+        echo(f"--budget {format_bytes(budget)}: predicted peak {format_bytes(choice.plan['predicted_peak_bytes'])}, "
+             f"{choice.plan['reason']}")
+    if resolve_device(cfg.memory.device).type == "cpu":
+        configure_allocator()  # before any tensor: freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
     s = TrainSession.build(cfg, data_dir)  # checks data and options before anything is written
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +142,8 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     sampler = MemorySampler(interval=0.05, keep_timeline=True)
     progress = Progress(total_steps, desc="train", initial=step)
     interrupted = False
+    watchdog = Watchdog(budget, sampler, s.device.type) if budget else None
+    over_budget: MemoryBudgetExceeded | None = None
     last_valid: dict | None = None
     window_tokens, window_start = 0, time.perf_counter()
     deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes else math.inf
@@ -158,6 +169,8 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                 state = result.state
                 s.schedule.step()
                 step, batch_index = step + 1, batch_index + 1
+                if watchdog:
+                    watchdog.check(step)  # MemoryBudgetExceeded: this step is checkpointed below, exit 4
                 window_tokens += result.tokens
                 loss = result.loss_sum / result.tokens
                 if not math.isfinite(loss):
@@ -182,6 +195,8 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     break
     except KeyboardInterrupt:
         interrupted = True
+    except MemoryBudgetExceeded as e:
+        over_budget = e
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
@@ -193,6 +208,9 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
         epoch, batch_index = epoch + 1, 0
         state = s.model.init_state(s.plan["batch_size"], device=s.device)
     checkpoint()
+    if over_budget is not None:
+        log.close()
+        raise over_budget
     if interrupted:
         log.close()
         raise SeqfitError(f"interrupted at step {step}; checkpoint saved, continue with --resume")
@@ -207,6 +225,15 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     write_text_atomic(run_dir / "memory_timeline.json", json.dumps(sampler.timeline))
     return summary
+
+
+def _budget_bytes(cfg: RunCfg) -> int:
+    if not cfg.memory.budget:
+        return 0
+    try:
+        return parse_bytes(cfg.memory.budget)
+    except ValueError as e:
+        raise SeqfitError(f"--budget: {e}") from None
 
 
 def _validate(s: TrainSession, log: MetricsLog, step: int, epoch: int, progress) -> dict | None:
