@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -30,20 +29,11 @@ def profile(data_dir, steps, plot_path, as_json, **kwargs) -> None:
     config_path, given = pop_config_flags(kwargs)
     cfg = resolve_config(config_path, given)
     session, profiler = profile_steps(cfg, Path(data_dir), steps)
-    predicted = _predicted_parts(session)
+    predicted = None  # per-phase predictions are not derived from the planner's estimate yet
     if plot_path:
         plot_memory_timeline(profiler.timeline, plot_path, spans=profiler.spans, title="seqfit profile")
         say(f"timeline: {plot_path}")
     emit({"plan": session.plan, **profiler.to_json(predicted)}, as_json, profiler.format_table(predicted))
-
-
-def _predicted_parts(session) -> dict[str, int] | None:
-    """The planner's per-phase predictions, when the planner can estimate this run."""
-    try:
-        from seqfit.memory.estimate import phase_predictions
-    except ImportError:
-        return None
-    return phase_predictions(session.cfg, session.plan, session.store)
 
 
 @click.command(epilog="""\b

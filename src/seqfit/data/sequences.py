@@ -12,6 +12,11 @@ So a sample is two reads (offsets, then its slice), and every length is known fr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported lazily at run time: worker processes need not pay for it
+    import torch
+
 import hashlib
 from functools import cached_property
 from pathlib import Path

@@ -27,23 +27,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqfit import __version__
 from seqfit.atomic import write_text_atomic
-from seqfit.config import RunCfg, TrainCfg, dump_toml, from_dict, load_toml
+from seqfit.config import RunCfg, TrainCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
 from seqfit.device import resolve_device
 from seqfit.errors import SeqfitError
 from seqfit.measure.memory import MemorySampler, format_bytes
-from seqfit.measure.metrics import MetricsLog, read_metrics
+from seqfit.measure.metrics import MetricsLog
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.measure.progress import Progress
 from seqfit.models.classifier import SequenceClassifier, build_classifier
 from seqfit.models.timechunk import truncated_chunks
-from seqfit.train.checkpoint import has_checkpoint, load_checkpoint, load_weights, save_checkpoint
-from seqfit.train.optim import make_optimizer
+from seqfit.train.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from seqfit.train.optim import default_lr, make_optimizer
 from seqfit.train.precision import make_precision
 from seqfit.train.rng import rng_state, seed_everything, set_rng_state
+from seqfit.train.run_files import (
+    inference_precision,
+    mean_throughput,
+    read_run,
+    start_run_dir,
+    trim_metrics,
+)
 from seqfit.train.schedule import make_schedule
 from seqfit.train.step import no_phase
 
@@ -268,22 +279,15 @@ class LoadedClassifier:
 
 def load_classifier_run(run_dir: str | Path, *, data_dir: str | Path | None = None, device: str = "auto") -> LoadedClassifier:
     run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise SeqfitError(f"{run_dir} is not a seqfit run directory (no config.toml)")
-    cfg = from_dict(load_toml(run_dir / "config.toml"))
+    cfg, plan, info = read_run(run_dir)
     if cfg.model.task != "classify":
         raise SeqfitError(f"{run_dir} holds a {cfg.model.task!r} model, not a classifier")
-    try:
-        plan = json.loads((run_dir / "plan.json").read_text())["plan"]
-        info = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError, KeyError) as e:
-        raise SeqfitError(f"{run_dir} is incomplete or corrupt ({e})") from None
     store = SequenceStore(Path(data_dir or info["data_dir"]))
     dev = resolve_device(device)
     model = _build_model(cfg, store)
     load_weights(run_dir, model)
     model.to(dev).eval()
-    precision = make_precision(plan["precision"] if dev.type == "cuda" or plan["precision"] != "fp16" else "fp32", dev)
+    precision = inference_precision(plan["precision"], dev)
     return LoadedClassifier(cfg, plan, store, model, dev, precision)
 
 
@@ -302,24 +306,20 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
     valid = store.split("valid") if store.has_split("valid") else None
     if valid is not None:
         check_split(valid, store, max_length=plan["max_length"], too_long=plan["too_long"], train_labels=seen, warn=echo)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.toml", dump_toml(cfg))
-        write_text_atomic(run_dir / "run.json", json.dumps({"data_dir": str(Path(data_dir).resolve()), "seqfit": __version__}))
-    except OSError as e:
-        raise SeqfitError(f"cannot write to {run_dir}: {e.strerror}") from None
+    start_run_dir(run_dir, cfg, data_dir)
 
     seed_everything(t.seed)
     model = _build_model(cfg, store).to(device)
     precision = make_precision(plan["precision"], device)
-    optimizer = make_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], lr=t.lr,
+    lr = default_lr(t.optimizer, t.lr)  # --lr 0 means the optimizer's usual rate, as in the LM loop
+    optimizer = make_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], lr=lr,
                                momentum=t.momentum, weight_decay=t.weight_decay)
     weight = class_weights(plan["class_weights"], np.asarray(train_split.labels), model.num_classes)
     weight = None if weight is None else weight.to(device)
     sampler = _sampler(train_split, plan, shuffle=True, seed=t.seed)
     steps_per_epoch = math.ceil(len(sampler) / plan["accumulate"])
     total_steps = t.max_steps or t.epochs * steps_per_epoch
-    schedule = make_schedule(t.schedule, optimizer, base_lr=t.lr, total_steps=total_steps, warmup=t.warmup)
+    schedule = make_schedule(t.schedule, optimizer, base_lr=lr, total_steps=total_steps, warmup=t.warmup)
     step, epoch, batch_index = 0, 0, 0
     if resume:
         saved = load_checkpoint(run_dir, model)
@@ -328,9 +328,7 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
         precision.load_state_dict(saved["precision"])
         step, epoch, batch_index = saved["step"], saved["epoch"], saved["batch_index"]
         set_rng_state(saved["rng"])
-        if (run_dir / "metrics.jsonl").exists():  # records after the checkpoint will be logged again
-            kept = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", 0) <= step and r.get("kind") != "end"]
-            write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        trim_metrics(run_dir / "metrics.jsonl", step)
     write_text_atomic(run_dir / "plan.json", json.dumps({"plan": plan}, indent=1))
     echo(f"plan: {plan['device']} {plan['precision']}, {plan['mode']} BPTT"
          + (f" (k={plan['bptt'] or plan['checkpoint_time']})" if plan["mode"] != "full" else "")
@@ -423,12 +421,11 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
         raise SeqfitError(f"interrupted at step {step}; checkpoint saved, continue with --resume")
     if valid is not None and (last_valid is None or last_valid["step"] != step):
         last_valid = validate()
-    rates = [r["tokens_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "train"]
     summary = {"step": step, "epoch": epoch, "parameters": sum(p.numel() for p in model.parameters()), "plan": plan,
                "valid_loss": last_valid and last_valid["loss"], "valid_accuracy": last_valid and last_valid["accuracy"],
                "valid_macro_f1": last_valid and last_valid["macro_f1"], "valid_ppl": None,
                "peak_rss": memory.peak_rss, "peak_anon": memory.peak_anon,
-               "tokens_per_s": sum(rates) / len(rates) if rates else None}
+               "tokens_per_s": mean_throughput(run_dir / "metrics.jsonl")}
     log.write({"kind": "end", **{k: v for k, v in summary.items() if k != "plan"}})
     log.close()
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))

@@ -11,18 +11,22 @@ from pathlib import Path
 
 import torch
 
-from seqfit import __version__
 from seqfit.atomic import write_text_atomic
-from seqfit.config import RunCfg, dump_toml
+from seqfit.config import RunCfg
 from seqfit.data.batching import StreamBatches
 from seqfit.data.store import TokenStore
 from seqfit.device import resolve_device
 from seqfit.errors import MemoryBudgetExceeded, SeqfitError
 from seqfit.measure.memory import MemorySampler, format_bytes, parse_bytes
-from seqfit.measure.metrics import MetricsLog, read_metrics
+from seqfit.measure.metrics import MetricsLog
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.measure.progress import Progress
-from seqfit.memory import Watchdog, configure_allocator, data_info_from_dir, plan_for_budget
+from seqfit.memory import (
+    Watchdog,
+    configure_allocator,
+    data_info_from_dir,
+    plan_for_budget,
+)
 from seqfit.models.build import build_model, count_parameters
 from seqfit.models.heads import choose_loss_kind
 from seqfit.models.recurrent import detach_state
@@ -31,6 +35,7 @@ from seqfit.train.evaluate import evaluate_lm
 from seqfit.train.optim import default_lr, make_optimizer
 from seqfit.train.precision import make_precision
 from seqfit.train.rng import rng_state, seed_everything, set_rng_state
+from seqfit.train.run_files import mean_throughput, start_run_dir, trim_metrics
 from seqfit.train.schedule import make_schedule
 from seqfit.train.step import lm_train_step, no_phase
 
@@ -109,12 +114,7 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     if resolve_device(cfg.memory.device).type == "cpu":
         configure_allocator()  # before any tensor: freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
     s = TrainSession.build(cfg, data_dir)  # checks data and options before anything is written
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.toml", dump_toml(cfg))
-        write_text_atomic(run_dir / "run.json", json.dumps({"data_dir": str(Path(data_dir).resolve()), "seqfit": __version__}))
-    except OSError as e:
-        raise SeqfitError(f"cannot write to {run_dir}: {e.strerror}") from None
+    start_run_dir(run_dir, cfg, data_dir)
     t = cfg.train
     step, epoch, batch_index = 0, 0, 0
     state = s.model.init_state(s.plan["batch_size"], device=s.device)
@@ -126,7 +126,7 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
         step, epoch, batch_index = saved["step"], saved["epoch"], saved["batch_index"]
         state = [tuple(x.to(s.device) for x in l) if isinstance(l, tuple) else l.to(s.device) for l in saved["hidden"]]
         set_rng_state(saved["rng"])
-        _trim_metrics(run_dir / "metrics.jsonl", step)
+        trim_metrics(run_dir / "metrics.jsonl", step)
     write_text_atomic(run_dir / "plan.json", json.dumps({"plan": s.plan}, indent=1))
     echo(f"plan: {_describe(s)}")
 
@@ -219,7 +219,7 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     summary = {"step": step, "epoch": epoch, "parameters": count_parameters(s.model), "plan": s.plan,
                "valid_loss": last_valid and last_valid["loss"], "valid_ppl": last_valid and last_valid["ppl"],
                "peak_rss": sampler.peak_rss, "peak_anon": sampler.peak_anon,
-               "tokens_per_s": _mean_throughput(run_dir / "metrics.jsonl")}
+               "tokens_per_s": mean_throughput(run_dir / "metrics.jsonl")}
     log.write({"kind": "end", **{k: v for k, v in summary.items() if k != "plan"}})
     log.close()
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
@@ -244,18 +244,6 @@ def _validate(s: TrainSession, log: MetricsLog, step: int, epoch: int, progress)
         if progress is not None:
             progress.write(f"step {step} epoch {epoch}: valid loss {result['loss']:.3f} ppl {result['ppl']:.2f}")
     return result
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint being resumed (they will be logged again)."""
-    if path.exists():
-        kept = [r for r in read_metrics(path) if r.get("step", 0) <= step and r.get("kind") != "end"]
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _mean_throughput(metrics_path: Path) -> float | None:
-    rates = [r["tokens_per_s"] for r in read_metrics(metrics_path) if r.get("kind") == "train"]
-    return sum(rates) / len(rates) if rates else None
 
 
 def _describe(s: TrainSession) -> str:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from seqfit.errors import SeqfitError
 
 __all__ = ["SCHEDULES", "Schedule", "make_schedule"]
