@@ -296,3 +296,41 @@ def test_truncated_training_runs_and_unseen_valid_labels_fail(tmp_path):
                            overwrite=True))
     summary = train_classifier(cfg, out, tmp_path / "run2", echo=lambda *_: None)
     assert summary["plan"]["mode"] == "truncated" and summary["plan"]["bptt"] == 6 and summary["step"] == 3
+
+
+def test_cli_options_reach_the_classifier_and_evaluate_routes_it(classify_dir, tmp_path, capsys):
+    """--max-length/--too-long/--class-weights are config flags; `seqfit evaluate` measures a classifier."""
+    from seqfit.cli.main import main
+
+    def cli(*args):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    tiny = ["--task", "classify", "--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "16",
+            "--optimizer", "adam", "--lr", "0.02", "--schedule", "constant", "--device", "cpu", "--max-steps", "30"]
+    code, _, err = cli("train", classify_dir, "--out", tmp_path / "refused", *tiny, "--max-length", "5")
+    assert code == 2 and "exceed the maximum length 5" in err and "\n" not in err.strip()
+    assert not (tmp_path / "refused" / "checkpoint").exists()
+
+    run_dir = tmp_path / "run"
+    code, out, err = cli("train", classify_dir, "--out", run_dir, *tiny, "--max-length", "12", "--too-long", "truncate",
+                         "--class-weights", "balanced", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    plan = summary["plan"]
+    assert (plan["max_length"], plan["too_long"], plan["class_weights"], plan["bptt"], plan["mode"]) == \
+        (12, "truncate", "balanced", 0, "full")
+    assert "truncated to their first 12 steps" in err + out
+
+    code, out, err = cli("evaluate", run_dir, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["task"] == "classify" and result["count"] == 32
+    assert result["accuracy"] == pytest.approx(summary["valid_accuracy"])  # the opener word is within 12 steps
+    code, out, _ = cli("evaluate", run_dir, "--split", "test")
+    assert code == 0 and "accuracy" in out and "macro-F1" in out

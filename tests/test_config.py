@@ -33,3 +33,15 @@ def test_bad_config_fails_loudly(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(SeqfitError, match=match):
         from_dict(load_toml(path))
+
+
+def test_bptt_zero_means_the_tasks_default(tmp_path):
+    assert RunCfg().train.bptt == 35
+    none = {"model": {}, "train": {}, "memory": {}}
+    assert resolve_config(None, {**none, "model": {"task": "classify"}}).train.bptt == 0
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nbatch_size = 4\n")  # no task in the file: the flag's task decides the window
+    assert resolve_config(path, {**none, "model": {"task": "classify"}}).train.bptt == 0
+    assert resolve_config(path, none).train.bptt == 35
+    explicit = resolve_config(None, {**none, "model": {"task": "classify"}, "train": {"bptt": 35}})
+    assert explicit.train.bptt == 35

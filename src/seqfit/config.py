@@ -18,7 +18,7 @@ import tomli_w
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["ModelCfg", "TrainCfg", "MemoryCfg", "RunCfg", "SECTIONS", "load_toml", "merge", "dump_toml", "to_dict", "from_dict"]
+__all__ = ["ModelCfg", "TrainCfg", "MemoryCfg", "RunCfg", "LM_BPTT", "SECTIONS", "load_toml", "merge", "dump_toml", "to_dict", "from_dict"]
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -45,7 +45,7 @@ class ModelCfg:
 @dataclass(frozen=True)
 class TrainCfg:
     batch_size: int = opt(20, "sequences (LM: parallel streams) per micro-batch")
-    bptt: int = opt(35, "time steps per truncated-BPTT window (LM)")
+    bptt: int = opt(0, "time steps per truncated-BPTT window (0: per task; LM 35, classify off)")
     epochs: int = opt(1, "passes over the training split (ignored when --max-steps is set)")
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run --epochs)")
     max_minutes: float = opt(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)")
@@ -62,6 +62,9 @@ class TrainCfg:
     eval_batches: int = opt(0, "validate on at most this many batches (0: the whole split)")
     checkpoint_every: int = opt(200, "write a checkpoint every N steps (and at the end)")
     log_every: int = opt(10, "write a metrics line every N steps")
+    max_length: int = opt(0, "longest sequence a classifier accepts (0: no limit)")
+    too_long: str = opt("error", "what to do with a sequence over --max-length", ("error", "truncate"))
+    class_weights: str = opt("", "classifier loss weights: 'balanced' or one number per class, comma-separated (empty: equal)")
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,19 @@ class MemoryCfg:
     device: str = opt("auto", "where to train", ("auto", "cpu", "cuda"))
 
 
+LM_BPTT = 35
+
+
 @dataclass(frozen=True)
 class RunCfg:
     model: ModelCfg = field(default_factory=ModelCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     memory: MemoryCfg = field(default_factory=MemoryCfg)
+
+    def __post_init__(self) -> None:
+        # --bptt 0 means "the task's default": a language model needs a window, a classifier truncates only when asked.
+        if self.model.task == "lm" and self.train.bptt == 0:
+            object.__setattr__(self, "train", dataclasses.replace(self.train, bptt=LM_BPTT))
 
 
 SECTIONS: dict[str, type] = {"model": ModelCfg, "train": TrainCfg, "memory": MemoryCfg}

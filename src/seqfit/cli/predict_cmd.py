@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from seqfit.atomic import atomic_path
 from seqfit.cli.common import emit, json_flag, say
 from seqfit.errors import SeqfitError
 
@@ -106,7 +107,7 @@ def predict(run_dir, input_path, split_name, out, probs, data_dir, device, as_js
             f"({', '.join(repr(names[i]) for i in unseen[:5])}); the model cannot predict them, they count as errors")
     out = Path(out) if out else Path(run_dir) / "predictions.csv"
     try:
-        with open(out, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["index", "predicted", "confidence"] + (["label"] if (labels >= 0).any() else [])
                        + ([f"p_{n}" for n in names] if probs else []))

@@ -64,18 +64,43 @@ Examples:
 @click.argument("run_dir", type=click.Path())
 @click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid", show_default=True)
 @click.option("--data", "data_dir", default=None, help="data directory (default: the one the run trained on)")
-@click.option("--batch-size", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=0, help="batch size (default: LM 10, classifier the run's own)")
 @json_flag
 def evaluate(run_dir, split, data_dir, batch_size, as_json) -> None:
-    """Perplexity of a trained language model on a split."""
+    """Perplexity of a language model, or accuracy and macro-F1 of a classifier, on a split."""
+    from seqfit.train.run_files import read_run
+
+    task = read_run(Path(run_dir))[0].model.task
+    if task == "classify":
+        result, human = _evaluate_classifier(run_dir, split, data_dir, batch_size)
+    else:
+        result, human = _evaluate_lm(run_dir, split, data_dir, batch_size or 10)
+    emit({"split": split, "task": task, **result}, as_json, f"{split}: {human}")
+
+
+def _evaluate_lm(run_dir, split, data_dir, batch_size) -> tuple[dict, str]:
     from seqfit.train.evaluate import evaluate_lm
     from seqfit.train.run_dir import load_run
 
     run = load_run(run_dir, data_dir=data_dir)
     result = evaluate_lm(run.model, run.store.split(split), batch_size=batch_size, bptt=run.plan["bptt"],
                          device=run.device, precision=run.precision)
-    emit({"split": split, **result}, as_json, f"{split}: loss {result['loss']:.4f}, perplexity {result['ppl']:.2f} "
-                                              f"over {result['tokens']:,} tokens")
+    return result, f"loss {result['loss']:.4f}, perplexity {result['ppl']:.2f} over {result['tokens']:,} tokens"
+
+
+def _evaluate_classifier(run_dir, split, data_dir, batch_size) -> tuple[dict, str]:
+    import numpy as np
+
+    from seqfit.train.classify import check_split, evaluate_classifier, load_classifier_run
+
+    run = load_classifier_run(run_dir, data_dir=data_dir)
+    plan = {**run.plan, "micro_batch": batch_size} if batch_size else run.plan
+    part = run.store.split(split)
+    seen = set(np.unique(np.asarray(run.store.split("train").labels)).tolist())
+    check_split(part, run.store, max_length=plan["max_length"], too_long=plan["too_long"], train_labels=seen, warn=say)
+    result = evaluate_classifier(run.model, part, plan, device=run.device, precision=run.precision)
+    return result, (f"loss {result['loss']:.4f}, accuracy {result['accuracy']:.2%}, macro-F1 {result['macro_f1']:.3f} "
+                    f"over {result['count']:,} sequences")
 
 
 @click.command(epilog="""\b

@@ -14,7 +14,6 @@ step equals one big batch.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import signal
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from seqfit.atomic import write_text_atomic
-from seqfit.config import RunCfg, TrainCfg
+from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
 from seqfit.device import resolve_device
@@ -61,21 +60,10 @@ from seqfit.train.step import no_phase
 __all__ = ["resolve_classify_plan", "class_weights", "check_split", "classify_step", "evaluate_classifier",
            "predict_classifier", "macro_f1", "load_classifier_run", "train_classifier", "LoadedClassifier"]
 
-_LM_BPTT = next(f.default for f in dataclasses.fields(TrainCfg) if f.name == "bptt")
-
-
-def _setting(cfg: RunCfg, name: str, default):
-    """An optional config field (max_length, too_long, class_weights) from whichever section has it."""
-    for section in (cfg.train, cfg.memory, cfg.model):
-        if hasattr(section, name):
-            return getattr(section, name)
-    return default
-
 
 def resolve_classify_plan(cfg: RunCfg, store: SequenceStore, device: torch.device) -> dict:
     mem, t = cfg.memory, cfg.train
-    # --bptt's default (35) is the language model's window; a classifier truncates only when asked.
-    bptt = t.bptt if t.bptt not in (0, _LM_BPTT) else 0
+    bptt = t.bptt
     if bptt and mem.checkpoint_time:
         raise SeqfitError("--bptt (truncated BPTT) and --checkpoint-time (exact checkpointing) exclude each other; "
                           "choose one")
@@ -84,15 +72,11 @@ def resolve_classify_plan(cfg: RunCfg, store: SequenceStore, device: torch.devic
         if mem.effective_batch % t.batch_size:
             raise SeqfitError(f"--effective-batch {mem.effective_batch} is not a multiple of --batch-size {t.batch_size}")
         accumulate = mem.effective_batch // t.batch_size
-    too_long = _setting(cfg, "too_long", "error")
-    if too_long not in ("error", "truncate"):
-        raise SeqfitError(f"too_long must be 'error' or 'truncate', got {too_long!r}")
     return {"device": device.type, "precision": mem.precision, "micro_batch": t.batch_size,
             "max_tokens": mem.max_tokens, "accumulate": accumulate,
             "mode": "truncated" if bptt else "exact" if mem.checkpoint_time else "full",
             "bptt": bptt, "checkpoint_time": mem.checkpoint_time, "optimizer": t.optimizer,
-            "max_length": int(_setting(cfg, "max_length", 0)), "too_long": too_long,
-            "class_weights": str(_setting(cfg, "class_weights", ""))}
+            "max_length": t.max_length, "too_long": t.too_long, "class_weights": t.class_weights}
 
 
 def class_weights(spec: str, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
