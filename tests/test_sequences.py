@@ -13,6 +13,7 @@ from seqfit.data.prepare import PrepareOptions, prepare
 from seqfit.data.sequences import SequenceStore, SequenceWriter
 from seqfit.data.store import TokenStore
 from seqfit.data.vocab import build_vocab
+from seqfit.errors import SeqfitError
 
 
 def _samples(n=300, seed=0):
@@ -165,3 +166,103 @@ def test_cli_prepare_classify_json(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["kind"] == "sequences" and sum(result["sequences"].values()) == 120
     _check_round_trip(tmp_path / "out", samples)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_numeric_sequences_from_list_fields(tmp_path, fmt):
+    """Without --group-field each record is one sequence: its --columns hold lists (JSON arrays, Parquet lists)."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 12, 40)
+    seqs = [rng.normal(size=(n, 2)) for n in lengths]
+    labels = [["up", "down"][i % 2] for i in range(40)]
+    records = [{"a": s[:, 0].tolist(), "b": s[:, 1].tolist(), "y": y} for s, y in zip(seqs, labels)]
+    if fmt == "jsonl":
+        src = tmp_path / "s.jsonl"
+        src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        src = tmp_path / "s.parquet"
+        pq.write_table(pa.Table.from_pylist(records), src, row_group_size=9)
+    out = tmp_path / "out"
+    prepare(PrepareOptions(out=out, inputs=(str(src),), task="classify", columns=("a", "b"), label_field="y",
+                           valid_fraction=0.0))
+    store = SequenceStore(out)
+    split = store.split("train")
+    assert store.label_names == ["down", "up"] and split.num_features == 2
+    assert np.array_equal(split.lengths, lengths)
+    for i in range(40):
+        assert np.array_equal(split[i], seqs[i].astype(np.float32))
+    assert split.labels.tolist() == [store.label_names.index(y) for y in labels]
+    stats = json.loads((out / "meta.json").read_text())["stats"]
+    allrows = np.concatenate(seqs)
+    assert stats["a"]["mean"] == pytest.approx(allrows[:, 0].mean()) and stats["b"]["std"] == pytest.approx(allrows[:, 1].std())
+
+
+@pytest.mark.parametrize("record,match", [
+    ({"a": 3.0, "b": [1.0], "y": "u"}, r"s.jsonl:2: field 'a' is 3.0, not a list of numbers"),
+    ({"a": [1.0, "x"], "b": [1.0, 2.0], "y": "u"}, r"s.jsonl:2: field 'a' holds 'x', not a number"),
+    ({"a": [1.0, 2.0], "b": [1.0], "y": "u"}, r"s.jsonl:2: the --columns lists differ in length \(a 2, b 1\)"),
+    ({"a": [1.0, None], "b": [1.0, 2.0], "y": "u"}, r"s.jsonl:2 step 2: column 'a' is nan"),
+])
+def test_list_field_bad_input(tmp_path, record, match):
+    src = tmp_path / "s.jsonl"
+    src.write_text(json.dumps({"a": [1.0], "b": [2.0], "y": "d"}) + "\n" + json.dumps(record) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(SeqfitError, match=match):
+        prepare(PrepareOptions(out=out, inputs=(str(src),), task="classify", columns=("a", "b"), label_field="y",
+                               valid_fraction=0.0))
+    assert not out.exists()
+
+
+def _pairs(n=640, seed=4):
+    rng = np.random.default_rng(seed)
+    words = ["ich", "du", "er", "sie", "haus", "baum", "gut", "klein", "groß", "und"]
+    en = ["i", "you", "he", "she", "house", "tree", "good", "small", "big", "and"]
+    out = []
+    for _ in range(n):
+        k = rng.integers(0, 10, rng.integers(1, 12))
+        out.append((" ".join(en[j] for j in k), " ".join(words[j] for j in k[::-1]) + (" !" if len(k) > 5 else "")))
+    return out
+
+
+@pytest.mark.parametrize("fmt,workers", [("jsonl", 1), ("jsonl", 2), ("csv", 1), ("parquet", 1)])
+def test_source_target_pairs_round_trip(tmp_path, fmt, workers):
+    pairs = _pairs()
+    src = tmp_path / f"pairs.{fmt}"
+    if fmt == "jsonl":
+        src.write_text("".join(json.dumps({"en": a, "de": b}) + "\n" for a, b in pairs))
+    elif fmt == "csv":
+        import csv
+        with open(src, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["en", "de"])
+            w.writerows(pairs)
+    else:
+        pq.write_table(pa.table({"en": [a for a, _ in pairs], "de": [b for _, b in pairs]}), src, row_group_size=33)
+    out = tmp_path / "out"
+    meta = prepare(PrepareOptions(out=out, inputs=(str(src),), task="seq2seq", text_field="en", target_field="de",
+                                  valid_fraction=0.2, workers=workers, chunk_bytes=1024, shard_bytes=1024))
+    assert meta["task"] == "seq2seq" and meta["report"]["target_tokens"] == sum(len(b.split()) for _, b in pairs)
+    store = SequenceStore(out)
+    got = []
+    for name in ("train", "valid"):
+        split = store.split(name)
+        for i in range(len(split)):
+            got.append((" ".join(store.vocab.decode(split[i])), " ".join(store.vocab.decode(split.target(i)))))
+        assert np.array_equal(split.lengths, [len(split[i]) for i in range(len(split))])
+    assert 64 <= len(store.split("valid")) <= 192  # whole 64-record blocks, about 20%
+    assert sorted(got) == sorted(pairs)  # every pair once, source and target kept together
+    x, lengths = store.split("train").batch_targets([0, 1])
+    assert x.shape[0] == 2 and lengths.tolist() == [len(store.split("train").target(i)) for i in (0, 1)]
+
+
+def test_pairs_need_task_and_field(tmp_path):
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"text": "a b", "tgt": "c"}) + "\n")
+    with pytest.raises(SeqfitError, match="--task seq2seq and --target-field"):
+        prepare(PrepareOptions(out=tmp_path / "o", inputs=(str(src),), target_field="tgt"))
+    with pytest.raises(SeqfitError, match="--task seq2seq and --target-field"):
+        prepare(PrepareOptions(out=tmp_path / "o", inputs=(str(src),), task="seq2seq"))
+    with pytest.raises(SeqfitError, match=r"p.jsonl:1: no field 'de'"):
+        prepare(PrepareOptions(out=tmp_path / "o", inputs=(str(src),), task="seq2seq", target_field="de",
+                               valid_fraction=0.0))
+    assert not (tmp_path / "o").exists()

@@ -31,6 +31,8 @@ Examples:
   seqfit prepare big/*.txt.gz --level subword --bpe-vocab 16000 --workers 2 --out data/big
   seqfit prepare reviews.jsonl --task classify --text-field review --label-field stars --out data/rev
   seqfit prepare reviews/ --task classify --out data/rev        # reviews/<class>/*.txt, one sample per file
+  seqfit prepare pairs.jsonl --task seq2seq --text-field en --target-field de --out data/ende
+  seqfit prepare ecg.jsonl --task classify --columns lead1,lead2 --label-field rhythm --out data/ecg  # list fields
   seqfit prepare sensors.parquet --task series --columns temp,load --nan ffill --dtype float16 --out data/sens
   seqfit prepare steps.csv --task classify --columns x,y,z --group-field id --label-field activity --out data/act
   seqfit prepare corpus.txt --embeddings glove.6B.100d.txt.gz --out data/corpus""")
@@ -39,12 +41,13 @@ Examples:
 @click.option("--train", "train_files", multiple=True, help="training file/folder (explicit splits)")
 @click.option("--valid", "valid_files", multiple=True, help="validation file/folder")
 @click.option("--test", "test_files", multiple=True, help="test file/folder")
-@click.option("--task", type=click.Choice(["lm", "classify", "series"]), default="lm", show_default=True,
-              help="lm: token stream; classify: labelled sequences; series: numeric columns")
+@click.option("--task", type=click.Choice(["lm", "classify", "series", "seq2seq"]), default="lm", show_default=True,
+              help="lm: token stream; classify: labelled sequences; series: numeric columns; seq2seq: source/target pairs")
 @click.option("--format", "fmt", type=click.Choice(["auto", "text", "jsonl", "csv", "parquet"]), default="auto",
               show_default=True, help="input format (auto: by extension, .gz looked through)")
 @click.option("--text-field", default="text", show_default=True, help="JSONL/CSV/Parquet field holding the text")
 @click.option("--label-field", default="", help="field holding the class (--task classify)")
+@click.option("--target-field", default="", help="field holding the target text (--task seq2seq; source: --text-field)")
 @click.option("--columns", multiple=True, callback=_columns, help="numeric columns, comma-separated (series; numeric classify)")
 @click.option("--group-field", default="", help="numeric classify: consecutive rows sharing this field form one sequence")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -66,7 +69,7 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of random rows for words without vectors")
 @click.option("--overwrite", is_flag=True, help="replace an existing data directory (only once the new one is complete)")
 @json_flag
-def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_field, label_field, columns,
+def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_field, label_field, target_field, columns,
             group_field, dtype, nan, level, bpe_vocab, min_freq, max_vocab, lowercase, valid_fraction, pattern,
             encoding_errors, shard_size, workers, embeddings, embeddings_dtype, seed, overwrite, as_json) -> None:
     """Stream text, JSONL, CSV/TSV or Parquet (.gz too) into a memory-mapped store in bounded memory."""
@@ -74,7 +77,8 @@ def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_f
 
     meta = run_prepare(PrepareOptions(
         out=Path(out), inputs=tuple(inputs), train=tuple(train_files), valid=tuple(valid_files), test=tuple(test_files),
-        task=task, fmt=fmt, text_field=text_field, label_field=label_field, columns=columns, group_field=group_field,
+        task=task, fmt=fmt, text_field=text_field, label_field=label_field, target_field=target_field,
+        columns=columns, group_field=group_field,
         dtype=dtype, nan=nan, level=level, bpe_vocab=bpe_vocab, min_freq=min_freq, max_vocab=max_vocab,
         lowercase=lowercase, valid_fraction=valid_fraction, pattern=pattern, encoding_errors=encoding_errors,
         shard_bytes=shard_size, workers=workers, embeddings=embeddings, embeddings_dtype=embeddings_dtype, seed=seed,
@@ -87,7 +91,9 @@ def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_f
                  f"{r['dropped_rows']:,} dropped; {r['seconds']:.1f}s")
     elif meta["kind"] == "sequences":
         seqs = ", ".join(f"{k} {v:,}" for k, v in r["sequences"].items() if v)
-        human = f"{out}: {sum(r['sequences'].values()):,} sequences ({seqs}), {len(meta['label_names'])} classes"
+        human = f"{out}: {sum(r['sequences'].values()):,} sequences ({seqs})"
+        human += (f", {r['target_tokens']:,} target tokens" if "target_tokens" in r
+                  else f", {len(meta['label_names'])} classes")
         if "vocab_size" in r:
             human += (f"; {r['tokens']:,} tokens, vocabulary {r['vocab_size']:,}; coverage {r['coverage']:.2%}, "
                       f"unknown {r['unknown_rate']:.2%}")

@@ -20,7 +20,8 @@ import math
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from itertools import chain
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -41,7 +42,7 @@ SPLITS = ("train", "valid", "test")
 class TextTask:
     """What workers need to know, sent once to each (small and picklable)."""
 
-    kind: str  # "lm": each line of a text ends in <eos>; "classify": one sequence per record, with a label
+    kind: str  # "lm": each line ends in <eos>; "classify": one sequence per record + a label; "seq2seq": + a target
     text_field: str = "text"
     label_field: str = ""
     fmt: str = "auto"
@@ -49,10 +50,11 @@ class TextTask:
     lowercase: bool = False
     read: ReadOptions = ReadOptions()
     subword_json: str = ""  # the trained BPE (level "subword")
+    target_field: str = ""  # seq2seq: the second text of each record
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return (self.text_field, self.label_field) if self.label_field else (self.text_field,)
+        return tuple(f for f in (self.text_field, self.label_field, self.target_field) if f)
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,14 @@ class ChunkResult:
 
     types: list[str]
     ids: np.ndarray  # uint32 local ids of every token, records back to back (lm: <eos> after each line)
-    lengths: np.ndarray  # int64 tokens per record
+    lengths: np.ndarray  # int64 tokens per record (seq2seq: of its source; its target's tokens follow them)
     labels: list[str] | None  # class of each record (classify)
+    target_lengths: np.ndarray | None = None  # int64 target tokens per record (seq2seq)
+
+    @property
+    def record_tokens(self) -> np.ndarray:
+        """Tokens each record occupies in ``ids``."""
+        return self.lengths if self.target_lengths is None else self.lengths + self.target_lengths
 
 
 class _LocalIds(dict):
@@ -169,31 +177,45 @@ def tokenize_chunk(chunk: Chunk) -> ChunkResult:
     ids = array("I")
     lengths = array("q")
     labels: list[str] | None = [] if task.label_field else None
+    target_lengths = array("q") if task.target_field else None
     lm = task.kind == "lm"
     for columns, lines in _batches(chunk, task):
         texts = _texts(chunk, columns, lines, task.text_field)
         if labels is not None:
             labels.extend(label_text(v, _where(chunk, lines, k)) for k, v in enumerate(columns[task.label_field]))
-        if w.one is not None:  # word/char: one line at a time keeps memory to a line's tokens
-            tok = w.one
-            for text in texts:
+        if target_lengths is None:
+            for tokens in _record_tokens(w, texts, lm):
                 before = len(ids)
-                if lm:
-                    for line in text.split("\n"):
-                        ids.extend(map(get, tok(line)))
-                        ids.append(0)
-                else:
-                    ids.extend(map(get, tok(text)))
+                ids.extend(map(get, tokens))
                 lengths.append(len(ids) - before)
-        else:  # subword: the batch goes to the Rust encoder at once
-            flat = [line for t in texts for line in t.split("\n")] if lm else texts
-            tokens = iter(w.tokenize(flat))
-            for text in texts:
+        else:  # each record's source ids, then its target's: pass 2 splits them again by the two lengths
+            targets = _texts(chunk, columns, lines, task.target_field)
+            for source, target in zip(_record_tokens(w, texts, False), _record_tokens(w, targets, False)):
                 before = len(ids)
-                for _ in range(text.count("\n") + 1 if lm else 1):
-                    ids.extend(map(get, next(tokens)))
-                    if lm:
-                        ids.append(0)
+                ids.extend(map(get, source))
                 lengths.append(len(ids) - before)
+                ids.extend(map(get, target))
+                target_lengths.append(len(ids) - before - lengths[-1])
     return ChunkResult(list(local), np.frombuffer(ids, dtype=np.uint32) if len(ids) else np.empty(0, np.uint32),
-                       np.frombuffer(lengths, dtype=np.int64) if len(lengths) else np.empty(0, np.int64), labels)
+                       _int64(lengths), labels, None if target_lengths is None else _int64(target_lengths))
+
+
+def _int64(values: array) -> np.ndarray:
+    return np.frombuffer(values, dtype=np.int64) if len(values) else np.empty(0, np.int64)
+
+
+def _record_tokens(w: _Worker, texts: list[str], lm: bool) -> Iterator[Iterable[str]]:
+    """The tokens of each text in turn (lm: every line followed by <eos>)."""
+    if w.one is not None:  # word/char: one line at a time keeps memory to a line's tokens
+        tok = w.one
+        for text in texts:
+            yield chain.from_iterable((*tok(line), EOS) for line in text.split("\n")) if lm else tok(text)
+        return
+    # subword: the batch goes to the Rust encoder at once
+    flat = [line for t in texts for line in t.split("\n")] if lm else texts
+    encoded = iter(w.tokenize(flat))
+    for text in texts:
+        if lm:
+            yield [t for _ in range(text.count("\n") + 1) for t in (*next(encoded), EOS)]
+        else:
+            yield next(encoded)

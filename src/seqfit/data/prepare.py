@@ -37,7 +37,7 @@ from seqfit.errors import SeqfitError
 
 __all__ = ["PrepareOptions", "prepare", "prepare_text", "SPLITS", "TASKS"]
 
-TASKS = ("lm", "classify", "series")
+TASKS = ("lm", "classify", "series", "seq2seq")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class PrepareOptions:
     fmt: str = "auto"  # reader: auto (by extension) | text | jsonl | csv | parquet
     text_field: str = "text"  # JSONL/CSV/Parquet field holding the text
     label_field: str = ""  # field holding the class (classify)
+    target_field: str = ""  # field holding the target text (seq2seq: source/target pairs)
     columns: tuple[str, ...] = ()  # numeric columns (series; numeric classify)
     group_field: str = ""  # numeric classify: consecutive rows with one value form one sequence
     dtype: str = "float32"  # numeric storage: float32 | float16
@@ -81,6 +82,10 @@ def _check_options(opts: PrepareOptions) -> None:
         raise SeqfitError(f"--shard-size must be at least 1KB, got {opts.shard_bytes} bytes")
     if opts.workers < 0:
         raise SeqfitError("--workers must be >= 0")
+    if (opts.task == "seq2seq") != bool(opts.target_field):
+        raise SeqfitError("source/target pairs need both --task seq2seq and --target-field (the target text's field)")
+    if opts.task == "seq2seq" and opts.columns:
+        raise SeqfitError("--task seq2seq reads text pairs; --columns (numeric) does not apply")
 
 
 def _check_out(opts: PrepareOptions) -> Path:
@@ -115,6 +120,12 @@ def _text_task(opts: PrepareOptions, sources: list[Source]) -> TextTask:
         if not opts.label_field:
             raise SeqfitError("--task classify needs --label-field (JSONL/CSV/Parquet), or folders DIR/<class>/*.txt")
         return TextTask("classify", opts.text_field, opts.label_field, opts.fmt, opts.level, opts.lowercase, read)
+    if opts.task == "seq2seq":
+        if any(s.kind == "classdir" for s in sources):
+            raise SeqfitError("--task seq2seq reads JSONL/CSV/Parquet records with --text-field and --target-field, "
+                              "not folders")
+        return TextTask("seq2seq", opts.text_field, "", opts.fmt, opts.level, opts.lowercase, read,
+                        target_field=opts.target_field)
     return TextTask("lm", opts.text_field, "", opts.fmt, opts.level, opts.lowercase, read)
 
 
@@ -124,8 +135,9 @@ def _training_texts(sources: list[Source], task: TextTask, opts: PrepareOptions)
         if src.kind == "classdir":
             texts = (read_document(f, task.read) for _, f in _class_files(src.path, opts.pattern))
         else:
-            texts = (t for b in read_records(src.path, (task.text_field,), task.read, task.fmt)
-                     for t in b.columns[task.text_field] if isinstance(t, str))
+            texts = (t for b in read_records(src.path, task.fields, task.read, task.fmt)
+                     for name in (task.text_field, task.target_field) if name
+                     for t in b.columns[name] if isinstance(t, str))
         for t in texts:
             yield t.lower() if task.lowercase else t
 
@@ -146,7 +158,7 @@ def _ordered(fn, chunks, workers: int, initargs: tuple):
         raise e.to_seqfit() from None
 
 
-_TMP = {"ids": np.uint32, "lengths": np.int64, "labels": np.int64}
+_TMP = {"ids": np.uint32, "lengths": np.int64, "labels": np.int64, "target_lengths": np.int64}
 _BLOCK = 1 << 18  # elements per read when rewriting the temporary files (small: peak must not grow with the corpus)
 
 
@@ -190,7 +202,7 @@ def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass
             first, base = positions.place(chunk, n)
             split_of = record_splits(chunk.split, first, n, base, fraction)
             code = np.fromiter((codes[x] for x in split_of), dtype=np.int8, count=n)
-            token_code = np.repeat(code, res.lengths)
+            token_code = np.repeat(code, res.record_tokens)
             for split, c in codes.items():
                 if not (code == c).any():
                     continue
@@ -200,6 +212,8 @@ def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass
                     put(split, "lengths", res.lengths if whole else res.lengths[code == c])
                 if label_ids is not None:
                     put(split, "labels", label_ids if whole else label_ids[code == c])
+                if res.target_lengths is not None:
+                    put(split, "target_lengths", res.target_lengths if whole else res.target_lengths[code == c])
     finally:
         for f in files.values():
             f.close()
@@ -245,7 +259,7 @@ def prepare_text(opts: PrepareOptions) -> dict:
             p1 = _tokenize_pass(sources, task, opts, fraction, workers, stage)
             if p1.counts.sum() == 0:
                 raise SeqfitError("the input holds no text (empty files)")
-            if task.kind == "lm" and len(p1.types) == 1:
+            if task.kind != "classify" and len(p1.types) == 1:
                 raise SeqfitError("the input holds only blank lines")
             if task.kind == "classify" and len(p1.labels) < 2:
                 raise SeqfitError(f"classification needs at least 2 classes, found {len(p1.labels)} "
@@ -263,7 +277,7 @@ def prepare_text(opts: PrepareOptions) -> dict:
             else:
                 position = {name: i for i, name in enumerate(label_names)}
                 label_remap = np.array([position[x] for x in p1.labels], dtype=np.int64)
-                splits = _write_sequences(stage, p1, remap, label_remap, dtype, opts)
+                splits = _write_sequences(stage, p1, remap, label_remap if task.kind == "classify" else None, dtype, opts)
             _remove_tmp(stage)
             vocab_text = vocab.to_json()
             (stage / "vocab.json").write_text(vocab_text, encoding="utf-8")
@@ -279,10 +293,13 @@ def prepare_text(opts: PrepareOptions) -> dict:
             }
             for s in sources:
                 meta["sources"][s.split].append(str(s.path))
-            if task.kind == "classify":
-                meta.update(num_features=0, label_names=label_names)
+            if task.kind != "lm":
+                meta.update(num_features=0, label_names=label_names, task=task.kind)
                 meta["report"]["sequences"] = {k: v["sequences"] for k, v in splits.items()}
+            if task.kind == "classify":
                 meta["report"]["label_counts"] = {name: p1.label_counts[name] for name in label_names}
+            if task.kind == "seq2seq":
+                meta["report"]["target_tokens"] = sum(v["target"]["tokens"] for v in splits.values() if v["target"])
             if opts.embeddings:
                 from seqfit.data.embeddings import restrict_embeddings
                 meta["embeddings"] = restrict_embeddings(opts.embeddings, vocab, stage / "embeddings.npy",
@@ -306,16 +323,28 @@ def _write_stream(stage: Path, p1: _Pass1, remap: np.ndarray, dtype, opts) -> di
     return splits
 
 
-def _write_sequences(stage: Path, p1: _Pass1, remap: np.ndarray, label_remap: np.ndarray, dtype, opts) -> dict:
+def _write_sequences(stage: Path, p1: _Pass1, remap: np.ndarray, label_remap: np.ndarray | None, dtype, opts) -> dict:
+    """Rewrite pass 1's ids as sequences (+ labels, or + targets: pass 1 wrote each record's source ids, then its target's)."""
+    pairs = p1.sizes["train"]["target_lengths"] + p1.sizes["valid"]["target_lengths"] + p1.sizes["test"]["target_lengths"] > 0
     splits = {}
     for split in SPLITS:
-        writer = SequenceWriter(stage, split, dtype, labels=True, shard_bytes=opts.shard_bytes)
+        writer = SequenceWriter(stage, split, dtype, labels=label_remap is not None, target=pairs,
+                                shard_bytes=opts.shard_bytes)
         n, pos = p1.sizes[split]["lengths"], 0
         for lo in range(0, n, _BLOCK):
-            lengths = _read_tmp(stage, split, "lengths", lo, min(_BLOCK, n - lo))
-            total = int(lengths.sum())
+            count = min(_BLOCK, n - lo)
+            lengths = _read_tmp(stage, split, "lengths", lo, count)
+            labels = label_remap[_read_tmp(stage, split, "labels", lo, count)] if label_remap is not None else None
+            if not pairs:
+                total = int(lengths.sum())
+                writer.add(remap[_read_tmp(stage, split, "ids", pos, total)], lengths, labels)
+                pos += total
+                continue
+            target_lengths = _read_tmp(stage, split, "target_lengths", lo, count)
+            total = int(lengths.sum() + target_lengths.sum())
             ids = remap[_read_tmp(stage, split, "ids", pos, total)]
             pos += total
-            writer.add(ids, lengths, label_remap[_read_tmp(stage, split, "labels", lo, len(lengths))])
+            is_target = np.repeat(np.tile([False, True], count), np.stack([lengths, target_lengths], 1).ravel())
+            writer.add(ids[~is_target], lengths, labels, ids[is_target], target_lengths)
         splits[split] = writer.close()
     return splits

@@ -1,5 +1,7 @@
 """`seqfit prepare` for numeric columns: time series (--task series) and numeric sequences with labels
-(--task classify --columns ... --group-field ID --label-field Y).
+(--task classify --columns ... --label-field Y), where a sequence is either consecutive rows sharing
+--group-field ID, or, without --group-field, one record whose --columns each hold a list of numbers
+(JSONL arrays, Parquet list columns): feature f of step t is ``record[columns[f]][t]``.
 
 Streaming throughout: readers yield bounded batches, rows are cleaned (--nan), written to shards, and
 the train split's statistics are merged batch by batch (seqfit.data.stats). A series is split in time:
@@ -76,10 +78,14 @@ def _batches(src: Source, fields: tuple[str, ...], columns: list[str], opts) -> 
     for batch in read_records(src.path, fields, read, opts.fmt):
         rows = np.column_stack([batch.columns[c] for c in columns]) if len(batch) else np.empty((0, len(columns)))
         rows, keep = clean_rows(rows, columns, opts.nan, carry, batch.where)
-        if opts.dtype == "float16" and len(rows) and np.abs(rows).max() > _F16_MAX:
-            r, c = map(int, np.argwhere(np.abs(rows) > _F16_MAX)[0])
-            raise SeqfitError(f"{src.path}: value {rows[r, c]} in column {columns[c]!r} overflows float16; use --dtype float32")
+        _check_float16(rows, columns, opts, src.path)
         yield batch.columns, rows, keep
+
+
+def _check_float16(rows: np.ndarray, columns: list[str], opts, where) -> None:
+    if opts.dtype == "float16" and len(rows) and np.abs(rows).max() > _F16_MAX:
+        r, c = map(int, np.argwhere(np.abs(rows) > _F16_MAX)[0])
+        raise SeqfitError(f"{where}: value {rows[r, c]} in column {columns[c]!r} overflows float16; use --dtype float32")
 
 
 def _check(opts) -> list[str]:
@@ -170,13 +176,43 @@ def _groups(src: Source, fields, columns, opts) -> Iterator[tuple[np.ndarray, ob
         yield np.concatenate(rows_acc), label, f"{src.path} group {current!r}"
 
 
+def _list_records(src: Source, fields, columns, opts) -> Iterator[tuple[np.ndarray, object, str]]:
+    """(rows (L, F), label value, where) of each record whose --columns hold equal-length lists of numbers."""
+    read = ReadOptions(encoding_errors=opts.encoding_errors)
+    for batch in read_records(src.path, fields, read, opts.fmt):
+        for k in range(len(batch)):
+            where = batch.where(k)
+            steps = [_number_list(batch.columns[c][k], c, where) for c in columns]
+            if len({len(x) for x in steps}) > 1:
+                sizes = ", ".join(f"{c} {len(x)}" for c, x in zip(columns, steps))
+                raise SeqfitError(f"{where}: the --columns lists differ in length ({sizes})")
+            rows = np.stack(steps, axis=1)  # (L, F)
+            rows, _ = clean_rows(rows, columns, opts.nan, np.full(len(columns), np.nan), lambda t: f"{where} step {t + 1}")
+            _check_float16(rows, columns, opts, where)
+            yield rows, batch.columns[opts.label_field][k], where
+
+
+def _number_list(value, column: str, where: str) -> np.ndarray:
+    if not isinstance(value, (list, tuple)):
+        raise SeqfitError(f"{where}: field {column!r} is {value!r}, not a list of numbers "
+                          "(give --group-field to build sequences from consecutive rows instead)")
+    try:
+        return np.array([np.nan if v is None else v for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        bad = next(v for v in value if not isinstance(v, (int, float)) and v is not None)
+        raise SeqfitError(f"{where}: field {column!r} holds {bad!r}, not a number") from None
+
+
 def _sequences(sources: list[Source], columns: list[str], opts, stage: Path, stats: RunningStats) -> dict:
-    if not opts.group_field or not opts.label_field:
-        raise SeqfitError("numeric sequences need --group-field (rows with one value form a sequence) and --label-field")
-    fields = (opts.group_field, opts.label_field, *columns)
+    if not opts.label_field:
+        raise SeqfitError("numeric sequences need --label-field")
+    if opts.group_field:
+        fields, records = (opts.group_field, opts.label_field, *columns), _groups
+    else:
+        fields, records = (opts.label_field, *columns), _list_records
     names = set()
     for src in sources:  # pass 1: the classes
-        for _, label, where in _groups(src, fields, columns, opts):
+        for _, label, where in records(src, fields, columns, opts):
             names.add(label_text(label, where))
     from seqfit.data.prepare import _sort_labels
     label_names = _sort_labels(names)
@@ -188,7 +224,7 @@ def _sequences(sources: list[Source], columns: list[str], opts, stage: Path, sta
                                     shard_bytes=opts.shard_bytes) for name in SPLITS}
     positions = Positions()
     for si, src in enumerate(sources):
-        for g, (rows, label, where) in enumerate(_groups(src, fields, columns, opts)):
+        for rows, label, where in records(src, fields, columns, opts):
             first, base = positions.place(Chunk(0, si, src.split, str(src.path)), 1)
             split = record_splits(src.split, first, 1, base, fraction)[0]
             writers[split].add(rows, [len(rows)], [index[label_text(label, where)]])
