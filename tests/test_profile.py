@@ -134,3 +134,34 @@ def test_cuda_allocation_shows_in_its_phase_only():
     for name in PHASES:
         if name != "loss":
             assert rows[name]["rise_cuda"] < 0.1 * size
+
+
+def test_phase_predictions_fold_the_estimate_into_profiler_phases():
+    from seqfit.config import RunCfg
+    from seqfit.memory.constants import default_constants
+    from seqfit.memory.estimate import DataInfo, estimate, phase_predictions
+    from seqfit.memory.plan import requested_plan
+
+    cfg = RunCfg()
+    consts = default_constants("cpu")
+    est = estimate(cfg, DataInfo(5000), requested_plan(cfg, DataInfo(5000), "cpu"), consts)
+    got = phase_predictions(est, 100 * MB)
+    assert set(got) == {"forward", "loss", "backward", "optimizer"}
+    assert got["backward"] == max(est["phases"]["backward"], est["phases"]["loss backward"]) - 100 * MB
+    assert max(got.values()) == est["peak"] - 100 * MB
+
+
+def test_profile_command_prints_predicted_next_to_measured(capsys, data_dir, monkeypatch):
+    import json
+
+    from seqfit.cli.main import main
+
+    monkeypatch.setenv("SEQFIT_NO_CALIBRATE", "1")
+    try:
+        main(["profile", str(data_dir), "--steps", "2", "--layers", "1", "--hidden", "32", "--embed", "32",
+              "--batch-size", "4", "--bptt", "8", "--device", "cpu", "--json"])
+    except SystemExit as e:
+        assert not e.code
+    rows = {r["phase"]: r for r in json.loads(capsys.readouterr().out)["phases"]}
+    for phase in ("forward", "loss", "backward", "optimizer"):
+        assert rows[phase]["predicted"] > 0 and rows[phase]["ratio"] == rows[phase]["over_base"] / rows[phase]["predicted"]

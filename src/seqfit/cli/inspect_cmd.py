@@ -29,11 +29,24 @@ def profile(data_dir, steps, plot_path, as_json, **kwargs) -> None:
     config_path, given = pop_config_flags(kwargs)
     cfg = resolve_config(config_path, given)
     session, profiler = profile_steps(cfg, Path(data_dir), steps)
-    predicted = None  # per-phase predictions are not derived from the planner's estimate yet
+    base = profiler.baseline.cuda_allocated if profiler.cuda else profiler.baseline.anon
+    predicted = _predicted_phases(cfg, Path(data_dir), session.plan, base)
     if plot_path:
         plot_memory_timeline(profiler.timeline, plot_path, spans=profiler.spans, title="seqfit profile")
         say(f"timeline: {plot_path}")
     emit({"plan": session.plan, **profiler.to_json(predicted)}, as_json, profiler.format_table(predicted))
+
+
+def _predicted_phases(cfg, data_dir: Path, plan: dict, measured_base: int) -> dict[str, int] | None:
+    """The planner's per-phase prediction for this run (cached or default constants: no probing here)."""
+    from seqfit.memory.calibrate import load_constants
+    from seqfit.memory.estimate import estimate, phase_predictions
+    from seqfit.memory.plan import data_info_from_dir
+
+    if cfg.model.task != "lm":
+        return None
+    consts = load_constants(plan["device"], [(cfg.model.cell, plan["precision"])], calibrate_missing=False)
+    return phase_predictions(estimate(cfg, data_info_from_dir(data_dir), plan, consts), measured_base)
 
 
 @click.command(epilog="""\b

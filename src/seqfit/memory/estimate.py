@@ -35,7 +35,7 @@ from seqfit.config import ModelCfg, RunCfg
 from seqfit.memory.allocator import MMAP_THRESHOLD
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 
-__all__ = ["DataInfo", "PARTS", "GATES", "param_shapes", "static_bytes", "estimate", "chunk_len"]
+__all__ = ["DataInfo", "PARTS", "GATES", "param_shapes", "static_bytes", "estimate", "chunk_len", "phase_predictions"]
 
 PARTS = ("baseline", "weights", "gradients", "optimizer_state", "activations", "output_loss", "data", "temporaries")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -312,6 +312,22 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     return {"peak": r.peak, "parts": r.parts, "phase": r.phase, "phases": r.phases,
             "sizes": {k: sizes[k] for k in ("weights", "gradients", "optimizer_state", "parameters")},
             "layers": layers_kept, "chunk_steps": k}
+
+
+# the estimate's moments -> the phases a PhaseProfiler (seqfit profile) measures
+_PROFILE_PHASES = {"forward": "forward", "loss": "loss", "loss backward": "backward", "backward": "backward",
+                   "optimizer": "optimizer"}
+
+
+def phase_predictions(est: dict, measured_base: int) -> dict[str, int]:
+    """Predicted peak of each profiler phase above ``measured_base``: the bytes a PhaseProfiler measured before
+    the model existed (its ``over_base`` baseline). The estimate's totals are absolute (runtime included), so
+    ratio 1.0 in `seqfit profile` means the absolute prediction was exact."""
+    out: dict[str, int] = {}
+    for moment, total in est["phases"].items():
+        phase = _PROFILE_PHASES.get(moment, moment)
+        out[phase] = max(out.get(phase, 0), total - measured_base)
+    return out
 
 
 def _blas_buffers(n: int, E: int, H: int, V: int, gates: int, loss: str, device: str, consts: Constants) -> int:

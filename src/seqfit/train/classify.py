@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from seqfit.atomic import write_text_atomic
+from seqfit.memory.allocator import configure_allocator
 from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
@@ -283,6 +284,8 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
         raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     store = SequenceStore(data_dir)
     device = resolve_device(cfg.memory.device)
+    if device.type == "cpu":
+        configure_allocator()  # freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
     plan = resolve_classify_plan(cfg, store, device)
     train_split = store.split("train")
     check_split(train_split, store, max_length=plan["max_length"], too_long=plan["too_long"], warn=echo)

@@ -8,6 +8,7 @@ import torch
 
 from seqfit.config import RunCfg
 from seqfit.measure.profile import PhaseProfiler
+from seqfit.memory.allocator import configure_allocator
 from seqfit.train.loop import TrainSession
 from seqfit.train.step import lm_train_step
 
@@ -16,9 +17,11 @@ __all__ = ["profile_steps"]
 
 def profile_steps(cfg: RunCfg, data_dir: Path, steps: int) -> tuple[TrainSession, PhaseProfiler]:
     """Run ``steps`` training steps of the configured run (nothing is written) under a PhaseProfiler."""
+    device = torch.device("cuda" if cfg.memory.device != "cpu" and torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        configure_allocator()  # as `seqfit train` does: measure the allocator training will run with
     # The profiler exists before the model, so its baseline is the runtime without the model.
-    profiler = PhaseProfiler(torch.device("cuda" if cfg.memory.device != "cpu" and torch.cuda.is_available() else "cpu"),
-                             keep_timeline=True)
+    profiler = PhaseProfiler(device, keep_timeline=True)
     with profiler:
         s = TrainSession.build(cfg, data_dir)
         state = s.model.init_state(s.plan["batch_size"], device=s.device)
