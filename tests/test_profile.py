@@ -151,17 +151,17 @@ def test_phase_predictions_fold_the_estimate_into_profiler_phases():
     assert max(got.values()) == est["peak"] - 100 * MB
 
 
-def test_profile_command_prints_predicted_next_to_measured(capsys, data_dir, monkeypatch):
+def test_profile_command_prints_predicted_next_to_measured(data_dir, tmp_path):
+    """In a fresh process, as users run it: the baseline then is the runtime alone."""
     import json
+    import os
+    import subprocess
+    import sys
 
-    from seqfit.cli.main import main
-
-    monkeypatch.setenv("SEQFIT_NO_CALIBRATE", "1")
-    try:
-        main(["profile", str(data_dir), "--steps", "2", "--layers", "1", "--hidden", "32", "--embed", "32",
-              "--batch-size", "4", "--bptt", "8", "--device", "cpu", "--json"])
-    except SystemExit as e:
-        assert not e.code
-    rows = {r["phase"]: r for r in json.loads(capsys.readouterr().out)["phases"]}
+    env = dict(os.environ, SEQFIT_NO_CALIBRATE="1", SEQFIT_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "seqfit", "profile", str(data_dir), "--steps", "2", "--layers", "1",
+                          "--hidden", "32", "--embed", "32", "--batch-size", "4", "--bptt", "8", "--device", "cpu",
+                          "--json"], capture_output=True, text=True, env=env, check=True).stdout
+    rows = {r["phase"]: r for r in json.loads(out)["phases"]}
     for phase in ("forward", "loss", "backward", "optimizer"):
         assert rows[phase]["predicted"] > 0 and rows[phase]["ratio"] == rows[phase]["over_base"] / rows[phase]["predicted"]

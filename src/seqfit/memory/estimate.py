@@ -326,7 +326,7 @@ def phase_predictions(est: dict, measured_base: int) -> dict[str, int]:
     out: dict[str, int] = {}
     for moment, total in est["phases"].items():
         phase = _PROFILE_PHASES.get(moment, moment)
-        out[phase] = max(out.get(phase, 0), total - measured_base)
+        out[phase] = max(out.get(phase, 0), total - measured_base, 0)
     return out
 
 
