@@ -11,7 +11,7 @@ def test_precedence_defaults_then_toml_then_flags(tmp_path):
     cfg = resolve_config(path, {"model": {"hidden": 32}, "train": {}, "memory": {}})
     assert cfg.model.hidden == 32 and cfg.model.cell == "gru"
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
-    assert cfg.train.bptt == RunCfg().train.bptt
+    assert cfg.train.bptt == RunCfg().train.bptt == 0
 
 
 def test_dump_and_load_round_trip(tmp_path):
@@ -36,12 +36,12 @@ def test_bad_config_fails_loudly(tmp_path, text, match):
 
 
 def test_bptt_zero_means_the_tasks_default(tmp_path):
-    assert RunCfg().train.bptt == 35
+    from seqfit.config import lm_bptt
+
+    assert RunCfg().train.bptt == 0 and lm_bptt(RunCfg().train) == 35
     none = {"model": {}, "train": {}, "memory": {}}
-    assert resolve_config(None, {**none, "model": {"task": "classify"}}).train.bptt == 0
-    path = tmp_path / "c.toml"
-    path.write_text("[train]\nbatch_size = 4\n")  # no task in the file: the flag's task decides the window
-    assert resolve_config(path, {**none, "model": {"task": "classify"}}).train.bptt == 0
-    assert resolve_config(path, none).train.bptt == 35
+    classify = resolve_config(None, {**none, "model": {"task": "classify"}})
+    assert classify.train.bptt == 0  # a classifier truncates only when asked
+    assert merge(RunCfg(), {"model": {"task": "classify"}}).train.bptt == 0
     explicit = resolve_config(None, {**none, "model": {"task": "classify"}, "train": {"bptt": 35}})
-    assert explicit.train.bptt == 35
+    assert explicit.train.bptt == 35 and lm_bptt(merge(RunCfg(), {"train": {"bptt": 70}}).train) == 70

@@ -18,7 +18,7 @@ import tomli_w
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["ModelCfg", "TrainCfg", "MemoryCfg", "RunCfg", "LM_BPTT", "SECTIONS", "load_toml", "merge", "dump_toml", "to_dict", "from_dict"]
+__all__ = ["ModelCfg", "TrainCfg", "MemoryCfg", "RunCfg", "LM_BPTT", "lm_bptt", "SECTIONS", "load_toml", "merge", "dump_toml", "to_dict", "from_dict"]
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -83,16 +83,16 @@ class MemoryCfg:
 LM_BPTT = 35
 
 
+def lm_bptt(train: TrainCfg) -> int:
+    """A language model's truncated-BPTT window: --bptt 0 means the task's default (a classifier's 0 means off)."""
+    return train.bptt or LM_BPTT
+
+
 @dataclass(frozen=True)
 class RunCfg:
     model: ModelCfg = field(default_factory=ModelCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     memory: MemoryCfg = field(default_factory=MemoryCfg)
-
-    def __post_init__(self) -> None:
-        # --bptt 0 means "the task's default": a language model needs a window, a classifier truncates only when asked.
-        if self.model.task == "lm" and self.train.bptt == 0:
-            object.__setattr__(self, "train", dataclasses.replace(self.train, bptt=LM_BPTT))
 
 
 SECTIONS: dict[str, type] = {"model": ModelCfg, "train": TrainCfg, "memory": MemoryCfg}

@@ -68,6 +68,7 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
 
 
 def _verify(cfg, data_dir, data, steps: int, predicted: int, say_progress: bool) -> dict:
+    from seqfit.config import lm_bptt
     from seqfit.memory.plan import effective_batch
     from seqfit.memory.probe import measure_run
     from seqfit.memory.synthetic import write_synthetic_store
@@ -76,12 +77,12 @@ def _verify(cfg, data_dir, data, steps: int, predicted: int, say_progress: bool)
         say(f"verifying: {steps} real training steps in a child process")
     with tempfile.TemporaryDirectory(prefix="seqfit-verify-") as tmp:
         if data_dir is None:  # what-if planning: a synthetic store of the same vocabulary
-            tokens = max(100_000, 2 * effective_batch(cfg) * (cfg.train.bptt * (steps + 1) + 1))
+            tokens = max(100_000, 2 * effective_batch(cfg) * (lm_bptt(cfg.train) * (steps + 1) + 1))
             data_dir = write_synthetic_store(Path(tmp) / "data", data.vocab_size, tokens)
         measured = measure_run(cfg, data_dir, steps=steps)
     steady = measured["step_seconds"][1:] or measured["step_seconds"]  # the first step warms up
     return {"measured_peak_bytes": measured["peak_bytes"], "measured_step_seconds": measured["step_seconds"],
-            "measured_tokens_per_s": effective_batch(cfg) * cfg.train.bptt / min(steady),
+            "measured_tokens_per_s": effective_batch(cfg) * lm_bptt(cfg.train) / min(steady),
             "prediction_error": (predicted - measured["peak_bytes"]) / measured["peak_bytes"]}
 
 

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seqfit.config import RunCfg
+from seqfit.config import RunCfg, lm_bptt
 from seqfit.errors import BudgetError, SeqfitError
 from seqfit.measure.memory import format_bytes
 from seqfit.memory.constants import Constants
@@ -79,8 +79,8 @@ def requested_plan(cfg: RunCfg, data: DataInfo, device: str | None = None) -> di
     eff = effective_batch(cfg)
     if eff % micro:
         raise SeqfitError(f"--effective-batch {eff} is not a multiple of --batch-size {micro}")
-    loss = mem.loss if mem.loss != "auto" else choose_loss_kind(data.vocab_size, micro * cfg.train.bptt, None)
-    return _plan(device, mem.precision, loss, mem.loss_chunk, micro, eff // micro, cfg.train.bptt,
+    loss = mem.loss if mem.loss != "auto" else choose_loss_kind(data.vocab_size, micro * lm_bptt(cfg.train), None)
+    return _plan(device, mem.precision, loss, mem.loss_chunk, micro, eff // micro, lm_bptt(cfg.train),
                  mem.checkpoint_time, cfg.train.optimizer)
 
 
@@ -101,7 +101,7 @@ def _chunk_options(cfg: RunCfg, data: DataInfo) -> list[int]:
 
 
 def _checkpoint_options(cfg: RunCfg) -> list[int]:
-    T = cfg.train.bptt
+    T = lm_bptt(cfg.train)
     if cfg.memory.checkpoint_time:
         return [cfg.memory.checkpoint_time]
     ks = {math.ceil(T / 2), math.ceil(T / 4), math.ceil(math.sqrt(T))}
@@ -118,7 +118,7 @@ def candidates(cfg: RunCfg, data: DataInfo, device: str | None = None) -> list[d
         for k in _checkpoint_options(cfg):
             for loss in losses:
                 for chunk in (_chunk_options(cfg, data) if loss == "chunked" else [0]):
-                    out.append(_plan(device, cfg.memory.precision, loss, chunk, micro, eff // micro, cfg.train.bptt,
+                    out.append(_plan(device, cfg.memory.precision, loss, chunk, micro, eff // micro, lm_bptt(cfg.train),
                                      k, cfg.train.optimizer))
     return out
 

@@ -76,17 +76,16 @@ def child_main(spec: dict) -> dict:
     import torch
 
     import seqfit.cli.main  # noqa: F401  (the modules `seqfit train` has loaded: part of the runtime's baseline)
-    from seqfit.train.loop import TrainSession
-    from seqfit.train.step import lm_train_step
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     cfg = from_dict(spec["config"])
     baseline = read_resident()[1]
-    s = TrainSession.build(cfg, Path(spec["data_dir"]))
-    cuda = s.device.type == "cuda"
-    state = s.model.init_state(s.plan["batch_size"], device=s.device)
-    s.model.train()
+    if cfg.model.task == "classify":
+        device, plan, step = _classifier_steps(cfg, Path(spec["data_dir"]))
+    else:
+        device, plan, step = _lm_steps(cfg, Path(spec["data_dir"]))
+    cuda = device.type == "cuda"
     sampler = _Sampler(read_resident)
     if cuda:
         torch.cuda.synchronize()
@@ -99,10 +98,7 @@ def child_main(spec: dict) -> dict:
             reset_peak_rss()
             file_start = read_resident()[2]
         t0, c0 = time.perf_counter(), time.process_time()
-        x, y = (v.to(s.device) for v in s.batches.batch(i % len(s.batches)))
-        result = lm_train_step(s.model, x, y, state, accumulate=s.plan["accumulate"], precision=s.precision,
-                               optimizer=s.optimizer, clip=cfg.train.clip)
-        state = result.state
+        step(i)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -111,13 +107,48 @@ def child_main(spec: dict) -> dict:
     sampler.join()
     rss, anon, file_end = read_resident()
     peak = read_peak_rss() - file_start if spec["steps"] > 1 else 0
-    result = {"device": s.device.type, "peak_bytes": max(peak, sampler.peak), "peak_anon_sampled": sampler.peak,
+    result = {"device": device.type, "peak_bytes": max(peak, sampler.peak), "peak_anon_sampled": sampler.peak,
               "baseline_bytes": baseline, "file_drift": file_end - file_start, "step_seconds": times,
-              "step_cpu_seconds": cpu_times, "end_anon": anon, "plan": s.plan}
+              "step_cpu_seconds": cpu_times, "end_anon": anon, "plan": plan}
     if cuda:
         result["peak_bytes"] = torch.cuda.max_memory_reserved()
         result["peak_allocated"] = torch.cuda.max_memory_allocated()
     return result
+
+
+def _lm_steps(cfg: RunCfg, data_dir: Path):
+    """(device, plan, step(i)) training the language model on consecutive batches, state carried."""
+    from seqfit.train.loop import TrainSession
+    from seqfit.train.step import lm_train_step
+
+    s = TrainSession.build(cfg, data_dir)
+    carried = {"state": s.model.init_state(s.plan["batch_size"], device=s.device)}
+    s.model.train()
+
+    def step(i: int) -> None:
+        x, y = (v.to(s.device) for v in s.batches.batch(i % len(s.batches)))
+        result = lm_train_step(s.model, x, y, carried["state"], accumulate=s.plan["accumulate"], precision=s.precision,
+                               optimizer=s.optimizer, clip=cfg.train.clip)
+        carried["state"] = result.state
+
+    return s.device, s.plan, step
+
+
+def _classifier_steps(cfg: RunCfg, data_dir: Path):
+    """(device, plan, step(i)) training the classifier on its largest batches every step: the worst case."""
+    from seqfit.train.classify import batch_to_device, classify_step
+    from seqfit.train.classify_session import ClassifierSession
+
+    s = ClassifierSession.build(cfg, data_dir)
+    group = s.largest_batches()
+    s.model.train()
+
+    def step(i: int) -> None:
+        micro = [batch_to_device(s.train_split, g, s.plan["max_length"], s.device) for g in group]
+        classify_step(s.model, micro, plan=s.plan, weight=None, precision=s.precision, optimizer=s.optimizer,
+                      clip=cfg.train.clip)
+
+    return s.device, s.plan, step
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import numpy as np
 from seqfit.data.store import STORE_FORMAT, STORE_VERSION
 from seqfit.data.vocab import SPECIALS, Vocab, smallest_uint_dtype
 
-__all__ = ["write_synthetic_store"]
+__all__ = ["write_synthetic_store", "write_synthetic_sequences"]
 
 
 def write_synthetic_store(out: str | Path, vocab_size: int, tokens: int, *, valid_tokens: int = 0,
@@ -40,5 +40,34 @@ def write_synthetic_store(out: str | Path, vocab_size: int, tokens: int, *, vali
     meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "kind": "tokens", "level": "word", "lowercase": False,
             "dtype": dtype.name, "vocab_size": vocab_size, "vocab_hash": vocab.hash(), "splits": splits,
             "sources": {}, "report": {"synthetic": True}}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return out
+
+
+def write_synthetic_sequences(out: str | Path, lengths, *, vocab_size: int = 0, num_features: int = 0,
+                              num_classes: int = 2, seed: int = 0) -> Path:
+    """Write a labelled "sequences" DATA_DIR whose train split holds sequences of the given lengths: token ids
+    (vocab_size) or float rows (num_features), random labels. Returns the directory."""
+    from seqfit.data.sequences import SequenceWriter
+
+    if (vocab_size > 0) == (num_features > 0):
+        raise ValueError("give vocab_size or num_features")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rows = int(lengths.sum())
+    dtype = smallest_uint_dtype(vocab_size) if vocab_size else np.dtype(np.float32)
+    writer = SequenceWriter(out, "train", dtype, num_features=num_features, labels=True)
+    values = (rng.integers(len(SPECIALS), vocab_size, rows).astype(dtype) if vocab_size
+              else rng.standard_normal((rows, num_features)).astype(np.float32))
+    writer.add(values, lengths, rng.integers(0, num_classes, len(lengths)))
+    meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "kind": "sequences", "dtype": dtype.name,
+            "num_features": num_features, "label_names": [f"c{i}" for i in range(num_classes)],
+            "splits": {"train": writer.close()}, "report": {"synthetic": True}}
+    if vocab_size:
+        vocab = Vocab(list(SPECIALS) + [f"w{i}" for i in range(vocab_size - len(SPECIALS))], [1] * vocab_size, "word")
+        (out / "vocab.json").write_text(vocab.to_json(), encoding="utf-8")
+        meta.update(vocab_size=vocab_size, vocab_hash=vocab.hash())
     (out / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return out

@@ -37,7 +37,7 @@ from seqfit.measure.memory import MemorySampler, format_bytes
 from seqfit.measure.metrics import MetricsLog
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.measure.progress import Progress
-from seqfit.models.classifier import SequenceClassifier, build_classifier
+from seqfit.models.classifier import SequenceClassifier
 from seqfit.models.timechunk import truncated_chunks
 from seqfit.train.checkpoint import (
     has_checkpoint,
@@ -45,9 +45,7 @@ from seqfit.train.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from seqfit.train.optim import default_lr, make_optimizer
-from seqfit.train.precision import make_precision
-from seqfit.train.rng import rng_state, seed_everything, set_rng_state
+from seqfit.train.rng import rng_state, set_rng_state
 from seqfit.train.run_files import (
     inference_precision,
     mean_throughput,
@@ -55,11 +53,13 @@ from seqfit.train.run_files import (
     start_run_dir,
     trim_metrics,
 )
+from seqfit.train.classify_session import ClassifierSession, build_model
 from seqfit.train.schedule import make_schedule
 from seqfit.train.step import no_phase
 
 __all__ = ["resolve_classify_plan", "class_weights", "check_split", "classify_step", "evaluate_classifier",
-           "predict_classifier", "macro_f1", "load_classifier_run", "train_classifier", "LoadedClassifier"]
+           "sampler_for", "batch_to_device", "predict_classifier", "macro_f1", "load_classifier_run",
+           "train_classifier", "LoadedClassifier"]
 
 
 def resolve_classify_plan(cfg: RunCfg, store: SequenceStore, device: torch.device) -> dict:
@@ -127,7 +127,7 @@ def check_split(split: SequenceSplit, store: SequenceStore, *, max_length: int, 
                               "the model cannot predict them -- add examples to the training split")
 
 
-def _batch(split: SequenceSplit, indices, max_length: int, device: torch.device):
+def batch_to_device(split: SequenceSplit, indices, max_length: int, device: torch.device):
     x, lengths, y = split.batch(indices)  # (B, T) or (B, T, F); (B,); (B,)
     if max_length and x.shape[1] > max_length:
         x, lengths = x[:, :max_length], lengths.clamp(max=max_length)
@@ -206,7 +206,7 @@ def macro_f1(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
     return float((2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])).mean()) if present.any() else 0.0
 
 
-def _sampler(split: SequenceSplit, plan: dict, *, shuffle: bool, seed: int = 0) -> TokenBudgetSampler:
+def sampler_for(split: SequenceSplit, plan: dict, *, shuffle: bool, seed: int = 0) -> TokenBudgetSampler:
     lengths = np.minimum(split.lengths, plan["max_length"]) if plan["max_length"] else split.lengths
     if plan["max_tokens"]:
         return TokenBudgetSampler(lengths, plan["max_tokens"], shuffle=shuffle, seed=seed)
@@ -222,10 +222,10 @@ def predict_classifier(model: SequenceClassifier, split: SequenceSplit, plan: di
     probs = np.zeros((len(split), model.num_classes), dtype=np.float32)
     labels = np.full(len(split), -1, dtype=np.int64)
     seen = np.zeros(len(split), dtype=bool)
-    for b, indices in enumerate(_sampler(split, plan, shuffle=False).batches()):
+    for b, indices in enumerate(sampler_for(split, plan, shuffle=False).batches()):
         if max_batches and b >= max_batches:
             break
-        x, lengths, y = _batch(split, indices, plan["max_length"], device)
+        x, lengths, y = batch_to_device(split, indices, plan["max_length"], device)
         with precision.autocast():
             logits = model(x, lengths)  # (B, C)
         probs[indices] = torch.softmax(logits.float(), 1).cpu().numpy()
@@ -246,12 +246,6 @@ def evaluate_classifier(model: SequenceClassifier, split: SequenceSplit, plan: d
             "macro_f1": macro_f1(pred, labels, model.num_classes), "count": int(len(labels))}
 
 
-def _build_model(cfg: RunCfg, store: SequenceStore) -> SequenceClassifier:
-    return build_classifier(cfg, num_classes=len(store.label_names),
-                            vocab_size=len(store.vocab) if store.vocab is not None else 0,
-                            num_features=store.num_features)
-
-
 @dataclass
 class LoadedClassifier:
     cfg: RunCfg
@@ -269,7 +263,7 @@ def load_classifier_run(run_dir: str | Path, *, data_dir: str | Path | None = No
         raise SeqfitError(f"{run_dir} holds a {cfg.model.task!r} model, not a classifier")
     store = SequenceStore(Path(data_dir or info["data_dir"]))
     dev = resolve_device(device)
-    model = _build_model(cfg, store)
+    model = build_model(cfg, store)
     load_weights(run_dir, model)
     model.to(dev).eval()
     precision = inference_precision(plan["precision"], dev)
@@ -286,7 +280,7 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
     device = resolve_device(cfg.memory.device)
     if device.type == "cpu":
         configure_allocator()  # freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
-    plan = resolve_classify_plan(cfg, store, device)
+    plan = resolve_classify_plan(cfg, store, device)  # checks the options before anything is written
     train_split = store.split("train")
     check_split(train_split, store, max_length=plan["max_length"], too_long=plan["too_long"], warn=echo)
     seen = set(np.unique(np.asarray(train_split.labels)).tolist())
@@ -295,15 +289,11 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
         check_split(valid, store, max_length=plan["max_length"], too_long=plan["too_long"], train_labels=seen, warn=echo)
     start_run_dir(run_dir, cfg, data_dir)
 
-    seed_everything(t.seed)
-    model = _build_model(cfg, store).to(device)
-    precision = make_precision(plan["precision"], device)
-    lr = default_lr(t.optimizer, t.lr)  # --lr 0 means the optimizer's usual rate, as in the LM loop
-    optimizer = make_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], lr=lr,
-                               momentum=t.momentum, weight_decay=t.weight_decay)
+    s = ClassifierSession.build(cfg, data_dir)
+    model, optimizer, precision, lr = s.model, s.optimizer, s.precision, s.lr
     weight = class_weights(plan["class_weights"], np.asarray(train_split.labels), model.num_classes)
     weight = None if weight is None else weight.to(device)
-    sampler = _sampler(train_split, plan, shuffle=True, seed=t.seed)
+    sampler = sampler_for(train_split, plan, shuffle=True, seed=t.seed)
     steps_per_epoch = math.ceil(len(sampler) / plan["accumulate"])
     total_steps = t.max_steps or t.epochs * steps_per_epoch
     schedule = make_schedule(t.schedule, optimizer, base_lr=lr, total_steps=total_steps, warmup=t.warmup)
@@ -361,7 +351,7 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
                 group = batches[batch_index:batch_index + plan["accumulate"]]
                 phase = profiler.phase if profiler else no_phase
                 with phase("data"):
-                    micro = [_batch(train_split, g, plan["max_length"], device) for g in group]
+                    micro = [batch_to_device(train_split, g, plan["max_length"], device) for g in group]
                 result = classify_step(model, micro, plan=plan, weight=weight, precision=precision,
                                        optimizer=optimizer, clip=t.clip, phase=phase)
                 if profiler:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from seqfit.atomic import write_text_atomic
-from seqfit.config import RunCfg
+from seqfit.config import RunCfg, lm_bptt
 from seqfit.data.batching import StreamBatches
 from seqfit.data.store import TokenStore
 from seqfit.device import resolve_device
@@ -52,10 +52,10 @@ def resolve_plan(cfg: RunCfg, store: TokenStore, device: torch.device) -> dict:
         accumulate = mem.effective_batch // cfg.train.batch_size
     loss = mem.loss
     if loss == "auto":
-        loss = choose_loss_kind(len(store.vocab), cfg.train.batch_size * cfg.train.bptt, None)
+        loss = choose_loss_kind(len(store.vocab), cfg.train.batch_size * lm_bptt(cfg.train), None)
     return {"device": device.type, "precision": mem.precision, "loss": loss, "loss_chunk": mem.loss_chunk,
             "micro_batch": cfg.train.batch_size, "accumulate": accumulate,
-            "batch_size": cfg.train.batch_size * accumulate, "bptt": cfg.train.bptt,
+            "batch_size": cfg.train.batch_size * accumulate, "bptt": lm_bptt(cfg.train),
             "checkpoint_time": mem.checkpoint_time, "optimizer": cfg.train.optimizer}
 
 
