@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 __all__ = ["CELLS", "RecurrentStack", "detach_state", "State"]
 
@@ -61,8 +60,9 @@ class RecurrentStack(nn.Module):
                 lengths: torch.Tensor | None = None, *, checkpoint_time: int = 0) -> tuple[torch.Tensor, State]:
         """x (B, T, I) -> outputs (B, T, H * directions), final state.
 
-        With ``lengths`` the batch runs as a packed sequence: padding costs no compute, the final
-        state is each sequence's own last step, and padded outputs are zero.
+        With ``lengths`` each row runs over its valid steps only, as a packed sequence would (but with
+        fused kernels; see timechunk.run_direction): padding costs no compute, the final state is each
+        sequence's own last step, and padded outputs are zero.
         ``checkpoint_time`` k != 0 gives the same result with activations checkpointed every k steps
         (-1: about sqrt(T)); see seqfit.models.timechunk.
         """
@@ -78,11 +78,18 @@ class RecurrentStack(nn.Module):
         for i, layer in enumerate(self.layers):
             s = None if state is None else state[i]
             if lengths is not None:
-                packed = pack_padded_sequence(out, lengths.cpu(), batch_first=True, enforce_sorted=False)
-                packed_out, s = layer(packed, s)
-                out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])  # (B, T, H*dirs)
+                out, s = self._valid_steps_only(layer, out, s, lengths.cpu())  # (B, T, H*dirs)
             else:
                 out, s = layer(out, s)  # (B, T, H*dirs)
             new_state.append(s)
             out = self.between_layers(i, out)
         return out, new_state
+
+    def _valid_steps_only(self, layer: nn.Module, x: torch.Tensor, s, lengths: torch.Tensor):
+        """One layer over right-padded x (B, T, I), each row over its first lengths[b] steps, both directions."""
+        from seqfit.models.timechunk import direction_chunk, direction_state, join_states
+
+        if s is None:
+            s = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)[0]
+        outs, states = zip(*(direction_chunk(layer, d, x, lengths, direction_state(s, d)) for d in range(self.directions)))
+        return torch.cat(outs, -1) if self.directions > 1 else outs[0], join_states(list(states))
