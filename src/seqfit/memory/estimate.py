@@ -35,7 +35,8 @@ from seqfit.config import ModelCfg, RunCfg
 from seqfit.memory.allocator import MMAP_THRESHOLD
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 
-__all__ = ["DataInfo", "PARTS", "GATES", "param_shapes", "static_bytes", "estimate", "chunk_len", "phase_predictions"]
+__all__ = ["DataInfo", "PARTS", "GATES", "F32", "param_shapes", "static_bytes", "estimate", "chunk_len",
+           "phase_predictions", "Replay", "dot", "blas_buffers", "optimizer_scratch"]
 
 PARTS = ("baseline", "weights", "gradients", "optimizer_state", "activations", "output_loss", "data", "temporaries")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -114,7 +115,7 @@ def static_bytes(cfg: RunCfg, data: DataInfo, loss: str) -> dict[str, int]:
             "largest_parameter": F32 * max(_numel(s) for s in trainable) if trainable else 0}
 
 
-def _optimizer_scratch(cfg: RunCfg, device: str, sizes: dict[str, int]) -> int:
+def optimizer_scratch(cfg: RunCfg, device: str, sizes: dict[str, int]) -> int:
     """Bytes the optimizer step allocates on top of weights, gradients and state.
 
     On CPU torch's optimizers run their per-parameter loop (foreach kernels are CUDA-only), so scratch is
@@ -131,7 +132,7 @@ def _optimizer_scratch(cfg: RunCfg, device: str, sizes: dict[str, int]) -> int:
     return temps * unit
 
 
-class _Replay:
+class Replay:
     """Bytes alive by part while one step is replayed; keeps the largest moment and its composition."""
 
     def __init__(self, **start: int):
@@ -149,7 +150,7 @@ class _Replay:
             self.peak, self.phase, self.parts = total, phase, parts
 
 
-def _dot(c: tuple[float, ...], f: tuple[float, ...]) -> int:
+def dot(c: tuple[float, ...], f: tuple[float, ...]) -> int:
     return int(sum(a * b for a, b in zip(c, f)))
 
 
@@ -228,8 +229,8 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     rnn_grads = F32 * sum(lp + 2 * g * H + (2 * H if m.layer_norm else 0) for lp in layer_params)
     head_grad = sizes["gradients"] - rnn_grads - (F32 * V * E if not m.freeze_embeddings else 0)  # output layer's
 
-    runtime = consts.baseline + int(coefs.const) + _blas_buffers(n, E, H, V, g, loss, device, consts)
-    r = _Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=data_bytes)
+    runtime = consts.baseline + int(coefs.const) + blas_buffers(n, E, H, V, g, loss, device, consts)
+    r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=data_bytes)
     layers_kept = []
     for micro in range(2 if acc > 1 else 1):
         grads_before = sizes["gradients"] if micro else 0
@@ -248,7 +249,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
         if k < T:  # exact time-chunked checkpointing: only boundary states and chunk outputs stay
             states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H
             # inside a checkpoint nothing is saved: one layer's buffers for one chunk exist at a time
-            chunk_peak = max(_dot(coefs.keep, layer_feats(i, b * k)) + _dot(coefs.fwd, layer_feats(i, b * k))
+            chunk_peak = max(dot(coefs.keep, layer_feats(i, b * k)) + dot(coefs.fwd, layer_feats(i, b * k))
                              for i in range(L))
             residue = chunk_peak if heap else 0
             r.moment("forward", activations=states + out_b * n * H + chunk_peak)
@@ -257,14 +258,14 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
             r.now["activations"] += states + (drop_keep if p else out_b * n * H)
             # what a chunk's recompute keeps for its backward: every layer, plus the dropouts between them
             between = (L - 1) * 2 * out_b * b * k * H if p else 0
-            kept = [sum(_dot(coefs.keep, layer_feats(i, b * k)) for i in range(L)) + between]
+            kept = [sum(dot(coefs.keep, layer_feats(i, b * k)) for i in range(L)) + between]
         else:
             kept = []
             for i in range(L):
                 f = layer_feats(i, n)
-                keep = _dot(coefs.keep, f) + (4 * F32 * n * H if m.layer_norm else 0)
-                keep += _dot(coefs.fwd, f) // 2 if heap else 0  # its scratch leaves holes between what it keeps
-                r.moment("forward", activations=keep + _dot(coefs.fwd, f))
+                keep = dot(coefs.keep, f) + (4 * F32 * n * H if m.layer_norm else 0)
+                keep += dot(coefs.fwd, f) // 2 if heap else 0  # its scratch leaves holes between what it keeps
+                r.moment("forward", activations=keep + dot(coefs.fwd, f))
                 r.now["activations"] += keep + drop_keep
                 if not p and m.cell != "lstm":
                     r.now["activations"] += out_b * n * H  # the layer's output lives on as the next input
@@ -285,7 +286,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
             # backward recomputes one chunk at a time: its keep and the top layer's scratch, beside the whole
             # feature gradient and the (B, T, E) buffer autograd sums each chunk's input gradient into
             r.now["activations"] -= drop_keep if p else 0
-            rise = max(_dot(coefs.rise, layer_feats(i, b * k)) for i in range(L))
+            rise = max(dot(coefs.rise, layer_feats(i, b * k)) for i in range(L))
             r.moment("backward", activations=kept[0] + rise + flow + 2 * F32 * n * E,
                      gradients=max(layer_params) * F32 if micro else rnn_grads)
             r.now["activations"] = emb * (2 if p else 1) + residue
@@ -296,7 +297,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
             for i in reversed(range(L)):
                 f = layer_feats(i, n)
                 layer_grad = F32 * (layer_params[i] + 2 * g * H)
-                r.moment("backward", activations=_dot(coefs.rise, f) + flow, gradients=layer_grad)
+                r.moment("backward", activations=dot(coefs.rise, f) + flow, gradients=layer_grad)
                 r.now["activations"] -= (0 if heap else kept[i]) + (drop_keep if i else 0)
                 residue += kept[i] if heap else 0
                 if not p and m.cell != "lstm":
@@ -306,7 +307,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
         emb_grad = F32 * V * E if not m.freeze_embeddings else 0
         r.moment("backward", activations=flow + F32 * n * E, gradients=emb_grad)
     # ---- optimizer step: weights, all gradients, state, and the step's scratch
-    r.now.update(activations=residue, output_loss=0, temporaries=_optimizer_scratch(cfg, device, sizes),
+    r.now.update(activations=residue, output_loss=0, temporaries=optimizer_scratch(cfg, device, sizes),
                  gradients=sizes["gradients"])
     r.moment("optimizer")
     return {"peak": r.peak, "parts": r.parts, "phase": r.phase, "phases": r.phases,
@@ -330,7 +331,7 @@ def phase_predictions(est: dict, measured_base: int) -> dict[str, int]:
     return out
 
 
-def _blas_buffers(n: int, E: int, H: int, V: int, gates: int, loss: str, device: str, consts: Constants) -> int:
+def blas_buffers(n: int, E: int, H: int, V: int, gates: int, loss: str, device: str, consts: Constants) -> int:
     """Bytes the BLAS library keeps after its largest matmul (reused, never returned).
 
     CPU (MKL, per-thread packing panels), measured here: 0.4 MB after a 256^3 matmul, 2 MB after

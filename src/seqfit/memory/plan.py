@@ -147,16 +147,25 @@ def _scored(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants) -> dict:
             "_parts": est["parts"]}
 
 
-def plan_for_budget(cfg: RunCfg, data_info: DataInfo, budget_bytes: int, consts: Constants | None = None,
+def plan_for_budget(cfg: RunCfg, data_info, budget_bytes: int, consts: Constants | None = None,
                     device: str | None = None) -> PlanChoice:
-    """The fastest plan predicted to fit in ``budget_bytes``; BudgetError (nothing allocated) when none does."""
+    """The fastest plan predicted to fit in ``budget_bytes``; BudgetError (nothing allocated) when none does.
+
+    ``data_info``: a DataInfo for language models, a plan_classify.SequenceInfo for classifiers."""
     device = device or _device(cfg)
     if consts is None:
         from seqfit.memory.calibrate import load_constants
 
         consts = load_constants(device, [(cfg.model.cell, cfg.memory.precision)])
     usable = int(budget_bytes * (1 - SAFETY_MARGIN))
-    scored = [_scored(cfg, data_info, p, consts) for p in candidates(cfg, data_info, device)]
+    if cfg.model.task == "classify":
+        from seqfit.memory import plan_classify as pc
+
+        plans, apply, describe = pc.classify_candidates(cfg, data_info, device), pc.apply_classify_plan, pc.describe_classify_plan
+        scored = [pc.score_classify_plan(cfg, data_info, p, consts) for p in plans]
+    else:
+        plans, apply, describe = candidates(cfg, data_info, device), apply_plan, describe_plan
+        scored = [_scored(cfg, data_info, p, consts) for p in plans]
     fits = [s for s in scored if s["predicted_peak_bytes"] <= usable]
     if not fits:
         smallest = min(scored, key=lambda s: s["predicted_peak_bytes"])
@@ -164,7 +173,7 @@ def plan_for_budget(cfg: RunCfg, data_info: DataInfo, budget_bytes: int, consts:
         fixed = ", ".join(f"{k.replace('_', ' ')} {format_bytes(parts[k])}"
                           for k in ("baseline", "weights", "gradients", "optimizer_state") if parts[k])
         raise BudgetError(f"nothing fits in --budget {format_bytes(budget_bytes)}: the smallest plan "
-                          f"({describe_plan(smallest)}) needs {format_bytes(smallest['predicted_peak_bytes'])} "
+                          f"({describe(smallest)}) needs {format_bytes(smallest['predicted_peak_bytes'])} "
                           f"+ {SAFETY_MARGIN:.0%} margin ({fixed}); raise --budget or shrink the model")
     best = max(fits, key=lambda s: (s["predicted_tokens_per_s"], -s["predicted_peak_bytes"]))
     faster = [s for s in scored if s["predicted_tokens_per_s"] > best["predicted_tokens_per_s"]]
@@ -172,9 +181,9 @@ def plan_for_budget(cfg: RunCfg, data_info: DataInfo, budget_bytes: int, consts:
               f"(budget {format_bytes(budget_bytes)} less a {SAFETY_MARGIN:.0%} margin)")
     if faster:
         nxt = min(faster, key=lambda s: s["predicted_peak_bytes"])
-        reason += f"; the next faster plan ({describe_plan(nxt)}) needs {format_bytes(nxt['predicted_peak_bytes'])}"
+        reason += f"; the next faster plan ({describe(nxt)}) needs {format_bytes(nxt['predicted_peak_bytes'])}"
     plan = {k: v for k, v in best.items() if k != "_parts"} | {"reason": reason, "budget_bytes": budget_bytes}
     ranked = sorted(scored, key=lambda s: -s["predicted_tokens_per_s"])
     alternatives = [{k: v for k, v in s.items() if k != "_parts"} | {"fits": s["predicted_peak_bytes"] <= usable}
                     for s in ranked if s is not best][:15]
-    return PlanChoice(apply_plan(cfg, best), plan, best["_parts"], alternatives, budget_bytes)
+    return PlanChoice(apply(cfg, best), plan, best["_parts"], alternatives, budget_bytes)

@@ -20,7 +20,7 @@ from seqfit.config import ModelCfg
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 from seqfit.memory.estimate import GATES, chunk_len
 
-__all__ = ["step_seconds", "tokens_per_second"]
+__all__ = ["step_seconds", "tokens_per_second", "classifier_step_seconds"]
 
 
 def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> float:
@@ -45,3 +45,19 @@ def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DE
 
 def tokens_per_second(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> float:
     return plan["micro_batch"] * plan["accumulate"] * plan["bptt"] / step_seconds(model, vocab, plan, consts)
+
+
+def classifier_step_seconds(model: ModelCfg, inputs: int, plan: dict, batch: tuple[int, int, int],
+                            consts: Constants = DEFAULT_CONSTANTS) -> float:
+    """Predicted seconds for one optimizer step of a classifier plan over its largest batch (rows, padded
+    steps, real tokens; memory.estimate_classify.worst_batch). The kernels run over real tokens; each
+    direction of a layer is one more pass; exact checkpointing recomputes the forward once more."""
+    b, T, real = batch
+    g, H, L = GATES[model.cell], model.hidden, model.layers
+    dirs = 2 if model.bidirectional else 1
+    macs_per_token = sum(dirs * g * H * ((inputs if i == 0 else dirs * H) + H) for i in range(L))
+    efficiency = b / (b + consts.batch_half)
+    rnn = 3 * 2 * real * macs_per_token * consts.seconds_per_flop / efficiency + T * dirs * L * consts.seconds_per_call
+    if plan["mode"] == "exact" and chunk_len(plan["checkpoint_time"], T) < T:
+        rnn *= 4 / 3
+    return plan["accumulate"] * rnn

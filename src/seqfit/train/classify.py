@@ -28,11 +28,12 @@ import torch.nn.functional as F
 
 from seqfit.atomic import write_text_atomic
 from seqfit.memory.allocator import configure_allocator
+from seqfit.memory.watchdog import Watchdog
 from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
 from seqfit.device import resolve_device
-from seqfit.errors import SeqfitError
+from seqfit.errors import MemoryBudgetExceeded, SeqfitError
 from seqfit.measure.memory import MemorySampler, format_bytes
 from seqfit.measure.metrics import MetricsLog
 from seqfit.measure.profile import PhaseProfiler
@@ -47,6 +48,7 @@ from seqfit.train.checkpoint import (
 )
 from seqfit.train.rng import rng_state, set_rng_state
 from seqfit.train.run_files import (
+    budget_bytes,
     inference_precision,
     mean_throughput,
     read_run,
@@ -62,7 +64,7 @@ __all__ = ["resolve_classify_plan", "class_weights", "check_split", "classify_st
            "train_classifier", "LoadedClassifier"]
 
 
-def resolve_classify_plan(cfg: RunCfg, store: SequenceStore, device: torch.device) -> dict:
+def resolve_classify_plan(cfg: RunCfg, device: torch.device) -> dict:
     mem, t = cfg.memory, cfg.train
     bptt = t.bptt
     if bptt and mem.checkpoint_time:
@@ -278,9 +280,18 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
         raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     store = SequenceStore(data_dir)
     device = resolve_device(cfg.memory.device)
+    budget = budget_bytes(cfg)
+    if budget and not resume:  # a resumed run keeps the plan its config.toml holds
+        from seqfit.memory.plan import plan_for_budget
+        from seqfit.memory.plan_classify import sequence_info_from_dir
+
+        choice = plan_for_budget(cfg, sequence_info_from_dir(data_dir, cfg.train.max_length), budget)  # nothing built yet
+        cfg = choice.cfg
+        echo(f"--budget {format_bytes(budget)}: predicted peak {format_bytes(choice.plan['predicted_peak_bytes'])}, "
+             f"{choice.plan['reason']}")
     if device.type == "cpu":
         configure_allocator()  # freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
-    plan = resolve_classify_plan(cfg, store, device)  # checks the options before anything is written
+    plan = resolve_classify_plan(cfg, device)  # checks the options before anything is written
     train_split = store.split("train")
     check_split(train_split, store, max_length=plan["max_length"], too_long=plan["too_long"], warn=echo)
     seen = set(np.unique(np.asarray(train_split.labels)).tolist())
@@ -332,6 +343,8 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
     memory = MemorySampler(interval=0.05, keep_timeline=True)
     progress = Progress(total_steps, desc="train", initial=step)
     last_valid, interrupted = None, False
+    watchdog = Watchdog(budget, memory, device.type) if budget else None
+    over_budget: MemoryBudgetExceeded | None = None
     window = {"tokens": 0, "loss": 0.0, "correct": 0, "count": 0, "start": time.perf_counter()}
     deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes else math.inf
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -358,6 +371,8 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
                     profiler.step_done()
                 schedule.step()
                 step, batch_index = step + 1, batch_index + len(group)
+                if watchdog:
+                    watchdog.check(step)  # MemoryBudgetExceeded: this step is checkpointed below, exit 4
                 for key in ("tokens", "correct", "count"):
                     window[key] += getattr(result, key)
                 window["loss"] += result.loss_sum
@@ -383,6 +398,8 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
                     break
     except KeyboardInterrupt:
         interrupted = True
+    except MemoryBudgetExceeded as e:
+        over_budget = e
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
@@ -393,6 +410,9 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
     if batch_index >= len(sampler.batches()):  # the last step ended an epoch
         epoch, batch_index = epoch + 1, 0
     checkpoint()
+    if over_budget is not None:
+        log.close()
+        raise over_budget
     if interrupted:
         log.close()
         raise SeqfitError(f"interrupted at step {step}; checkpoint saved, continue with --resume")

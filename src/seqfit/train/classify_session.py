@@ -44,7 +44,7 @@ class ClassifierSession:
 
         store = SequenceStore(data_dir)
         device = resolve_device(cfg.memory.device)
-        plan = resolve_classify_plan(cfg, store, device)
+        plan = resolve_classify_plan(cfg, device)
         seed_everything(cfg.train.seed)
         model = build_model(cfg, store).to(device)
         precision = make_precision(plan["precision"], device)

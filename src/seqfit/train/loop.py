@@ -17,7 +17,7 @@ from seqfit.data.batching import StreamBatches
 from seqfit.data.store import TokenStore
 from seqfit.device import resolve_device
 from seqfit.errors import MemoryBudgetExceeded, SeqfitError
-from seqfit.measure.memory import MemorySampler, format_bytes, parse_bytes
+from seqfit.measure.memory import MemorySampler, format_bytes
 from seqfit.measure.metrics import MetricsLog
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.measure.progress import Progress
@@ -35,7 +35,7 @@ from seqfit.train.evaluate import evaluate_lm
 from seqfit.train.optim import default_lr, make_optimizer
 from seqfit.train.precision import make_precision
 from seqfit.train.rng import rng_state, seed_everything, set_rng_state
-from seqfit.train.run_files import mean_throughput, start_run_dir, trim_metrics
+from seqfit.train.run_files import budget_bytes, mean_throughput, start_run_dir, trim_metrics
 from seqfit.train.schedule import make_schedule
 from seqfit.train.step import lm_train_step, no_phase
 
@@ -105,7 +105,7 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     run_dir = Path(run_dir)
     if not resume and (has_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
         raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-    budget = _budget_bytes(cfg)
+    budget = budget_bytes(cfg)
     if budget and not resume:  # a resumed run keeps the plan its config.toml holds
         choice = plan_for_budget(cfg, data_info_from_dir(data_dir), budget)  # BudgetError: nothing built yet
         cfg = choice.cfg
@@ -225,15 +225,6 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
     write_text_atomic(run_dir / "memory_timeline.json", json.dumps(sampler.timeline))
     return summary
-
-
-def _budget_bytes(cfg: RunCfg) -> int:
-    if not cfg.memory.budget:
-        return 0
-    try:
-        return parse_bytes(cfg.memory.budget)
-    except ValueError as e:
-        raise SeqfitError(f"--budget: {e}") from None
 
 
 def _validate(s: TrainSession, log: MetricsLog, step: int, epoch: int, progress) -> dict | None:

@@ -11,10 +11,11 @@ from seqfit import __version__
 from seqfit.atomic import write_text_atomic
 from seqfit.config import RunCfg, dump_toml, from_dict, load_toml
 from seqfit.errors import SeqfitError
+from seqfit.measure.memory import parse_bytes
 from seqfit.measure.metrics import read_metrics
 from seqfit.train.precision import make_precision
 
-__all__ = ["start_run_dir", "read_run", "inference_precision", "trim_metrics", "mean_throughput"]
+__all__ = ["start_run_dir", "budget_bytes", "read_run", "inference_precision", "trim_metrics", "mean_throughput"]
 
 
 def start_run_dir(run_dir: Path, cfg: RunCfg, data_dir: Path) -> None:
@@ -25,6 +26,16 @@ def start_run_dir(run_dir: Path, cfg: RunCfg, data_dir: Path) -> None:
         write_text_atomic(run_dir / "run.json", json.dumps({"data_dir": str(Path(data_dir).resolve()), "seqfit": __version__}))
     except OSError as e:
         raise SeqfitError(f"cannot write to {run_dir}: {e.strerror}") from None
+
+
+def budget_bytes(cfg: RunCfg) -> int:
+    """--budget in bytes (0: none)."""
+    if not cfg.memory.budget:
+        return 0
+    try:
+        return parse_bytes(cfg.memory.budget)
+    except ValueError as e:
+        raise SeqfitError(f"--budget: {e}") from None
 
 
 def read_run(run_dir: Path) -> tuple[RunCfg, dict, dict]:
