@@ -32,20 +32,27 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
     """Predict peak memory of a training config; with --budget, choose the fastest plan that fits."""
     from seqfit.measure.memory import parse_bytes
     from seqfit.memory.calibrate import load_constants
-    from seqfit.memory.estimate import DataInfo, estimate
+    from seqfit.memory.estimate import DataInfo
     from seqfit.memory.plan import data_info_from_dir, plan_for_budget, requested_plan
-    from seqfit.memory.throughput import tokens_per_second
+    from seqfit.memory.plan_classify import requested_classify_plan, sequence_info_from_dir
 
     if (data_dir is None) == (vocab_size is None):
         raise SeqfitError("give a data directory or --vocab-size N (one of them)")
     config_path, given = pop_config_flags(kwargs)
     cfg = resolve_config(config_path, given)
-    data = data_info_from_dir(data_dir) if data_dir else DataInfo(vocab_size)
-    requested = requested_plan(cfg, data)
+    if cfg.model.task == "classify":
+        if data_dir is None:
+            raise SeqfitError("planning a classifier needs its data directory (sequence lengths decide the batch)")
+        data = sequence_info_from_dir(data_dir, cfg.train.max_length)
+        requested = requested_classify_plan(cfg, _device(cfg))
+        vocab = data.vocab_size
+    else:
+        data = data_info_from_dir(data_dir) if data_dir else DataInfo(vocab_size)
+        requested = requested_plan(cfg, data)
+        vocab = data.vocab_size
     consts = load_constants(requested["device"], [(cfg.model.cell, cfg.memory.precision)], calibrate_missing=calibrate,
                             echo=None if as_json else say)
-    result: dict = {"vocab_size": data.vocab_size,
-                    "constants": {"calibrated": consts.calibrated, "source": consts.source}}
+    result: dict = {"vocab_size": vocab, "constants": {"calibrated": consts.calibrated, "source": consts.source}}
     if cfg.memory.budget:
         try:
             budget = parse_bytes(cfg.memory.budget)
@@ -55,16 +62,41 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
         cfg, chosen, alternatives = choice.cfg, choice.plan, choice.alternatives
         result["budget_bytes"] = budget
     else:
-        speed = tokens_per_second(cfg.model, data.vocab_size, requested, consts)
-        chosen = requested | {"predicted_tokens_per_s": speed}
-        alternatives = []
-    est = estimate(cfg, data, {k: chosen[k] for k in requested}, consts)
+        chosen, alternatives = _score(cfg, data, requested, consts), []
+    est = _estimate(cfg, data, {k: chosen[k] for k in requested}, consts)
     chosen = chosen | {"predicted_peak_bytes": est["peak"]}
     result |= {"predicted_peak_bytes": est["peak"], "peak_phase": est["phase"], "parts": est["parts"],
                "sizes": est["sizes"], "phases": est["phases"], "plan": chosen, "alternatives": alternatives}
     if verify:
         result |= _verify(cfg, data_dir, data, verify_steps, est["peak"], say_progress=not as_json)
     emit(result, as_json, _human(result))
+
+
+def _device(cfg) -> str:
+    from seqfit.device import resolve_device
+
+    return resolve_device(cfg.memory.device).type
+
+
+def _score(cfg, data, plan: dict, consts) -> dict:
+    """The plan with its predicted speed (no budget: nothing to choose)."""
+    if cfg.model.task == "classify":
+        from seqfit.memory.plan_classify import score_classify_plan
+
+        return {k: v for k, v in score_classify_plan(cfg, data, plan, consts).items() if k != "_parts"}
+    from seqfit.memory.throughput import tokens_per_second
+
+    return plan | {"predicted_tokens_per_s": tokens_per_second(cfg.model, data.vocab_size, plan, consts)}
+
+
+def _estimate(cfg, data, plan: dict, consts) -> dict:
+    if cfg.model.task == "classify":
+        from seqfit.memory.estimate_classify import estimate_classifier
+
+        return estimate_classifier(cfg, data, plan, consts)
+    from seqfit.memory.estimate import estimate
+
+    return estimate(cfg, data, plan, consts)
 
 
 def _verify(cfg, data_dir, data, steps: int, predicted: int, say_progress: bool) -> dict:
@@ -81,16 +113,24 @@ def _verify(cfg, data_dir, data, steps: int, predicted: int, say_progress: bool)
             data_dir = write_synthetic_store(Path(tmp) / "data", data.vocab_size, tokens)
         measured = measure_run(cfg, data_dir, steps=steps)
     steady = measured["step_seconds"][1:] or measured["step_seconds"]  # the first step warms up
+    if cfg.model.task == "classify":  # the probe trains on the largest batches
+        from seqfit.memory.estimate_classify import worst_batch
+
+        tokens = worst_batch(measured["plan"], data)[2] * measured["plan"]["accumulate"]
+    else:
+        tokens = effective_batch(cfg) * lm_bptt(cfg.train)
     return {"measured_peak_bytes": measured["peak_bytes"], "measured_step_seconds": measured["step_seconds"],
-            "measured_tokens_per_s": effective_batch(cfg) * lm_bptt(cfg.train) / min(steady),
+            "measured_tokens_per_s": tokens / min(steady),
             "prediction_error": (predicted - measured["peak_bytes"]) / measured["peak_bytes"]}
 
 
 def _human(r: dict) -> str:
     from seqfit.measure.memory import format_bytes
     from seqfit.memory.plan import describe_plan
+    from seqfit.memory.plan_classify import describe_classify_plan
 
-    lines = [f"plan: {describe_plan(r['plan'])}"]
+    classify = "mode" in r["plan"]  # a classifier's plan names its BPTT mode; a language model's its loss
+    lines = [f"plan: {(describe_classify_plan if classify else describe_plan)(r['plan'])}"]
     if "budget_bytes" in r:
         lines.append(f"  chosen for --budget {format_bytes(r['budget_bytes'])}: {r['plan']['reason']}")
     lines.append("")
@@ -109,8 +149,9 @@ def _human(r: dict) -> str:
         lines += ["", "alternatives (fastest first):",
                   f"  {'micro x acc':>12} {'ckpt':>5} {'loss':>8} {'chunk':>6} {'peak':>11} {'tokens/s':>10}  fits"]
         for a in r["alternatives"]:
+            loss, chunk = (a["mode"], "-") if classify else (a["loss"], a["loss_chunk"] or "-")
             lines.append(f"  {a['micro_batch']:>6} x {a['accumulate']:<3} {a['checkpoint_time'] or '-':>5} "
-                         f"{a['loss']:>8} {a['loss_chunk'] or '-':>6} {format_bytes(a['predicted_peak_bytes']):>11} "
+                         f"{loss:>8} {chunk:>6} {format_bytes(a['predicted_peak_bytes']):>11} "
                          f"{a['predicted_tokens_per_s']:>10,.0f}  {'yes' if a['fits'] else 'no'}")
     if not r["constants"]["calibrated"]:
         lines.append("\n(constants not calibrated on this machine: defaults from the development machine)")

@@ -154,4 +154,4 @@ def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Con
     r.now.update(activations=0, temporaries=optimizer_scratch(cfg, device, {**sizes, "largest_parameter": largest}))
     r.moment("optimizer")
     return {"peak": r.peak, "parts": r.parts, "phase": r.phase, "phases": r.phases, "sizes": sizes,
-            "layers": kept, "chunk_steps": k, "batch": (b, T)}
+            "layers": kept, "chunk_steps": k, "batch": (b, T, real)}
