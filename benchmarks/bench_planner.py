@@ -10,12 +10,15 @@ lm_train_step on a synthetic token store; seqfit.memory.probe):
   choice      for a budget, every candidate plan of a grid is measured; the best measured throughput
               among those that stayed under the budget is compared with the planner's choice.
               Target: >= 90% of the best.
+  classify    the same for sequence classifiers (estimate_classify): a grid of cells, directions, pooling,
+              modes (full, exact, truncated), token and numeric inputs, precisions, accumulation, on
+              synthetic variable-length stores (lengths T/2..T); then budget runs. Same 10% target.
 
 "Measured peak" = the process's largest anonymous resident size during the training steps (absolute,
 runtime included), from VmHWM and a 2 ms sampler (see seqfit.memory.probe). Throughput in the choice
 part is tokens per CPU-second with one torch thread: this machine is shared, so wall time is noise.
 
-    python benchmarks/bench_planner.py [--quick] [--only=accuracy,budget,choice]
+    python benchmarks/bench_planner.py [--quick] [--only=accuracy,budget,choice,classify]
 """
 
 from __future__ import annotations
@@ -26,12 +29,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from seqfit.config import RunCfg, merge
 from seqfit.memory.calibrate import load_constants
 from seqfit.memory.estimate import DataInfo, estimate
 from seqfit.memory.plan import apply_plan, candidates, plan_for_budget, requested_plan
 from seqfit.memory.probe import measure_run
-from seqfit.memory.synthetic import write_synthetic_store
+from seqfit.memory.estimate_classify import estimate_classifier
+from seqfit.memory.plan_classify import describe_classify_plan, requested_classify_plan, sequence_info_from_dir
+from seqfit.memory.synthetic import write_synthetic_sequences, write_synthetic_store
 from seqfit.memory.throughput import tokens_per_second
 
 MB = 2**20
@@ -80,6 +87,28 @@ CHOICES = [
     ("lstm 256, eff. batch 32, 450MB", "lstm-small", dict(batch_size=32, bptt=100), {}, 450 * MB, 5000),
     ("gru 512, eff. batch 32, 300MB", "gru-2x512", dict(batch_size=32, bptt=50), {}, 300 * MB, 2000),
 ]
+
+
+# name: (T, numeric features (0: tokens), model, train, memory)
+CLASSIFY_GRID = [
+    ("c-lstm-400", 400, 0, dict(cell="lstm", layers=1, hidden=256, embed=128), dict(batch_size=32), {}),
+    ("c-lstm-1600", 1600, 0, dict(cell="lstm", layers=1, hidden=256, embed=128), dict(batch_size=32), {}),
+    ("c-lstm-2l-800", 800, 0, dict(cell="lstm", layers=2, hidden=256, embed=128), dict(batch_size=32), {}),
+    ("c-gru-1600", 1600, 0, dict(cell="gru", layers=1, hidden=256, embed=128), dict(batch_size=32), {}),
+    ("c-rnn-2l-1600", 1600, 0, dict(cell="rnn", layers=2, hidden=512, embed=128), dict(batch_size=32), {}),
+    ("c-lstm-bi-1600", 1600, 0, dict(cell="lstm", layers=1, hidden=256, embed=128, bidirectional=True), dict(batch_size=32), {}),
+    ("c-gru-bi-mean-800", 800, 0, dict(cell="gru", layers=2, hidden=256, embed=128, bidirectional=True, pooling="mean"), dict(batch_size=32), {}),
+    ("c-lstm-exact-4000", 4000, 0, dict(cell="lstm", layers=2, hidden=256, embed=128), dict(batch_size=16), dict(checkpoint_time=-1)),
+    ("c-lstm-trunc-4000", 4000, 0, dict(cell="lstm", layers=2, hidden=256, embed=128), dict(batch_size=16, bptt=100), {}),
+    ("c-gru-feats-1000", 1000, 8, dict(cell="gru", layers=2, hidden=256), dict(batch_size=32), {}),
+    ("c-lstm-bf16-1600", 1600, 0, dict(cell="lstm", layers=2, hidden=256, embed=128), dict(batch_size=32), dict(precision="bf16")),
+    ("c-lstm-accum-800", 800, 0, dict(cell="lstm", layers=2, hidden=256, embed=128), dict(batch_size=16), dict(effective_batch=32)),
+    ("c-lstm-tokens-1600", 1600, 0, dict(cell="lstm", layers=1, hidden=256, embed=128), dict(batch_size=32), dict(max_tokens=24000)),
+]
+CLASSIFY_QUICK = {"c-lstm-400", "c-lstm-bi-1600", "c-lstm-exact-4000"}
+# (name, grid row, budget): plan the row under the budget, then measure the chosen plan
+CLASSIFY_BUDGETS = [("c-lstm-2l-1600 @ 600MB", "c-lstm-bf16-1600", dict(precision="fp32"), 600 * MB),
+                    ("c-lstm-bi-1600 @ 900MB", "c-lstm-bi-1600", {}, 900 * MB)]
 
 
 def _cfg(model: dict, train: dict, memory: dict) -> RunCfg:
@@ -179,12 +208,65 @@ def _choice_runs(stores: _Stores, echo, quick: bool) -> list[dict]:
     return rows
 
 
+class _SequenceStores:
+    """One synthetic labelled store per (T, features): 300 sequences of lengths T/2..T (the first T long)."""
+
+    def __init__(self, root: Path):
+        self.root, self.dirs = root, {}
+
+    def get(self, T: int, features: int) -> Path:
+        if (T, features) not in self.dirs:
+            lengths = np.random.default_rng(T).integers(T // 2, T + 1, 300)
+            lengths[0] = T
+            self.dirs[T, features] = write_synthetic_sequences(self.root / f"s{T}-{features}", lengths,
+                                                               vocab_size=0 if features else 1000, num_features=features)
+        return self.dirs[T, features]
+
+
+def _classify_cfg(model: dict, train: dict, memory: dict) -> RunCfg:
+    return _cfg({"task": "classify", **model}, train, memory)
+
+
+def _classify(quick: bool, root: Path, echo) -> tuple[list[dict], list[dict]]:
+    stores = _SequenceStores(root)
+    rows = []
+    for name, T, features, model, train, memory in CLASSIFY_GRID:
+        if quick and name not in CLASSIFY_QUICK:
+            continue
+        cfg = _classify_cfg(model, train, memory)
+        data_dir = stores.get(T, features)
+        data = sequence_info_from_dir(data_dir)
+        plan = requested_classify_plan(cfg, "cpu")
+        consts = load_constants("cpu", [(cfg.model.cell, cfg.memory.precision)])
+        est = estimate_classifier(cfg, data, plan, consts)
+        got = measure_run(cfg, data_dir, steps=3)
+        err = (est["peak"] - got["peak_bytes"]) / got["peak_bytes"]
+        rows.append({"name": name, "cell": cfg.model.cell, "layers": cfg.model.layers, "hidden": cfg.model.hidden,
+                     "bidirectional": cfg.model.bidirectional, "T": T, "features": features, "mode": plan["mode"],
+                     "batch": list(est["batch"]), "precision": plan["precision"], "predicted_mb": est["peak"] / MB,
+                     "measured_mb": got["peak_bytes"] / MB, "error": err, "phase": est["phase"]})
+        echo(f"{name:<20} predicted {est['peak'] / MB:8.1f} MB  measured {got['peak_bytes'] / MB:8.1f} MB  {err:+6.1%}")
+    budgets = []
+    for name, base, memory, budget in CLASSIFY_BUDGETS[:1] if quick else CLASSIFY_BUDGETS:
+        _, T, features, model, train0, memory0 = next(g for g in CLASSIFY_GRID if g[0] == base)
+        cfg = _classify_cfg(model, train0, {**memory0, **memory})
+        data_dir = stores.get(T, features)
+        choice = plan_for_budget(cfg, sequence_info_from_dir(data_dir), budget, device="cpu")
+        got = measure_run(choice.cfg, data_dir, steps=3)
+        budgets.append({"name": name, "budget_mb": budget / MB, "plan": describe_classify_plan(choice.plan),
+                        "predicted_mb": choice.plan["predicted_peak_bytes"] / MB, "measured_mb": got["peak_bytes"] / MB,
+                        "under_budget": got["peak_bytes"] <= budget})
+        echo(f"{name:<24} {describe_classify_plan(choice.plan)}: predicted "
+             f"{choice.plan['predicted_peak_bytes'] / MB:7.1f} measured {got['peak_bytes'] / MB:7.1f} budget {budget / MB:.0f} MB")
+    return rows, budgets
+
+
 def _same(a: dict, b: dict) -> bool:
     keys = ("micro_batch", "accumulate", "checkpoint_time", "loss", "loss_chunk")
     return all(a[k] == b[k] for k in keys)
 
 
-def run(quick: bool = False, echo=print, parts: tuple[str, ...] = ("accuracy", "budget", "choice")) -> dict:
+def run(quick: bool = False, echo=print, parts: tuple[str, ...] = ("accuracy", "budget", "choice", "classify")) -> dict:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-planner-") as tmp:
         stores = _Stores(Path(tmp))
@@ -192,12 +274,18 @@ def run(quick: bool = False, echo=print, parts: tuple[str, ...] = ("accuracy", "
         accuracy = _accuracy(names, stores, echo) if "accuracy" in parts else []
         budgets = _budget_runs(stores, echo, quick) if "budget" in parts else []
         choices = _choice_runs(stores, echo, quick) if "choice" in parts else []
+        classify, classify_budgets = _classify(quick, Path(tmp), echo) if "classify" in parts else ([], [])
     errors = [abs(r["error"]) for r in accuracy] or [0.0]
+    classify_errors = [abs(r["error"]) for r in classify] or [0.0]
     summary = {"rows": len(accuracy), "max_abs_error": max(errors), "mean_abs_error": sum(errors) / len(errors),
                "within_10pct": sum(e <= 0.10 for e in errors), "budget_runs_under": sum(r["under_budget"] for r in budgets),
                "budget_runs": len(budgets), "min_choice_ratio": min((c["ratio"] for c in choices), default=None),
-               "seconds": round(time.time() - started, 1)}
-    return {"name": "planner", "rows": accuracy, "budget_rows": budgets, "choice_rows": choices, "summary": summary}
+               "classify_rows": len(classify), "classify_max_abs_error": max(classify_errors),
+               "classify_mean_abs_error": sum(classify_errors) / len(classify_errors),
+               "classify_budget_runs_under": sum(r["under_budget"] for r in classify_budgets),
+               "classify_budget_runs": len(classify_budgets), "seconds": round(time.time() - started, 1)}
+    return {"name": "planner", "rows": accuracy, "budget_rows": budgets, "choice_rows": choices,
+            "classify_rows": classify, "classify_budget_rows": classify_budgets, "summary": summary}
 
 
 def _print_table(result: dict) -> None:
@@ -217,13 +305,25 @@ def _print_table(result: dict) -> None:
         for m in c["grid"]:
             print(f"      {m['plan']:<22} peak {m['peak_mb']:7.1f} MB  {m['tokens_per_cpu_s']:8.0f} tok/cpu-s"
                   f"  {'fits' if m['fits'] else 'over'}{'  <- chosen' if m['chosen'] else ''}")
+    if result["classify_rows"]:
+        print(f"\n{'classifier':<22}{'cell':>5}{'L':>3}{'H':>6}{'bi':>4}{'T':>6}{'mode':>10}{'prec':>6}"
+              f"{'predicted':>11}{'measured':>10}{'error':>8}")
+        for r in result["classify_rows"]:
+            print(f"{r['name']:<22}{r['cell']:>5}{r['layers']:>3}{r['hidden']:>6}{'y' if r['bidirectional'] else '-':>4}"
+                  f"{r['T']:>6}{r['mode']:>10}{r['precision']:>6}{r['predicted_mb']:>9.1f}MB{r['measured_mb']:>8.1f}MB"
+                  f"{r['error']:>+8.1%}")
+        for r in result["classify_budget_rows"]:
+            print(f"  {r['name']:<26} {r['plan']}: predicted {r['predicted_mb']:7.1f} MB  measured "
+                  f"{r['measured_mb']:7.1f} MB  {'under' if r['under_budget'] else 'OVER'} {r['budget_mb']:.0f} MB")
     print("\nsummary:", json.dumps(result["summary"]))
 
 
 if __name__ == "__main__":
-    only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), "accuracy,budget,choice")
+    every = "accuracy,budget,choice,classify"
+    only = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), every)
     result = run(quick="--quick" in sys.argv, parts=tuple(only.split(",")))
     _print_table(result)
-    out = Path(__file__).parent / "results" / "planner.json"
+    # a partial run gets its own file, so it never overwrites the full run's figures
+    out = Path(__file__).parent / "results" / ("planner.json" if only == every else f"planner-{only.replace(',', '-')}.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
