@@ -32,6 +32,23 @@ def write_corpus(path: Path, lines: int = 400, seed: int = 0) -> Path:
 
 
 @pytest.fixture
+def cli(capsys):
+    """Run the command line in-process: cli(*args) -> (exit code, stdout, stderr)."""
+    from seqfit.cli.main import main
+
+    def run(*args) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus.txt")
 

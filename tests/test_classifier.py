@@ -298,19 +298,8 @@ def test_truncated_training_runs_and_unseen_valid_labels_fail(tmp_path):
     assert summary["plan"]["mode"] == "truncated" and summary["plan"]["bptt"] == 6 and summary["step"] == 3
 
 
-def test_cli_options_reach_the_classifier_and_evaluate_routes_it(classify_dir, tmp_path, capsys):
+def test_cli_options_reach_the_classifier_and_evaluate_routes_it(classify_dir, tmp_path, cli):
     """--max-length/--too-long/--class-weights are config flags; `seqfit evaluate` measures a classifier."""
-    from seqfit.cli.main import main
-
-    def cli(*args):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        out, err = capsys.readouterr()
-        return code, out, err
-
     tiny = ["--task", "classify", "--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "16",
             "--optimizer", "adam", "--lr", "0.02", "--schedule", "constant", "--device", "cpu", "--max-steps", "30"]
     code, _, err = cli("train", classify_dir, "--out", tmp_path / "refused", *tiny, "--max-length", "5")

@@ -119,34 +119,22 @@ def test_budget_chooses_checkpointing_or_refuses(sequences_dir):
         plan_for_budget(cfg, data, 100 * MB, CONSTS, device="cpu")
 
 
-def _cli(capsys, *args):
-    from seqfit.cli.main import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 TINY = ["--task", "classify", "--layers", "1", "--hidden", "32", "--embed", "16", "--batch-size", "8",
         "--optimizer", "adam", "--lr", "0.01", "--device", "cpu", "--log-every", "1", "--checkpoint-every", "100"]
 
 
-def test_plan_command_and_train_budget_for_a_classifier(capsys, sequences_dir, tmp_path, monkeypatch):
+def test_plan_command_and_train_budget_for_a_classifier(cli, sequences_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("SEQFIT_NO_CALIBRATE", "1")
-    code, out, err = _cli(capsys, "plan", sequences_dir, *TINY, "--budget", "2GB", "--json")
+    code, out, err = cli("plan", sequences_dir, *TINY, "--budget", "2GB", "--json")
     assert code == 0, err
     r = json.loads(out)
     assert r["plan"]["mode"] in ("full", "exact") and r["predicted_peak_bytes"] == r["plan"]["predicted_peak_bytes"]
-    code, _, err = _cli(capsys, "train", sequences_dir, "--out", tmp_path / "run", *TINY, "--budget", "60MB",
+    code, _, err = cli("train", sequences_dir, "--out", tmp_path / "run", *TINY, "--budget", "60MB",
                         "--max-steps", "2")
     assert code == 3 and "smallest plan" in err and not (tmp_path / "run").exists()
 
 
-def test_classifier_pushed_over_budget_stops_with_a_checkpoint_and_resumes(capsys, sequences_dir, tmp_path, monkeypatch):
+def test_classifier_pushed_over_budget_stops_with_a_checkpoint_and_resumes(cli, sequences_dir, tmp_path, monkeypatch):
     import seqfit.train.classify as classify
     from seqfit.measure.memory import read_resident
 
@@ -162,13 +150,13 @@ def test_classifier_pushed_over_budget_stops_with_a_checkpoint_and_resumes(capsy
     monkeypatch.setattr(classify, "classify_step", leaky_step)
     out = tmp_path / "run"
     budget = f"{(read_resident()[1] + 250 * MB) // MB}MB"  # fits the tiny run, not the leak
-    code, _, err = _cli(capsys, "train", sequences_dir, "--out", out, *TINY, "--budget", budget, "--max-steps", 8)
+    code, _, err = cli("train", sequences_dir, "--out", out, *TINY, "--budget", budget, "--max-steps", 8)
     assert code == 4, err
     assert "budget" in err and "--resume" in err
     saved = dict(json.loads((out / "checkpoint" / "state.json").read_text())["state"]["__dict__"])
     assert saved["step"] == 3  # the step in flight when memory crossed finished; nothing more was lost
     leaked.clear()
     monkeypatch.setattr(classify, "classify_step", real_step)
-    code, out_text, err = _cli(capsys, "train", sequences_dir, "--out", out, "--resume", "--max-steps", 8, "--json")
+    code, out_text, err = cli("train", sequences_dir, "--out", out, "--resume", "--max-steps", 8, "--json")
     assert code == 0, err
     assert json.loads(out_text)["step"] == 8
