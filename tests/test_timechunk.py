@@ -248,8 +248,9 @@ def test_truncated_carries_state_across_batches():
     assert rel_err(torch.cat(parts, 1), whole) < 1e-6
 
 
-@pytest.mark.parametrize("cell,bi", list(itertools.product(["lstm", "gru", "rnn"], [False, True])))
-def test_variable_lengths_equal_torch_packed_sequences(cell, bi):
+@pytest.mark.parametrize("cell,bi,lengths", [(c, bi, n) for c, bi in itertools.product(["lstm", "gru", "rnn"], [False, True])
+                                               for n in (LENGTHS, torch.tensor([20, 17, 17, 1]))])
+def test_variable_lengths_equal_torch_packed_sequences(cell, bi, lengths):
     """The stack runs each row over its valid steps with fused calls per segment; the reference is PyTorch's
     own packed sequence through the same weights: outputs, final states and every gradient."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -258,11 +259,11 @@ def test_variable_lengths_equal_torch_packed_sequences(cell, bi):
     stack = RecurrentStack(cell, I, H, 2, bidirectional=bi)
     x = torch.randn(B, T, I, requires_grad=True)
     state = random_state(stack)
-    out, final = stack(x, state, LENGTHS)
+    out, final = stack(x, state, lengths)
 
     ref, ref_final = x, []
     for layer, s in zip(stack.layers, state):
-        packed, s = layer(pack_padded_sequence(ref, LENGTHS, batch_first=True, enforce_sorted=False), s)
+        packed, s = layer(pack_padded_sequence(ref, lengths, batch_first=True, enforce_sorted=False), s)
         ref, _ = pad_packed_sequence(packed, batch_first=True, total_length=T)
         ref_final.append(s)
     assert rel_err(out, ref) < 1e-5

@@ -136,10 +136,15 @@ def run_direction(layer, d: int, x: Tensor, n: Tensor | None, h):
     B, k = x.shape[:2]
     if n is None:
         return _fused(layer, d, x, None, h)
+    ends = sorted(set(n.tolist()) - {0})
+    # one split into segments (its backward is one cat): a row subset copies only its segment's steps
+    sizes = [e - s for s, e in zip([0] + ends, ends)] + ([k - ends[-1]] if ends and ends[-1] < k else [])
+    segments = x.split(sizes, dim=1) if ends else ()
     pieces, start = [], 0
-    for end in sorted(set(n.tolist()) - {0}):
+    for end, segment in zip(ends, segments):
         rows = (n >= end).nonzero().squeeze(1).to(x.device)  # rows valid through [start, end)
-        out, part = _fused(layer, d, x.index_select(0, rows)[:, start:end], None, _rows(h, rows))
+        inputs = segment if len(rows) == B else segment.index_select(0, rows)
+        out, part = _fused(layer, d, inputs, None, _rows(h, rows))
         pieces.append(out if len(rows) == B else out.new_zeros(B, end - start, out.shape[-1]).index_copy(0, rows, out))
         h = _put_rows(h, rows, part)
         start = end
