@@ -103,6 +103,7 @@ CLASSIFY_GRID = [
     ("c-gru-feats-1000", 1000, 8, dict(cell="gru", layers=2, hidden=256), dict(batch_size=32), {}),
     ("c-lstm-bf16-1600", 1600, 0, dict(cell="lstm", layers=2, hidden=256, embed=128), dict(batch_size=32), dict(precision="bf16")),
     ("c-lstm-accum-800", 800, 0, dict(cell="lstm", layers=2, hidden=256, embed=128), dict(batch_size=16), dict(effective_batch=32)),
+    ("c-gru-bi-exact-1600", 1600, 0, dict(cell="gru", layers=2, hidden=256, embed=128, bidirectional=True, pooling="mean"), dict(batch_size=16), dict(checkpoint_time=-1)),
     ("c-lstm-tokens-1600", 1600, 0, dict(cell="lstm", layers=1, hidden=256, embed=128), dict(batch_size=32), dict(max_tokens=24000)),
 ]
 CLASSIFY_QUICK = {"c-lstm-400", "c-lstm-bi-1600", "c-lstm-exact-4000"}

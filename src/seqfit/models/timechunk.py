@@ -236,12 +236,12 @@ def exact_forward(stack, inputs: Inputs, state: State | None = None, lengths: Te
     new_state: State = []
     for i, layer in enumerate(stack.layers):
         halves, finals = [], []
+        chunks = x.split([e - s for s, e in bounds], 1)  # one split: its backward is one cat, not a (B, T, I) per chunk
         for d in range(stack.directions):
             h = direction_state(state[i], d)
             pieces = [None] * len(bounds)
             for c in (range(len(bounds)) if d == 0 else reversed(range(len(bounds)))):
-                start, stop = bounds[c]
-                pieces[c], h = run(direction_chunk, layer, d, x[:, start:stop], steps[c], h)
+                pieces[c], h = run(direction_chunk, layer, d, chunks[c], steps[c], h)
             halves.append(torch.cat(pieces, 1))  # (B, T, H)
             finals.append(h)
         x = stack.between_layers(i, torch.cat(halves, -1))  # (B, T, 2H); the next layer's input
