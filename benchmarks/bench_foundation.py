@@ -130,7 +130,7 @@ def run(quick: bool = False) -> dict:
         {"phase": "prepare 10x test.txt", "seqfit_peak_MiB": prep10["peak_rss"] * mib},
     ]
     shutil.rmtree(work, ignore_errors=True)
-    return {"name": "foundation", "rows": rows, "summary": {
+    return {"name": "foundation", "quick": quick, "steps": steps, "rows": rows, "summary": {
         "prepare_10x_over_1x_peak": prep10["peak_rss"] / prep1["peak_rss"],
         "prepare_10x_tokens": meta10["splits"]["train"]["tokens"],
         "naive_types": naive_load["types"],
