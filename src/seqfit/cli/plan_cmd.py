@@ -34,7 +34,10 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
     from seqfit.memory.calibrate import load_constants
     from seqfit.memory.estimate import DataInfo
     from seqfit.memory.plan import data_info_from_dir, plan_for_budget, requested_plan
-    from seqfit.memory.plan_classify import requested_classify_plan, sequence_info_from_dir
+    from seqfit.memory.plan_classify import (
+        requested_classify_plan,
+        sequence_info_from_dir,
+    )
 
     if (data_dir is None) == (vocab_size is None):
         raise SeqfitError("give a data directory or --vocab-size N (one of them)")

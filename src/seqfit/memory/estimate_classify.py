@@ -22,7 +22,15 @@ from dataclasses import dataclass
 
 from seqfit.config import RunCfg
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
-from seqfit.memory.estimate import F32, GATES, Replay, blas_buffers, chunk_len, dot, optimizer_scratch
+from seqfit.memory.estimate import (
+    F32,
+    GATES,
+    Replay,
+    blas_buffers,
+    chunk_len,
+    dot,
+    optimizer_scratch,
+)
 
 __all__ = ["SequenceInfo", "classifier_param_shapes", "estimate_classifier", "worst_batch"]
 
@@ -117,7 +125,8 @@ def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Con
     def layer_rise(i: int, steps: int) -> int:
         return dot(coefs.rise, feats(i, steps)) + out_b * b * steps * D  # + the output's gradient
 
-    data_bytes = 8 * b * acc * T * (max(1, data.num_features) if data.num_features else 1) + 16 * b * acc
+    # the padded micro-batches of a step: int64 ids (B, T) or float32 rows (B, T, F); lengths and labels
+    data_bytes = acc * (b * T * (4 * data.num_features if data.num_features else 8) + 16 * b)
     runtime = consts.baseline + int(coefs.const) + blas_buffers(b * T, E, H, data.num_classes, g, "full", device, consts)
     emb = F32 * b * T * E  # the embedding (or the widened features), and its dropout
     emb_kept = emb * (2 if m.dropout else 1)

@@ -18,7 +18,11 @@ import numpy as np
 
 from seqfit.config import RunCfg
 from seqfit.memory.constants import Constants
-from seqfit.memory.estimate_classify import SequenceInfo, estimate_classifier, worst_batch
+from seqfit.memory.estimate_classify import (
+    SequenceInfo,
+    estimate_classifier,
+    worst_batch,
+)
 from seqfit.memory.throughput import classifier_step_seconds
 
 __all__ = ["sequence_info_from_dir", "requested_classify_plan", "classify_candidates", "apply_classify_plan",

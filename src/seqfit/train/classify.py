@@ -2,7 +2,7 @@
 
 How a micro-batch is backpropagated (the plan's "mode"):
 
-    full       one packed call over the whole batch: activations grow with T
+    full       one call over the whole batch (each row over its valid steps): activations grow with T
     exact      --checkpoint-time k: chunks of k steps checkpointed, same gradients, O(T/k + k) kept
     truncated  --bptt k: each chunk of k steps backpropagated on its own; a sequence's loss is taken
                in the chunk holding its last step, and its gradient reaches k steps back at most
@@ -27,8 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from seqfit.atomic import write_text_atomic
-from seqfit.memory.allocator import configure_allocator
-from seqfit.memory.watchdog import Watchdog
 from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
@@ -38,6 +36,8 @@ from seqfit.measure.memory import MemorySampler, format_bytes
 from seqfit.measure.metrics import MetricsLog
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.measure.progress import Progress
+from seqfit.memory.allocator import configure_allocator
+from seqfit.memory.watchdog import Watchdog
 from seqfit.models.classifier import SequenceClassifier
 from seqfit.models.timechunk import truncated_chunks
 from seqfit.train.checkpoint import (
@@ -46,6 +46,7 @@ from seqfit.train.checkpoint import (
     load_weights,
     save_checkpoint,
 )
+from seqfit.train.classify_session import ClassifierSession, build_model
 from seqfit.train.rng import rng_state, set_rng_state
 from seqfit.train.run_files import (
     budget_bytes,
@@ -55,7 +56,6 @@ from seqfit.train.run_files import (
     start_run_dir,
     trim_metrics,
 )
-from seqfit.train.classify_session import ClassifierSession, build_model
 from seqfit.train.schedule import make_schedule
 from seqfit.train.step import no_phase
 
