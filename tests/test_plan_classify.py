@@ -160,3 +160,17 @@ def test_classifier_pushed_over_budget_stops_with_a_checkpoint_and_resumes(cli, 
     code, out_text, err = cli("train", sequences_dir, "--out", out, "--resume", "--max-steps", 8, "--json")
     assert code == 0, err
     assert json.loads(out_text)["step"] == 8
+
+
+def test_profile_command_predicts_a_classifiers_phases(sequences_dir, tmp_path):
+    """In a fresh process, as users run it; the steps run on the largest batches, as the estimate assumes."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SEQFIT_NO_CALIBRATE="1", SEQFIT_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "seqfit", "profile", str(sequences_dir), *TINY, "--hidden", "128",
+                          "--steps", "2", "--json"], capture_output=True, text=True, env=env, check=True).stdout
+    rows = {r["phase"]: r for r in json.loads(out)["phases"]}
+    assert rows["backward"]["predicted"] > 0 and rows["forward"]["predicted"] > 0
+    assert 0.5 < rows["backward"]["ratio"] < 2.0  # a loose band: tiny tensors, shared machine

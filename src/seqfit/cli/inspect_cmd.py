@@ -37,16 +37,20 @@ def profile(data_dir, steps, plot_path, as_json, **kwargs) -> None:
     emit({"plan": session.plan, **profiler.to_json(predicted)}, as_json, profiler.format_table(predicted))
 
 
-def _predicted_phases(cfg, data_dir: Path, plan: dict, measured_base: int) -> dict[str, int] | None:
+def _predicted_phases(cfg, data_dir: Path, plan: dict, measured_base: int) -> dict[str, int]:
     """The planner's per-phase prediction for this run (cached or default constants: no probing here)."""
     from seqfit.memory.calibrate import load_constants
     from seqfit.memory.estimate import estimate, phase_predictions
+    from seqfit.memory.estimate_classify import estimate_classifier
     from seqfit.memory.plan import data_info_from_dir
+    from seqfit.memory.plan_classify import sequence_info_from_dir
 
-    if cfg.model.task != "lm":
-        return None
     consts = load_constants(plan["device"], [(cfg.model.cell, plan["precision"])], calibrate_missing=False)
-    return phase_predictions(estimate(cfg, data_info_from_dir(data_dir), plan, consts), measured_base)
+    if cfg.model.task == "classify":
+        est = estimate_classifier(cfg, sequence_info_from_dir(data_dir, plan["max_length"]), plan, consts)
+    else:
+        est = estimate(cfg, data_info_from_dir(data_dir), plan, consts)
+    return phase_predictions(est, measured_base)
 
 
 @click.command(epilog="""\b

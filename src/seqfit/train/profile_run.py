@@ -9,20 +9,25 @@ import torch
 from seqfit.config import RunCfg
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.memory.allocator import configure_allocator
+from seqfit.train.classify import batch_to_device, classify_step
+from seqfit.train.classify_session import ClassifierSession
 from seqfit.train.loop import TrainSession
 from seqfit.train.step import lm_train_step
 
 __all__ = ["profile_steps"]
 
 
-def profile_steps(cfg: RunCfg, data_dir: Path, steps: int) -> tuple[TrainSession, PhaseProfiler]:
-    """Run ``steps`` training steps of the configured run (nothing is written) under a PhaseProfiler."""
+def profile_steps(cfg: RunCfg, data_dir: Path, steps: int) -> tuple[TrainSession | ClassifierSession, PhaseProfiler]:
+    """Run ``steps`` training steps of the configured run (nothing is written) under a PhaseProfiler.
+    A classifier trains on its largest batches every step: where its memory peaks, and what the planner predicts."""
     device = torch.device("cuda" if cfg.memory.device != "cpu" and torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         configure_allocator()  # as `seqfit train` does: measure the allocator training will run with
     # The profiler exists before the model, so its baseline is the runtime without the model.
     profiler = PhaseProfiler(device, keep_timeline=True)
     with profiler:
+        if cfg.model.task == "classify":
+            return _profile_classifier(cfg, data_dir, steps, profiler), profiler
         s = TrainSession.build(cfg, data_dir)
         state = s.model.init_state(s.plan["batch_size"], device=s.device)
         s.model.train()
@@ -34,3 +39,16 @@ def profile_steps(cfg: RunCfg, data_dir: Path, steps: int) -> tuple[TrainSession
             state = result.state
             profiler.step_done()
     return s, profiler
+
+
+def _profile_classifier(cfg: RunCfg, data_dir: Path, steps: int, profiler: PhaseProfiler) -> ClassifierSession:
+    s = ClassifierSession.build(cfg, data_dir)
+    group = s.largest_batches()
+    s.model.train()
+    for _ in range(steps):
+        with profiler.phase("data"):
+            micro = [batch_to_device(s.train_split, g, s.plan["max_length"], s.device) for g in group]
+        classify_step(s.model, micro, plan=s.plan, weight=None, precision=s.precision, optimizer=s.optimizer,
+                      clip=cfg.train.clip, phase=profiler.phase)
+        profiler.step_done()
+    return s
