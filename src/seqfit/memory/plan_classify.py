@@ -18,11 +18,7 @@ import numpy as np
 
 from seqfit.config import RunCfg
 from seqfit.memory.constants import Constants
-from seqfit.memory.estimate_classify import (
-    SequenceInfo,
-    estimate_classifier,
-    worst_batch,
-)
+from seqfit.memory.estimate_classify import SequenceInfo, estimate_classifier, worst_batch
 from seqfit.memory.throughput import classifier_step_seconds
 
 __all__ = ["sequence_info_from_dir", "requested_classify_plan", "classify_candidates", "apply_classify_plan",
@@ -41,7 +37,7 @@ def sequence_info_from_dir(data_dir: str | Path, max_length: int = 0) -> Sequenc
     if max_length:
         lengths = np.minimum(lengths, max_length)
     top = np.sort(lengths)[::-1][:TOP_LENGTHS] if len(lengths) else np.zeros(1, np.int64)
-    return SequenceInfo(num_classes=len(store.label_names), vocab_size=len(store.vocab) if store.vocab else 0,
+    return SequenceInfo(num_classes=len(store.label_names), vocab_size=len(store.vocab) if store.vocab is not None else 0,
                         num_features=store.num_features, longest=int(top[0]), top_lengths=tuple(top.tolist()))
 
 
