@@ -9,7 +9,6 @@ from typing import Any, Callable
 import click
 
 from seqfit.config import SECTIONS, RunCfg, field_type, from_dict, load_toml, merge
-from seqfit.errors import SeqfitError
 
 __all__ = ["config_options", "resolve_config", "flag_name"]
 
@@ -53,19 +52,8 @@ def pop_config_flags(kwargs: dict[str, Any]) -> tuple[str | None, dict[str, dict
 
 
 def resolve_config(config_path: str | Path | None, given: dict[str, dict[str, Any]], base: RunCfg | None = None) -> RunCfg:
-    """defaults (or ``base``) < TOML file < flags.
-
-    Without a base the file and flags are merged before the config is built, so task defaults (``--bptt``)
-    follow the final task, not the one the file or the defaults named first.
-    """
-    if base is not None:
-        cfg = merge(base, load_toml(config_path)) if config_path else base
-        return merge(cfg, given)
-    data = load_toml(config_path) if config_path else {}
-    for section, values in given.items():
-        if values:
-            table = data.setdefault(section, {})
-            if not isinstance(table, dict):
-                raise SeqfitError(f"config section [{section}] must be a table")
-            table.update(values)
-    return from_dict(data)
+    """defaults (or ``base``) < TOML file < flags."""
+    cfg = base or RunCfg()
+    if config_path:
+        cfg = merge(cfg, load_toml(config_path)) if base else from_dict(load_toml(config_path))
+    return merge(cfg, given)

@@ -40,16 +40,11 @@ def profile(data_dir, steps, plot_path, as_json, **kwargs) -> None:
 def _predicted_phases(cfg, data_dir: Path, plan: dict, measured_base: int) -> dict[str, int]:
     """The planner's per-phase prediction for this run (cached or default constants: no probing here)."""
     from seqfit.memory.calibrate import load_constants
-    from seqfit.memory.estimate import estimate, phase_predictions
-    from seqfit.memory.estimate_classify import estimate_classifier
-    from seqfit.memory.plan import data_info_from_dir
-    from seqfit.memory.plan_classify import sequence_info_from_dir
+    from seqfit.memory.estimate import phase_predictions
+    from seqfit.memory.plan import data_info_for, estimate_for
 
     consts = load_constants(plan["device"], [(cfg.model.cell, plan["precision"])], calibrate_missing=False)
-    if cfg.model.task == "classify":
-        est = estimate_classifier(cfg, sequence_info_from_dir(data_dir, plan["max_length"]), plan, consts)
-    else:
-        est = estimate(cfg, data_info_from_dir(data_dir), plan, consts)
+    est = estimate_for(cfg, data_info_for(cfg, data_dir), plan, consts)
     return phase_predictions(est, measured_base)
 
 

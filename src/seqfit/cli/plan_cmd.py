@@ -33,26 +33,17 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
     from seqfit.measure.memory import parse_bytes
     from seqfit.memory.calibrate import load_constants
     from seqfit.memory.estimate import DataInfo
-    from seqfit.memory.plan import data_info_from_dir, plan_for_budget, requested_plan
-    from seqfit.memory.plan_classify import (
-        requested_classify_plan,
-        sequence_info_from_dir,
-    )
+    from seqfit.memory.plan import data_info_for, estimate_for, plan_for_budget, requested_plan_for, score_plan
 
     if (data_dir is None) == (vocab_size is None):
         raise SeqfitError("give a data directory or --vocab-size N (one of them)")
     config_path, given = pop_config_flags(kwargs)
     cfg = resolve_config(config_path, given)
-    if cfg.model.task == "classify":
-        if data_dir is None:
-            raise SeqfitError("planning a classifier needs its data directory (sequence lengths decide the batch)")
-        data = sequence_info_from_dir(data_dir, cfg.train.max_length)
-        requested = requested_classify_plan(cfg, _device(cfg))
-        vocab = data.vocab_size
-    else:
-        data = data_info_from_dir(data_dir) if data_dir else DataInfo(vocab_size)
-        requested = requested_plan(cfg, data)
-        vocab = data.vocab_size
+    if data_dir is None and cfg.model.task == "classify":
+        raise SeqfitError("planning a classifier needs its data directory (sequence lengths decide the batch)")
+    data = data_info_for(cfg, data_dir) if data_dir else DataInfo(vocab_size)
+    requested = requested_plan_for(cfg, data)
+    vocab = data.vocab_size
     consts = load_constants(requested["device"], [(cfg.model.cell, cfg.memory.precision)], calibrate_missing=calibrate,
                             echo=None if as_json else say)
     result: dict = {"vocab_size": vocab, "constants": {"calibrated": consts.calibrated, "source": consts.source}}
@@ -65,41 +56,15 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
         cfg, chosen, alternatives = choice.cfg, choice.plan, choice.alternatives
         result["budget_bytes"] = budget
     else:
-        chosen, alternatives = _score(cfg, data, requested, consts), []
-    est = _estimate(cfg, data, {k: chosen[k] for k in requested}, consts)
+        scored = score_plan(cfg, data, requested, consts)
+        chosen, alternatives = {k: v for k, v in scored.items() if k != "_parts"}, []
+    est = estimate_for(cfg, data, {k: chosen[k] for k in requested}, consts)
     chosen = chosen | {"predicted_peak_bytes": est["peak"]}
     result |= {"predicted_peak_bytes": est["peak"], "peak_phase": est["phase"], "parts": est["parts"],
                "sizes": est["sizes"], "phases": est["phases"], "plan": chosen, "alternatives": alternatives}
     if verify:
         result |= _verify(cfg, data_dir, data, verify_steps, est["peak"], say_progress=not as_json)
     emit(result, as_json, _human(result))
-
-
-def _device(cfg) -> str:
-    from seqfit.device import resolve_device
-
-    return resolve_device(cfg.memory.device).type
-
-
-def _score(cfg, data, plan: dict, consts) -> dict:
-    """The plan with its predicted speed (no budget: nothing to choose)."""
-    if cfg.model.task == "classify":
-        from seqfit.memory.plan_classify import score_classify_plan
-
-        return {k: v for k, v in score_classify_plan(cfg, data, plan, consts).items() if k != "_parts"}
-    from seqfit.memory.throughput import tokens_per_second
-
-    return plan | {"predicted_tokens_per_s": tokens_per_second(cfg.model, data.vocab_size, plan, consts)}
-
-
-def _estimate(cfg, data, plan: dict, consts) -> dict:
-    if cfg.model.task == "classify":
-        from seqfit.memory.estimate_classify import estimate_classifier
-
-        return estimate_classifier(cfg, data, plan, consts)
-    from seqfit.memory.estimate import estimate
-
-    return estimate(cfg, data, plan, consts)
 
 
 def _verify(cfg, data_dir, data, steps: int, predicted: int, say_progress: bool) -> dict:

@@ -29,7 +29,8 @@ from seqfit.memory.estimate import DataInfo, estimate
 from seqfit.memory.throughput import tokens_per_second
 
 __all__ = ["SAFETY_MARGIN", "PlanChoice", "data_info_from_dir", "effective_batch", "requested_plan", "candidates",
-           "plan_for_budget", "describe_plan", "apply_plan"]
+           "plan_for_budget", "describe_plan", "apply_plan", "run_device", "data_info_for", "requested_plan_for",
+           "estimate_for", "score_plan"]
 
 SAFETY_MARGIN = 0.07  # plans must fit in budget x (1 - this): the estimator's error on bench_planner is below it
 CHUNK_BUDGETS = (64 * 2**20, 16 * 2**20, 4 * 2**20)  # (C, V) fp32 buffer sizes tried for the chunked loss
@@ -64,7 +65,8 @@ def effective_batch(cfg: RunCfg) -> int:
     return cfg.memory.effective_batch or cfg.train.batch_size * cfg.memory.accumulate
 
 
-def _device(cfg: RunCfg) -> str:
+def run_device(cfg: RunCfg) -> str:
+    """The device type the config trains on (cpu or cuda)."""
     from seqfit.device import resolve_device
 
     return resolve_device(cfg.memory.device).type
@@ -74,7 +76,7 @@ def requested_plan(cfg: RunCfg, data: DataInfo, device: str | None = None) -> di
     """The plan the config asks for as it stands (what train.loop.resolve_plan would give), no budget."""
     from seqfit.models.heads import choose_loss_kind
 
-    device = device or _device(cfg)
+    device = device or run_device(cfg)
     mem, micro = cfg.memory, cfg.train.batch_size
     eff = effective_batch(cfg)
     if eff % micro:
@@ -110,7 +112,7 @@ def _checkpoint_options(cfg: RunCfg) -> list[int]:
 
 def candidates(cfg: RunCfg, data: DataInfo, device: str | None = None) -> list[dict]:
     """Every plan the planner may choose between for ``cfg`` (same gradients as the config asks for)."""
-    device = device or _device(cfg)
+    device = device or run_device(cfg)
     eff = effective_batch(cfg)
     losses = ["full", "chunked"] if cfg.memory.loss == "auto" else [cfg.memory.loss]
     out = []
@@ -147,12 +149,51 @@ def _scored(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants) -> dict:
             "_parts": est["parts"]}
 
 
+# Every task-dependent step of planning goes through these, so callers never branch on the task.
+
+def data_info_for(cfg: RunCfg, data_dir: str | Path):
+    """What the estimate needs from DATA_DIR: a DataInfo (language model) or a SequenceInfo (classifier)."""
+    if cfg.model.task == "classify":
+        from seqfit.memory.plan_classify import sequence_info_from_dir
+
+        return sequence_info_from_dir(data_dir, cfg.train.max_length)
+    return data_info_from_dir(data_dir)
+
+
+def requested_plan_for(cfg: RunCfg, data, device: str | None = None) -> dict:
+    """The plan the config asks for as it stands, for its task."""
+    device = device or run_device(cfg)
+    if cfg.model.task == "classify":
+        from seqfit.memory.plan_classify import requested_classify_plan
+
+        return requested_classify_plan(cfg, device)
+    return requested_plan(cfg, data, device)
+
+
+def estimate_for(cfg: RunCfg, data, plan: dict, consts: Constants) -> dict:
+    """The estimator of the config's task (estimate.py or estimate_classify.py)."""
+    if cfg.model.task == "classify":
+        from seqfit.memory.estimate_classify import estimate_classifier
+
+        return estimate_classifier(cfg, data, plan, consts)
+    return estimate(cfg, data, plan, consts)
+
+
+def score_plan(cfg: RunCfg, data, plan: dict, consts: Constants) -> dict:
+    """``plan`` with its predicted peak, peak phase and tokens/s (and ``_parts``, the peak by part)."""
+    if cfg.model.task == "classify":
+        from seqfit.memory.plan_classify import score_classify_plan
+
+        return score_classify_plan(cfg, data, plan, consts)
+    return _scored(cfg, data, plan, consts)
+
+
 def plan_for_budget(cfg: RunCfg, data_info, budget_bytes: int, consts: Constants | None = None,
                     device: str | None = None) -> PlanChoice:
     """The fastest plan predicted to fit in ``budget_bytes``; BudgetError (nothing allocated) when none does.
 
     ``data_info``: a DataInfo for language models, a plan_classify.SequenceInfo for classifiers."""
-    device = device or _device(cfg)
+    device = device or run_device(cfg)
     if consts is None:
         from seqfit.memory.calibrate import load_constants
 
@@ -162,10 +203,9 @@ def plan_for_budget(cfg: RunCfg, data_info, budget_bytes: int, consts: Constants
         from seqfit.memory import plan_classify as pc
 
         plans, apply, describe = pc.classify_candidates(cfg, data_info, device), pc.apply_classify_plan, pc.describe_classify_plan
-        scored = [pc.score_classify_plan(cfg, data_info, p, consts) for p in plans]
     else:
         plans, apply, describe = candidates(cfg, data_info, device), apply_plan, describe_plan
-        scored = [_scored(cfg, data_info, p, consts) for p in plans]
+    scored = [score_plan(cfg, data_info, p, consts) for p in plans]
     fits = [s for s in scored if s["predicted_peak_bytes"] <= usable]
     if not fits:
         smallest = min(scored, key=lambda s: s["predicted_peak_bytes"])

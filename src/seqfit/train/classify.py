@@ -282,10 +282,9 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
     device = resolve_device(cfg.memory.device)
     budget = budget_bytes(cfg)
     if budget and not resume:  # a resumed run keeps the plan its config.toml holds
-        from seqfit.memory.plan import plan_for_budget
-        from seqfit.memory.plan_classify import sequence_info_from_dir
+        from seqfit.memory.plan import data_info_for, plan_for_budget
 
-        choice = plan_for_budget(cfg, sequence_info_from_dir(data_dir, cfg.train.max_length), budget)  # nothing built yet
+        choice = plan_for_budget(cfg, data_info_for(cfg, data_dir), budget)  # BudgetError: nothing built yet
         cfg = choice.cfg
         echo(f"--budget {format_bytes(budget)}: predicted peak {format_bytes(choice.plan['predicted_peak_bytes'])}, "
              f"{choice.plan['reason']}")
