@@ -136,19 +136,13 @@ def _lm_steps(cfg: RunCfg, data_dir: Path):
 
 def _classifier_steps(cfg: RunCfg, data_dir: Path):
     """(device, plan, step(i)) training the classifier on its largest batches every step: the worst case."""
-    from seqfit.train.classify import batch_to_device, classify_step
     from seqfit.train.classify_session import ClassifierSession
 
     s = ClassifierSession.build(cfg, data_dir)
     group = s.largest_batches()
     s.model.train()
 
-    def step(i: int) -> None:
-        micro = [batch_to_device(s.train_split, g, s.plan["max_length"], s.device) for g in group]
-        classify_step(s.model, micro, plan=s.plan, weight=None, precision=s.precision, optimizer=s.optimizer,
-                      clip=cfg.train.clip)
-
-    return s.device, s.plan, step
+    return s.device, s.plan, lambda i: s.step(group)
 
 
 if __name__ == "__main__":

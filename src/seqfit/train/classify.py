@@ -275,10 +275,9 @@ def load_classifier_run(run_dir: str | Path, *, data_dir: str | Path | None = No
 def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, echo=print,
                      profile: bool = False, tensorboard: bool = False) -> dict:
     """Train (or resume) a sequence classifier; returns the summary also written to RUN_DIR/summary.json."""
-    run_dir, t = Path(run_dir), cfg.train
+    run_dir = Path(run_dir)
     if not resume and (has_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
         raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-    store = SequenceStore(data_dir)
     device = resolve_device(cfg.memory.device)
     budget = budget_bytes(cfg)
     if budget and not resume:  # a resumed run keeps the plan its config.toml holds
@@ -289,17 +288,16 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
         echo(f"--budget {format_bytes(budget)}: predicted peak {format_bytes(choice.plan['predicted_peak_bytes'])}, "
              f"{choice.plan['reason']}")
     if device.type == "cpu":
-        configure_allocator()  # freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
-    plan = resolve_classify_plan(cfg, device)  # checks the options before anything is written
-    train_split = store.split("train")
+        configure_allocator()  # before any tensor: freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
+    t = cfg.train
+    s = ClassifierSession.build(cfg, data_dir)  # checks the options; nothing is written before the data checks
+    store, plan, train_split = s.store, s.plan, s.train_split
     check_split(train_split, store, max_length=plan["max_length"], too_long=plan["too_long"], warn=echo)
     seen = set(np.unique(np.asarray(train_split.labels)).tolist())
     valid = store.split("valid") if store.has_split("valid") else None
     if valid is not None:
         check_split(valid, store, max_length=plan["max_length"], too_long=plan["too_long"], train_labels=seen, warn=echo)
     start_run_dir(run_dir, cfg, data_dir)
-
-    s = ClassifierSession.build(cfg, data_dir)
     model, optimizer, precision, lr = s.model, s.optimizer, s.precision, s.lr
     weight = class_weights(plan["class_weights"], np.asarray(train_split.labels), model.num_classes)
     weight = None if weight is None else weight.to(device)
@@ -361,11 +359,7 @@ def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool
                     window["start"] = time.perf_counter()
                     continue
                 group = batches[batch_index:batch_index + plan["accumulate"]]
-                phase = profiler.phase if profiler else no_phase
-                with phase("data"):
-                    micro = [batch_to_device(train_split, g, plan["max_length"], device) for g in group]
-                result = classify_step(model, micro, plan=plan, weight=weight, precision=precision,
-                                       optimizer=optimizer, clip=t.clip, phase=phase)
+                result = s.step(group, weight=weight, phase=profiler.phase if profiler else no_phase)
                 if profiler:
                     profiler.step_done()
                 schedule.step()

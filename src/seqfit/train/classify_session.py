@@ -13,9 +13,10 @@ from seqfit.config import RunCfg
 from seqfit.data.sequences import SequenceSplit, SequenceStore
 from seqfit.device import resolve_device
 from seqfit.models.classifier import SequenceClassifier, build_classifier
-from seqfit.train.optim import default_lr, make_optimizer
+from seqfit.train.optim import optimizer_for
 from seqfit.train.precision import make_precision
 from seqfit.train.rng import seed_everything
+from seqfit.train.step import no_phase
 
 __all__ = ["ClassifierSession", "build_model"]
 
@@ -48,9 +49,7 @@ class ClassifierSession:
         seed_everything(cfg.train.seed)
         model = build_model(cfg, store).to(device)
         precision = make_precision(plan["precision"], device)
-        lr = default_lr(cfg.train.optimizer, cfg.train.lr)  # --lr 0: the optimizer's usual rate, as for LMs
-        optimizer = make_optimizer(cfg.train.optimizer, [p for p in model.parameters() if p.requires_grad], lr=lr,
-                                   momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+        optimizer, lr = optimizer_for(cfg.train, model)
         return cls(cfg, plan, store, store.split("train"), device, model, optimizer, precision, lr)
 
     def largest_batches(self) -> list[np.ndarray]:
@@ -63,3 +62,12 @@ class ClassifierSession:
             lengths = np.minimum(lengths, self.plan["max_length"])
         batches = sorted(batches, key=lambda b: len(b) * int(lengths[b].max()), reverse=True)
         return batches[:self.plan["accumulate"]]
+
+    def step(self, group: list[np.ndarray], *, weight=None, phase=no_phase):
+        """One optimizer step over the batches of ``group`` (index arrays); returns classify_step's StepResult."""
+        from seqfit.train.classify import batch_to_device, classify_step
+
+        with phase("data"):
+            micro = [batch_to_device(self.train_split, g, self.plan["max_length"], self.device) for g in group]
+        return classify_step(self.model, micro, plan=self.plan, weight=weight, precision=self.precision,
+                             optimizer=self.optimizer, clip=self.cfg.train.clip, phase=phase)

@@ -32,7 +32,7 @@ from seqfit.models.heads import choose_loss_kind
 from seqfit.models.recurrent import detach_state
 from seqfit.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from seqfit.train.evaluate import evaluate_lm
-from seqfit.train.optim import default_lr, make_optimizer
+from seqfit.train.optim import optimizer_for
 from seqfit.train.precision import make_precision
 from seqfit.train.rng import rng_state, seed_everything, set_rng_state
 from seqfit.train.run_files import budget_bytes, mean_throughput, start_run_dir, trim_metrics
@@ -81,10 +81,7 @@ class TrainSession:
         seed_everything(cfg.train.seed)
         model = build_model(cfg, store.vocab, loss_kind=plan["loss"]).to(device)
         precision = make_precision(plan["precision"], device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        lr = default_lr(cfg.train.optimizer, cfg.train.lr)
-        optimizer = make_optimizer(cfg.train.optimizer, params, lr=lr, momentum=cfg.train.momentum,
-                                   weight_decay=cfg.train.weight_decay)
+        optimizer, lr = optimizer_for(cfg.train, model)
         batches = StreamBatches(store.split("train"), plan["batch_size"], plan["bptt"])
         total = cfg.train.max_steps or cfg.train.epochs * len(batches)
         schedule = make_schedule(cfg.train.schedule, optimizer, base_lr=lr, total_steps=total,

@@ -30,8 +30,8 @@ from torch import nn
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["OPTIMIZERS", "DEFAULT_LR", "default_lr", "make_optimizer", "optimizer_state_bytes", "measured_state_bytes",
-           "split_sparse_params", "sparse_embedding_optimizer", "make_optimizers"]
+__all__ = ["OPTIMIZERS", "DEFAULT_LR", "default_lr", "optimizer_for", "make_optimizer", "optimizer_state_bytes",
+           "measured_state_bytes", "split_sparse_params", "sparse_embedding_optimizer", "make_optimizers"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adafactor")
 _STEP_BYTES = 4  # the 0-d float32 `step` tensor Adam/AdamW/Adafactor keep per parameter
@@ -52,6 +52,14 @@ DEFAULT_LR = {"sgd": 20.0, "adam": 1e-3, "adamw": 1e-3, "adafactor": 1e-2}  # sg
 def default_lr(name: str, lr: float) -> float:
     """``lr`` if set (> 0), else the usual learning rate for the optimizer."""
     return lr if lr > 0 else DEFAULT_LR[name]
+
+
+def optimizer_for(train, model: nn.Module) -> tuple[torch.optim.Optimizer, float]:
+    """The optimizer a run's TrainCfg asks for over the model's trainable parameters, and its learning rate
+    (--lr 0: the optimizer's usual one)."""
+    lr = default_lr(train.optimizer, train.lr)
+    return make_optimizer(train.optimizer, model.parameters(), lr=lr, momentum=train.momentum,
+                          weight_decay=train.weight_decay), lr
 
 
 def make_optimizer(name: str, params_or_groups, *, lr: float, momentum: float = 0.0,

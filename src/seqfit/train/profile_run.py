@@ -9,7 +9,6 @@ import torch
 from seqfit.config import RunCfg
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.memory.allocator import configure_allocator
-from seqfit.train.classify import batch_to_device, classify_step
 from seqfit.train.classify_session import ClassifierSession
 from seqfit.train.loop import TrainSession
 from seqfit.train.step import lm_train_step
@@ -46,9 +45,6 @@ def _profile_classifier(cfg: RunCfg, data_dir: Path, steps: int, profiler: Phase
     group = s.largest_batches()
     s.model.train()
     for _ in range(steps):
-        with profiler.phase("data"):
-            micro = [batch_to_device(s.train_split, g, s.plan["max_length"], s.device) for g in group]
-        classify_step(s.model, micro, plan=s.plan, weight=None, precision=s.precision, optimizer=s.optimizer,
-                      clip=cfg.train.clip, phase=profiler.phase)
+        s.step(group, phase=profiler.phase)
         profiler.step_done()
     return s
