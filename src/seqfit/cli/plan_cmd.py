@@ -46,7 +46,7 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
     vocab = data.vocab_size
     consts = load_constants(requested["device"], [(cfg.model.cell, cfg.memory.precision)], calibrate_missing=calibrate,
                             echo=None if as_json else say)
-    result: dict = {"vocab_size": vocab, "constants": {"calibrated": consts.calibrated, "source": consts.source}}
+    result: dict = {"task": cfg.model.task, "vocab_size": vocab, "constants": {"calibrated": consts.calibrated, "source": consts.source}}
     if cfg.memory.budget:
         try:
             budget = parse_bytes(cfg.memory.budget)
@@ -97,7 +97,7 @@ def _human(r: dict) -> str:
     from seqfit.memory.plan import describe_plan
     from seqfit.memory.plan_classify import describe_classify_plan
 
-    classify = "mode" in r["plan"]  # a classifier's plan names its BPTT mode; a language model's its loss
+    classify = r["task"] == "classify"
     lines = [f"plan: {(describe_classify_plan if classify else describe_plan)(r['plan'])}"]
     if "budget_bytes" in r:
         lines.append(f"  chosen for --budget {format_bytes(r['budget_bytes'])}: {r['plan']['reason']}")

@@ -277,7 +277,8 @@ def prepare_text(opts: PrepareOptions) -> dict:
             else:
                 position = {name: i for i, name in enumerate(label_names)}
                 label_remap = np.array([position[x] for x in p1.labels], dtype=np.int64)
-                splits = _write_sequences(stage, p1, remap, label_remap if task.kind == "classify" else None, dtype, opts)
+                splits = _write_sequences(stage, p1, remap, label_remap if task.kind == "classify" else None, dtype, opts,
+                                          pairs=task.kind == "seq2seq")
             _remove_tmp(stage)
             vocab_text = vocab.to_json()
             (stage / "vocab.json").write_text(vocab_text, encoding="utf-8")
@@ -323,9 +324,9 @@ def _write_stream(stage: Path, p1: _Pass1, remap: np.ndarray, dtype, opts) -> di
     return splits
 
 
-def _write_sequences(stage: Path, p1: _Pass1, remap: np.ndarray, label_remap: np.ndarray | None, dtype, opts) -> dict:
+def _write_sequences(stage: Path, p1: _Pass1, remap: np.ndarray, label_remap: np.ndarray | None, dtype, opts, *,
+                     pairs: bool = False) -> dict:
     """Rewrite pass 1's ids as sequences (+ labels, or + targets: pass 1 wrote each record's source ids, then its target's)."""
-    pairs = p1.sizes["train"]["target_lengths"] + p1.sizes["valid"]["target_lengths"] + p1.sizes["test"]["target_lengths"] > 0
     splits = {}
     for split in SPLITS:
         writer = SequenceWriter(stage, split, dtype, labels=label_remap is not None, target=pairs,
