@@ -180,7 +180,7 @@ import numpy as np, torch
 from torch import nn
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceStore
-from seqfit.models.recurrent import RecurrentStack
+from seqfit.nn.recurrent import RecurrentStack
 mode, data_dir, budget, bsz, packed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 torch.manual_seed(0); torch.set_num_threads(1)  # steadier on a shared machine
 split = SequenceStore(data_dir).split("train")

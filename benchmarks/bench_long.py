@@ -78,7 +78,7 @@ def child(spec: dict) -> dict:
     from seqfit.config import ModelCfg
     from seqfit.measure.memory import read_peak_rss, reset_peak_rss
     from seqfit.models.classifier import SequenceClassifier
-    from seqfit.models.timechunk import truncated_chunks
+    from seqfit.nn.timechunk import truncated_chunks
 
     torch.set_num_threads(1)
     if spec["malloc_fix"]:

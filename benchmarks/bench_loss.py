@@ -28,7 +28,7 @@ METHODS = ("onehot", "full", "chunked", "adaptive")
 
 def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN, bf16: bool = False) -> int:
     """Peak above baseline: vocabulary-sized activations plus the (V, H) and (N, H) gradients."""
-    from seqfit.train.chunked_loss import DEFAULT_CHUNK_BUDGET, chunk_tokens_for_budget, full_logits_peak_bytes
+    from seqfit.nn.chunked_loss import DEFAULT_CHUNK_BUDGET, chunk_tokens_for_budget, full_logits_peak_bytes
 
     grads = (vocab * hidden + vocab + tokens * hidden) * 4
     logits = tokens * vocab * 4
@@ -69,7 +69,7 @@ def _child(spec: dict) -> dict:
     import torch.nn.functional as F
 
     from seqfit.measure.memory import MemorySampler, read_memory
-    from seqfit.train.chunked_loss import chunked_cross_entropy
+    from seqfit.nn.chunked_loss import chunked_cross_entropy
 
     torch.manual_seed(0)
     n, v, method = spec["tokens"], spec["vocab"], spec["method"]

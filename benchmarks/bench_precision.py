@@ -77,7 +77,7 @@ import torch
 torch.set_num_threads(int(sys.argv[1]))
 from seqfit.config import ModelCfg
 from seqfit.models.lm import LanguageModel
-from seqfit.train.optim import make_optimizer, measured_state_bytes, optimizer_state_bytes
+from seqfit.nn.optim import make_optimizer, measured_state_bytes, optimizer_state_bytes
 vocab = int(sys.argv[2])
 rows = []
 for name, momentum in (("sgd", 0.0), ("sgd", 0.9), ("adam", 0.0), ("adamw", 0.0), ("adafactor", 0.0)):

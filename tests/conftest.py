@@ -9,6 +9,10 @@ import pytest
 import torch
 
 from seqfit.data.prepare import PrepareOptions, prepare_text
+from seqfit.nn.precision import cpu_bf16_rnn_supported
+
+# bf16 training on CPU needs oneDNN's bf16 recurrent kernels (AVX-512); elsewhere seqfit refuses bf16 with one line.
+needs_cpu_bf16 = pytest.mark.skipif(not cpu_bf16_rnn_supported(), reason="this CPU has no bf16 recurrent kernels")
 
 # Tests use tiny models, which gain nothing from intra-op threads; one thread also keeps OpenMP from
 # spinning against other processes on a busy 2-core machine (a 6x slowdown seen here).

@@ -13,12 +13,14 @@ from torch import nn
 
 from seqfit.config import MemoryCfg, ModelCfg, RunCfg, TrainCfg
 from seqfit.data.store import TokenStore
+
+from conftest import needs_cpu_bf16
 from seqfit.device import resolve_device
 from seqfit.errors import SeqfitError
 from seqfit.models.lm import LanguageModel
-from seqfit.train.loop import resolve_plan
-from seqfit.train.precision import make_precision
-from seqfit.train.step import lm_train_step
+from seqfit.engine.loop import resolve_plan
+from seqfit.nn.precision import make_precision
+from seqfit.engine.step import lm_train_step
 
 VOCAB, WIDTH, STREAMS, BPTT = 40, 12, 6, 7
 LR = 0.5
@@ -130,6 +132,7 @@ def test_effective_batch_sets_accumulate(data_dir):
         resolve_plan(RunCfg(train=TrainCfg(batch_size=4), memory=MemoryCfg(effective_batch=10)), store, cpu)
 
 
+@needs_cpu_bf16
 def test_bf16_accumulation_is_close_to_one_batch_and_carries_an_fp32_state():
     bf16 = make_precision("bf16", "cpu")
     base = _model("full")

@@ -2,7 +2,7 @@ import torch
 import pytest
 
 from seqfit.errors import SeqfitError
-from seqfit.train.checkpoint import flatten_tensors, load_checkpoint, save_checkpoint, unflatten_tensors
+from seqfit.engine.checkpoint import flatten_tensors, load_checkpoint, save_checkpoint, unflatten_tensors
 
 
 def test_flatten_round_trip_keeps_types():

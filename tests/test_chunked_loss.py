@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from seqfit.errors import SeqfitError
 from seqfit.measure.memory import read_memory
-from seqfit.train.chunked_loss import (chunk_tokens_for_budget, chunked_cross_entropy, chunked_log_softmax,
+from seqfit.nn.chunked_loss import (chunk_tokens_for_budget, chunked_cross_entropy, chunked_log_softmax,
                                        full_logits_peak_bytes)
 
 N, H, V = 60, 12, 97  # 60 rows: chunks of 16 leave a ragged last chunk, chunks of 20 divide evenly

@@ -17,9 +17,9 @@ from seqfit.config import ModelCfg, RunCfg, TrainCfg, MemoryCfg
 from seqfit.data.sequences import pad_batch
 from seqfit.errors import SeqfitError
 from seqfit.models.classifier import SequenceClassifier
-from seqfit.train.classify import (_truncated_backward, check_split, class_weights, classify_step, macro_f1,
+from seqfit.engine.classify import (_truncated_backward, check_split, class_weights, classify_step, macro_f1,
                                    predict_classifier, train_classifier)
-from seqfit.train.precision import make_precision
+from seqfit.nn.precision import make_precision
 
 FP32 = make_precision("fp32", "cpu")
 

@@ -13,7 +13,7 @@ from seqfit.memory.constants import Constants
 from seqfit.memory.estimate import PARTS, DataInfo, chunk_len, estimate
 from seqfit.memory.plan import requested_plan
 from seqfit.models.build import build_model
-from seqfit.train.optim import make_optimizer, measured_state_bytes
+from seqfit.nn.optim import make_optimizer, measured_state_bytes
 
 V = 300
 
@@ -137,7 +137,7 @@ def test_calibrated_constants_change_the_activation_part_only():
 
 
 def test_chunk_len_matches_the_time_chunker():
-    from seqfit.models.timechunk import resolve_chunk
+    from seqfit.nn.timechunk import resolve_chunk
 
     for k in (-1, 1, 7, 35, 100):
         for total in (1, 10, 35, 99):

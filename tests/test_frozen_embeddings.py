@@ -6,9 +6,9 @@ import torch
 
 from seqfit.config import MemoryCfg, ModelCfg, RunCfg, TrainCfg
 from seqfit.data.store import TokenStore
-from seqfit.train.loop import TrainSession
-from seqfit.train.optim import measured_state_bytes, optimizer_state_bytes
-from seqfit.train.step import lm_train_step
+from seqfit.engine.loop import TrainSession
+from seqfit.nn.optim import measured_state_bytes, optimizer_state_bytes
+from seqfit.engine.step import lm_train_step
 
 WIDTH = 16
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import seqfit.train.narrow_loss as narrow_loss
+import seqfit.nn.narrow_loss as narrow_loss
 from seqfit.models.heads import make_output_head
-from seqfit.train.narrow_loss import narrow_autocast, narrow_logits_cross_entropy
+from seqfit.nn.narrow_loss import narrow_autocast, narrow_logits_cross_entropy
 
 
 def _inputs(n=30, hidden=6, vocab=37, bias=True, scale=1.0):

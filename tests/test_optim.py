@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqfit.errors import SeqfitError
-from seqfit.train.optim import (OPTIMIZERS, make_optimizer, make_optimizers, measured_state_bytes,
+from seqfit.nn.optim import (OPTIMIZERS, make_optimizer, make_optimizers, measured_state_bytes,
                                 optimizer_state_bytes, split_sparse_params)
 
 

@@ -135,7 +135,7 @@ def test_plan_command_and_train_budget_for_a_classifier(cli, sequences_dir, tmp_
 
 
 def test_classifier_pushed_over_budget_stops_with_a_checkpoint_and_resumes(cli, sequences_dir, tmp_path, monkeypatch):
-    import seqfit.train.classify as classify
+    import seqfit.engine.classify as classify
     from seqfit.measure.memory import read_resident
 
     monkeypatch.setenv("SEQFIT_NO_CALIBRATE", "1")

@@ -6,11 +6,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqfit.errors import SeqfitError
-from seqfit.train.precision import Precision, make_precision, widen
+from seqfit.nn.precision import Precision, make_precision, widen
+
+from conftest import needs_cpu_bf16
 
 CPU = torch.device("cpu")
 
 
+@needs_cpu_bf16
 def test_bf16_autocast_on_cpu_computes_in_bf16_and_keeps_fp32_params():
     prec = make_precision("bf16", CPU)
     lin = nn.Linear(8, 4)
@@ -33,6 +36,14 @@ def test_fp32_autocast_is_a_no_op():
 def test_fp16_on_cpu_raises_with_a_hint():
     with pytest.raises(SeqfitError, match=r"^fp16 needs a CUDA device; use --precision bf16 on CPU$"):
         make_precision("fp16", CPU)
+
+
+def test_bf16_without_cpu_kernels_is_refused_with_one_line(monkeypatch):
+    import seqfit.nn.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_rnn_supported", lambda: False)
+    with pytest.raises(SeqfitError, match=r"^this CPU has no bf16 recurrent kernels .*use --precision fp32$"):
+        make_precision("bf16", CPU)
 
 
 def test_unknown_precision_raises():
@@ -123,8 +134,8 @@ def test_state_dict_round_trip_restores_the_scaler():
     fresh.load_state_dict(saved)
     assert fresh.state_dict() == saved
     assert fresh.scaler.get_scale() == 2.0**9
-    assert make_precision("bf16", CPU).state_dict() == {}
-    make_precision("bf16", CPU).load_state_dict({})  # no-op
+    assert Precision("bf16", "cpu").state_dict() == {}
+    Precision("bf16", "cpu").load_state_dict({})  # no-op
     with pytest.raises(SeqfitError, match="GradScaler"):
         _fp16_cpu().load_state_dict({})
 
@@ -176,6 +187,7 @@ def _train(precision: str, steps: int = 100) -> float:
         return F.cross_entropy(model(held[:, :-1]).flatten(0, 1), held[:, 1:].flatten()).item()
 
 
+@needs_cpu_bf16
 def test_bf16_training_matches_fp32_within_2_percent():
     fp32, bf16 = _train("fp32"), _train("bf16")
     assert fp32 < 0.5 * torch.log(torch.tensor(50.0)).item()  # it learned the pattern

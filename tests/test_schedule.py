@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from seqfit.errors import SeqfitError
-from seqfit.train.schedule import make_schedule
+from seqfit.engine.schedule import make_schedule
 
 
 def _opt(lr: float = 1.0) -> torch.optim.Optimizer:

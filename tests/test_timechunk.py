@@ -8,9 +8,9 @@ import itertools
 import pytest
 import torch
 
-from seqfit.models import timechunk
-from seqfit.models.recurrent import RecurrentStack, detach_state
-from seqfit.models.timechunk import exact_forward, flip_valid, resolve_chunk, truncated_chunks
+from seqfit.nn import timechunk
+from seqfit.nn.recurrent import RecurrentStack, detach_state
+from seqfit.nn.timechunk import exact_forward, flip_valid, resolve_chunk, truncated_chunks
 
 B, T, I, H = 4, 23, 3, 4
 LENGTHS = torch.tensor([23, 17, 5, 1])

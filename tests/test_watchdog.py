@@ -40,7 +40,7 @@ def test_a_spike_between_checks_is_not_missed():
 
 def test_training_pushed_over_budget_stops_with_a_checkpoint_and_resumes(capsys, data_dir, tmp_path, monkeypatch):
     """A leak of 400 MB at step 3 crosses a budget the plan fits in: exit 4, checkpoint, then --resume finishes."""
-    import seqfit.train.loop as loop
+    import seqfit.engine.loop as loop
     from seqfit.cli.main import main
 
     monkeypatch.setenv("SEQFIT_NO_CALIBRATE", "1")

@@ -24,7 +24,7 @@ Examples:
 def profile(data_dir, steps, plot_path, as_json, **kwargs) -> None:
     """Run a few training steps and measure memory per phase (data, forward, loss, backward, optimizer)."""
     from seqfit.measure.plots import plot_memory_timeline
-    from seqfit.train.profile_run import profile_steps
+    from seqfit.engine.profile_run import profile_steps
 
     config_path, given = pop_config_flags(kwargs)
     cfg = resolve_config(config_path, given)

@@ -89,7 +89,7 @@ Examples:
 @json_flag
 def predict(run_dir, input_path, split_name, out, probs, data_dir, device, as_json) -> None:
     """Predict classes with a trained classifier; writes index, predicted class and confidence as CSV."""
-    from seqfit.train.classify import check_split, load_classifier_run, macro_f1, predict_classifier
+    from seqfit.engine.classify import check_split, load_classifier_run, macro_f1, predict_classifier
 
     run = load_classifier_run(run_dir, data_dir=data_dir, device=device)
     split, remap = _open_input(Path(input_path), split_name, run)

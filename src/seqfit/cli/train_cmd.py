@@ -29,7 +29,7 @@ Examples:
 def train(data_dir, out, resume, profile, tensorboard, as_json, **kwargs) -> None:
     """Train a model on a prepared data directory."""
     from seqfit.config import from_dict, load_toml
-    from seqfit.train.loop import train as run_training
+    from seqfit.engine.loop import train as run_training
 
     config_path, given = pop_config_flags(kwargs)
     base = None
@@ -40,7 +40,7 @@ def train(data_dir, out, resume, profile, tensorboard, as_json, **kwargs) -> Non
         base = from_dict(load_toml(saved))  # the resumed run keeps its config; flags given now override
     cfg = resolve_config(config_path, given, base)
     if cfg.model.task == "classify":
-        from seqfit.train.classify import train_classifier as run_training
+        from seqfit.engine.classify import train_classifier as run_training
     summary = run_training(cfg, Path(data_dir), Path(out), resume=resume, echo=say, profile=profile,
                            tensorboard=tensorboard)
     if summary.get("valid_ppl") is not None:
@@ -68,7 +68,7 @@ Examples:
 @json_flag
 def evaluate(run_dir, split, data_dir, batch_size, as_json) -> None:
     """Perplexity of a language model, or accuracy and macro-F1 of a classifier, on a split."""
-    from seqfit.train.run_files import read_run
+    from seqfit.engine.run_files import read_run
 
     task = read_run(Path(run_dir))[0].model.task
     if task == "classify":
@@ -79,8 +79,8 @@ def evaluate(run_dir, split, data_dir, batch_size, as_json) -> None:
 
 
 def _evaluate_lm(run_dir, split, data_dir, batch_size) -> tuple[dict, str]:
-    from seqfit.train.evaluate import evaluate_lm
-    from seqfit.train.run_dir import load_run
+    from seqfit.engine.evaluate import evaluate_lm
+    from seqfit.engine.run_dir import load_run
 
     run = load_run(run_dir, data_dir=data_dir)
     result = evaluate_lm(run.model, run.store.split(split), batch_size=batch_size, bptt=run.plan["bptt"],
@@ -91,7 +91,7 @@ def _evaluate_lm(run_dir, split, data_dir, batch_size) -> tuple[dict, str]:
 def _evaluate_classifier(run_dir, split, data_dir, batch_size) -> tuple[dict, str]:
     import numpy as np
 
-    from seqfit.train.classify import check_split, evaluate_classifier, load_classifier_run
+    from seqfit.engine.classify import check_split, evaluate_classifier, load_classifier_run
 
     run = load_classifier_run(run_dir, data_dir=data_dir)
     plan = {**run.plan, "micro_batch": batch_size} if batch_size else run.plan
@@ -117,8 +117,8 @@ Examples:
 def generate(run_dir, prompt, tokens, temperature, seed, data_dir, as_json) -> None:
     """Sample text from a trained language model."""
     from seqfit.data.subword import TOKENIZER_FILE
-    from seqfit.train.generate import generate as sample
-    from seqfit.train.run_dir import load_run
+    from seqfit.engine.generate import generate as sample
+    from seqfit.engine.run_dir import load_run
 
     run = load_run(run_dir, data_dir=data_dir)
     subword = run.store.dir / TOKENIZER_FILE if run.store.vocab.level == "subword" else None

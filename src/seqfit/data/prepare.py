@@ -25,10 +25,11 @@ import numpy as np
 from seqfit.atomic import staged_directory
 from seqfit.data.chunks import Positions, TextTask, init_worker, record_splits, tokenize_chunk
 from seqfit.data.parallel import default_workers, ordered_map
-from seqfit.data.readers import FORMATS, LineError, ReadOptions, read_records
+from seqfit.data.prepare_options import TASKS, PrepareOptions, check_options, check_out, sort_labels
+from seqfit.data.readers import LineError, ReadOptions, read_records
 from seqfit.data.readers.text import read_document
 from seqfit.data.sequences import SequenceWriter
-from seqfit.data.shards import DEFAULT_SHARD_BYTES, ShardWriter
+from seqfit.data.shards import ShardWriter
 from seqfit.data.sources import (SPLITS, Source, _class_files, check_not_empty, mixed_fraction, plan_chunks,
                                  resolve_sources, source_bytes)
 from seqfit.data.store import STORE_FORMAT, STORE_VERSION
@@ -37,75 +38,9 @@ from seqfit.errors import SeqfitError
 
 __all__ = ["PrepareOptions", "prepare", "prepare_text", "SPLITS", "TASKS"]
 
-TASKS = ("lm", "classify", "series", "seq2seq")
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    out: Path
-    inputs: tuple[str, ...] = ()  # split by --valid-fraction
-    train: tuple[str, ...] = ()  # explicit split files
-    valid: tuple[str, ...] = ()
-    test: tuple[str, ...] = ()
-    task: str = "lm"  # "lm" token stream | "classify" labelled sequences | "series" numeric columns
-    fmt: str = "auto"  # reader: auto (by extension) | text | jsonl | csv | parquet
-    text_field: str = "text"  # JSONL/CSV/Parquet field holding the text
-    label_field: str = ""  # field holding the class (classify)
-    target_field: str = ""  # field holding the target text (seq2seq: source/target pairs)
-    columns: tuple[str, ...] = ()  # numeric columns (series; numeric classify)
-    group_field: str = ""  # numeric classify: consecutive rows with one value form one sequence
-    dtype: str = "float32"  # numeric storage: float32 | float16
-    nan: str = "error"  # NaN/inf in numeric columns: error | drop | fill-zero | ffill
-    level: str = "word"  # word | char | subword
-    bpe_vocab: int = 8000  # subword: BPE merges + alphabet
-    min_freq: int = 1
-    max_vocab: int = 0
-    lowercase: bool = False
-    valid_fraction: float = 0.05  # used only without explicit --valid
-    pattern: str = "*"
-    encoding_errors: str = "strict"
-    shard_bytes: int = DEFAULT_SHARD_BYTES  # split arrays into files of at most this many bytes
-    workers: int = 0  # encoding processes (0: all cores for large inputs, 1 for small)
-    chunk_bytes: int = 1 << 20  # bytes of a plain text/JSONL file per work unit (a worker holds ~5x this; small keeps the peak flat)
-    embeddings: str = ""  # GloVe / word2vec text file to restrict to the vocabulary
-    embeddings_dtype: str = "float32"
-    seed: int = 0  # random rows of embeddings missing from the file
-    overwrite: bool = False
-
-
-def _check_options(opts: PrepareOptions) -> None:
-    if opts.task not in TASKS:
-        raise SeqfitError(f"unknown task {opts.task!r}; choose one of {', '.join(TASKS)}")
-    if opts.fmt not in FORMATS:
-        raise SeqfitError(f"unknown format {opts.fmt!r}; choose one of {', '.join(FORMATS)}")
-    if opts.shard_bytes < 1024:
-        raise SeqfitError(f"--shard-size must be at least 1KB, got {opts.shard_bytes} bytes")
-    if opts.workers < 0:
-        raise SeqfitError("--workers must be >= 0")
-    if (opts.task == "seq2seq") != bool(opts.target_field):
-        raise SeqfitError("source/target pairs need both --task seq2seq and --target-field (the target text's field)")
-    if opts.task == "seq2seq" and opts.columns:
-        raise SeqfitError("--task seq2seq reads text pairs; --columns (numeric) does not apply")
-
-
-def _check_out(opts: PrepareOptions) -> Path:
-    out = Path(opts.out)
-    if (out / "meta.json").exists() and not opts.overwrite:
-        raise SeqfitError(f"{out} already holds a prepared store; use --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise SeqfitError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not opts.overwrite:
-        raise SeqfitError(f"{out} is not empty; choose a new --out or use --overwrite")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SeqfitError(f"cannot create {out.parent}: {e.strerror}") from None
-    return out
-
-
 def prepare(opts: PrepareOptions) -> dict:
     """Build the store ``opts.task`` asks for; returns meta.json's content (its "report" for the user)."""
-    _check_options(opts)
+    check_options(opts)
     if opts.task == "series" or (opts.task == "classify" and opts.columns):
         from seqfit.data.prepare_numeric import prepare_numeric
         return prepare_numeric(opts)
@@ -233,19 +168,9 @@ def _remove_tmp(stage: Path) -> None:
             (stage / f".{split}.{kind}.tmp").unlink(missing_ok=True)
 
 
-def _sort_labels(names) -> list[str]:
-    """Numeric labels in numeric order ("2" before "10"), others alphabetically."""
-    def key(name: str):
-        try:
-            return (0, float(name), name)
-        except ValueError:
-            return (1, 0.0, name)
-    return sorted(names, key=key)
-
-
 def prepare_text(opts: PrepareOptions) -> dict:
     """Build a token store (task "lm") or a labelled sequence store (task "classify") from text."""
-    out = _check_out(opts)
+    out = check_out(opts)
     sources = resolve_sources(opts)
     check_not_empty(sources)
     task = _text_task(opts, sources)
@@ -271,7 +196,7 @@ def prepare_text(opts: PrepareOptions) -> dict:
             dtype = smallest_uint_dtype(len(vocab))
             get, unk = vocab.index.get, vocab.unk_id
             remap = np.fromiter((get(t, unk) for t in p1.types), dtype=dtype, count=len(p1.types))  # global id -> id
-            label_names = _sort_labels(p1.labels)
+            label_names = sort_labels(p1.labels)
             if task.kind == "lm":
                 splits = _write_stream(stage, p1, remap, dtype, opts)
             else:

@@ -20,6 +20,7 @@ import numpy as np
 
 from seqfit.atomic import staged_directory
 from seqfit.data.chunks import Chunk, Positions, label_text, record_splits
+from seqfit.data.prepare_options import check_out, sort_labels
 from seqfit.data.readers import ReadOptions, read_records
 from seqfit.data.sequences import SequenceWriter
 from seqfit.data.shards import ShardWriter
@@ -102,10 +103,9 @@ def _check(opts) -> list[str]:
 
 
 def prepare_numeric(opts) -> dict:
-    from seqfit.data.prepare import _check_out
 
     columns = _check(opts)
-    out = _check_out(opts)
+    out = check_out(opts)
     sources = resolve_sources(opts)
     check_not_empty(sources)
     started = time.perf_counter()
@@ -214,8 +214,7 @@ def _sequences(sources: list[Source], columns: list[str], opts, stage: Path, sta
     for src in sources:  # pass 1: the classes
         for _, label, where in records(src, fields, columns, opts):
             names.add(label_text(label, where))
-    from seqfit.data.prepare import _sort_labels
-    label_names = _sort_labels(names)
+    label_names = sort_labels(names)
     if len(label_names) < 2:
         raise SeqfitError(f"classification needs at least 2 classes, found {len(label_names)}")
     index = {n: i for i, n in enumerate(label_names)}

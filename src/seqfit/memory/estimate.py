@@ -104,7 +104,7 @@ def _numel(shape) -> int:
 
 def static_bytes(cfg: RunCfg, data: DataInfo, loss: str) -> dict[str, int]:
     """Weights, gradients and optimizer state at full size (fp32 parameters; see train/optim.py)."""
-    from seqfit.train.optim import optimizer_state_bytes
+    from seqfit.nn.optim import optimizer_state_bytes
 
     shapes = param_shapes(cfg.model, data.vocab_size, loss, data.counts)
     trainable = [s for _, s, t in shapes if t]
@@ -346,6 +346,6 @@ def blas_buffers(n: int, E: int, H: int, V: int, gates: int, loss: str, device: 
 
 
 def _default_chunk(vocab: int, bf16: bool) -> int:
-    from seqfit.train.chunked_loss import DEFAULT_CHUNK_BUDGET, chunk_tokens_for_budget
+    from seqfit.nn.chunked_loss import DEFAULT_CHUNK_BUDGET, chunk_tokens_for_budget
 
     return chunk_tokens_for_budget(DEFAULT_CHUNK_BUDGET, vocab, 2 if bf16 else 4)

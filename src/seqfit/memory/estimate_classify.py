@@ -2,7 +2,7 @@
 
 Same parts, same meaning of the budget (anonymous resident bytes on CPU, reserved on CUDA), same
 replay of one step as a sequence of moments, and the same per-cell constants: a classifier layer
-runs the fused kernels a language model does (seqfit.models.timechunk.run_direction), one call per
+runs the fused kernels a language model does (seqfit.nn.timechunk.run_direction), one call per
 direction. What differs:
 
     batch        the largest padded batch the sampler makes: micro-batch x the longest sequence
@@ -79,7 +79,7 @@ def worst_batch(plan: dict, data: SequenceInfo) -> tuple[int, int, int]:
 def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
     """Predicted peak bytes of a classifier step with the resolved ``plan`` (train.classify.resolve_classify_plan's
     keys); returns the keys estimate.estimate does."""
-    from seqfit.train.optim import optimizer_state_bytes
+    from seqfit.nn.optim import optimizer_state_bytes
 
     m = cfg.model
     b, T, real = worst_batch(plan, data)

@@ -94,7 +94,7 @@ def _plan(device, precision, loss, loss_chunk, micro, accumulate, bptt, checkpoi
 
 
 def _chunk_options(cfg: RunCfg, data: DataInfo) -> list[int]:
-    from seqfit.train.chunked_loss import chunk_tokens_for_budget
+    from seqfit.nn.chunked_loss import chunk_tokens_for_budget
 
     if cfg.memory.loss_chunk:
         return [cfg.memory.loss_chunk]

@@ -44,7 +44,7 @@ def sequence_info_from_dir(data_dir: str | Path, max_length: int = 0) -> Sequenc
 def requested_classify_plan(cfg: RunCfg, device: str) -> dict:
     import torch
 
-    from seqfit.train.classify import resolve_classify_plan
+    from seqfit.engine.classify import resolve_classify_plan
 
     return resolve_classify_plan(cfg, torch.device(device))
 

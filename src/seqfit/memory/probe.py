@@ -118,8 +118,8 @@ def child_main(spec: dict) -> dict:
 
 def _lm_steps(cfg: RunCfg, data_dir: Path):
     """(device, plan, step(i)) training the language model on consecutive batches, state carried."""
-    from seqfit.train.loop import TrainSession
-    from seqfit.train.step import lm_train_step
+    from seqfit.engine.loop import TrainSession
+    from seqfit.engine.step import lm_train_step
 
     s = TrainSession.build(cfg, data_dir)
     carried = {"state": s.model.init_state(s.plan["batch_size"], device=s.device)}
@@ -136,7 +136,7 @@ def _lm_steps(cfg: RunCfg, data_dir: Path):
 
 def _classifier_steps(cfg: RunCfg, data_dir: Path):
     """(device, plan, step(i)) training the classifier on its largest batches every step: the worst case."""
-    from seqfit.train.classify_session import ClassifierSession
+    from seqfit.engine.classify_session import ClassifierSession
 
     s = ClassifierSession.build(cfg, data_dir)
     group = s.largest_batches()

@@ -9,7 +9,7 @@ Pooling looks at each sequence's valid steps only:
 Both are sums of per-chunk contributions, so with ``checkpoint_time`` the time-chunked exact mode
 folds the pooling into each checkpointed chunk and never keeps a (B, T, H) output; the embedding
 lookup runs inside the chunk too. What stays alive is then the boundary states, O(T/k), plus one
-chunk's recompute in backward, O(k) (unidirectional; see seqfit.models.timechunk).
+chunk's recompute in backward, O(k) (unidirectional; see seqfit.nn.timechunk).
 
 A very long sequence can also be fed in pieces, batch after batch, with ``stream``: the carried
 state and running pooling continue it exactly (detach the carry between batches to truncate).
@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from seqfit.config import ModelCfg, RunCfg
 from seqfit.errors import SeqfitError
 from seqfit.models.lm import load_embedding_matrix
-from seqfit.models.recurrent import RecurrentStack, State, detach_state
-from seqfit.models.timechunk import exact_forward, resolve_chunk
-from seqfit.train.precision import widen
+from seqfit.nn.recurrent import RecurrentStack, State, detach_state
+from seqfit.nn.timechunk import exact_forward, resolve_chunk
+from seqfit.nn.precision import widen
 
 __all__ = ["SequenceClassifier", "StreamCarry", "build_classifier"]
 

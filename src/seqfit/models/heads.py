@@ -5,7 +5,7 @@ padding; the caller divides by the token count), a summed NLL for perplexity, an
 log-probabilities for sampling a few positions:
 
     "full"      nn.Linear-shaped weight (V, H) + bias (V,), F.cross_entropy on the (N, V) logits
-    "chunked"   the same parameters, cross-entropy a chunk of rows at a time (train/chunked_loss.py):
+    "chunked"   the same parameters, cross-entropy a chunk of rows at a time (nn/chunked_loss.py):
                 checkpoints move freely between "full" and "chunked"
     "adaptive"  nn.AdaptiveLogSoftmaxWithLoss (Grave et al. 2017, arXiv:1609.04309): a head over the
                 frequent ids plus smaller tail clusters; needs ids sorted by frequency
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqfit.errors import SeqfitError
-from seqfit.train.chunked_loss import chunked_cross_entropy, chunked_log_softmax, full_logits_peak_bytes
-from seqfit.train.narrow_loss import narrow_autocast, narrow_logits_cross_entropy
+from seqfit.nn.chunked_loss import chunked_cross_entropy, chunked_log_softmax, full_logits_peak_bytes
+from seqfit.nn.narrow_loss import narrow_autocast, narrow_logits_cross_entropy
 
 __all__ = ["OutputHead", "LinearHead", "AdaptiveHead", "make_output_head", "choose_loss_kind", "adaptive_cutoffs",
            "zipf_counts", "IGNORE_INDEX", "HEAD_KINDS"]

@@ -15,7 +15,7 @@ from torch import nn
 from seqfit.config import ModelCfg
 from seqfit.errors import SeqfitError
 from seqfit.models.heads import make_output_head
-from seqfit.models.recurrent import RecurrentStack, State
+from seqfit.nn.recurrent import RecurrentStack, State
 
 __all__ = ["LanguageModel", "load_embedding_matrix"]
 

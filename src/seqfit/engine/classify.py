@@ -39,16 +39,16 @@ from seqfit.measure.progress import Progress
 from seqfit.memory.allocator import configure_allocator
 from seqfit.memory.watchdog import Watchdog
 from seqfit.models.classifier import SequenceClassifier
-from seqfit.models.timechunk import truncated_chunks
-from seqfit.train.checkpoint import (
+from seqfit.nn.timechunk import truncated_chunks
+from seqfit.engine.checkpoint import (
     has_checkpoint,
     load_checkpoint,
     load_weights,
     save_checkpoint,
 )
-from seqfit.train.classify_session import ClassifierSession, build_model
-from seqfit.train.rng import rng_state, set_rng_state
-from seqfit.train.run_files import (
+from seqfit.engine.classify_session import ClassifierSession, build_model
+from seqfit.engine.rng import rng_state, set_rng_state
+from seqfit.engine.run_files import (
     budget_bytes,
     inference_precision,
     mean_throughput,
@@ -56,8 +56,8 @@ from seqfit.train.run_files import (
     start_run_dir,
     trim_metrics,
 )
-from seqfit.train.schedule import make_schedule
-from seqfit.train.step import no_phase
+from seqfit.engine.schedule import make_schedule
+from seqfit.engine.step import no_phase
 
 __all__ = ["resolve_classify_plan", "class_weights", "check_split", "classify_step", "evaluate_classifier",
            "sampler_for", "batch_to_device", "predict_classifier", "macro_f1", "load_classifier_run",

@@ -13,7 +13,7 @@ from seqfit.config import RunCfg, dump_toml, from_dict, load_toml
 from seqfit.errors import SeqfitError
 from seqfit.measure.memory import parse_bytes
 from seqfit.measure.metrics import read_metrics
-from seqfit.train.precision import make_precision
+from seqfit.nn.precision import make_precision
 
 __all__ = ["start_run_dir", "budget_bytes", "read_run", "inference_precision", "trim_metrics", "mean_throughput"]
 

@@ -29,15 +29,15 @@ from seqfit.memory import (
 )
 from seqfit.models.build import build_model, count_parameters
 from seqfit.models.heads import choose_loss_kind
-from seqfit.models.recurrent import detach_state
-from seqfit.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from seqfit.train.evaluate import evaluate_lm
-from seqfit.train.optim import optimizer_for
-from seqfit.train.precision import make_precision
-from seqfit.train.rng import rng_state, seed_everything, set_rng_state
-from seqfit.train.run_files import budget_bytes, mean_throughput, start_run_dir, trim_metrics
-from seqfit.train.schedule import make_schedule
-from seqfit.train.step import lm_train_step, no_phase
+from seqfit.nn.recurrent import detach_state
+from seqfit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from seqfit.engine.evaluate import evaluate_lm
+from seqfit.nn.optim import optimizer_for
+from seqfit.nn.precision import make_precision
+from seqfit.engine.rng import rng_state, seed_everything, set_rng_state
+from seqfit.engine.run_files import budget_bytes, mean_throughput, start_run_dir, trim_metrics
+from seqfit.engine.schedule import make_schedule
+from seqfit.engine.step import lm_train_step, no_phase
 
 __all__ = ["TrainSession", "resolve_plan", "train"]
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, _VF
 from torch.utils.checkpoint import checkpoint
 
-from seqfit.models.recurrent import State, detach_state
+from seqfit.nn.state import State, detach_state
 
 __all__ = ["Inputs", "TimeChunk", "resolve_chunk", "chunk_bounds", "valid_steps", "flip_valid", "run_direction",
            "direction_chunk", "direction_state", "join_states", "exact_forward", "truncated_chunks"]

@@ -10,22 +10,15 @@ shaped (directions, B, H).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
+
+from seqfit.nn.state import State, detach_state
+from seqfit.nn.timechunk import direction_chunk, direction_state, exact_forward, join_states, resolve_chunk
 
 __all__ = ["CELLS", "RecurrentStack", "detach_state", "State"]
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-State = list[Any]
-
-
-def detach_state(state: State | None) -> State | None:
-    """Cut the graph at a truncated-BPTT boundary while keeping the values."""
-    if state is None:
-        return None
-    return [tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in state]
 
 
 class RecurrentStack(nn.Module):
@@ -64,11 +57,9 @@ class RecurrentStack(nn.Module):
         fused kernels; see timechunk.run_direction): padding costs no compute, the final state is each
         sequence's own last step, and padded outputs are zero.
         ``checkpoint_time`` k != 0 gives the same result with activations checkpointed every k steps
-        (-1: about sqrt(T)); see seqfit.models.timechunk.
+        (-1: about sqrt(T)); see seqfit.nn.timechunk.
         """
         if checkpoint_time:
-            from seqfit.models.timechunk import exact_forward, resolve_chunk  # timechunk imports this module
-
             if resolve_chunk(checkpoint_time, x.shape[1]) < x.shape[1]:  # one chunk would only add a recompute
                 return exact_forward(self, x, state, lengths, checkpoint_time)
         if lengths is not None and bool((lengths == x.shape[1]).all()):
@@ -87,8 +78,6 @@ class RecurrentStack(nn.Module):
 
     def _valid_steps_only(self, layer: nn.Module, x: torch.Tensor, s, lengths: torch.Tensor):
         """One layer over right-padded x (B, T, I), each row over its first lengths[b] steps, both directions."""
-        from seqfit.models.timechunk import direction_chunk, direction_state, join_states
-
         if s is None:
             s = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)[0]
         outs, states = zip(*(direction_chunk(layer, d, x, lengths, direction_state(s, d)) for d in range(self.directions)))

@@ -17,6 +17,7 @@ https://pytorch.org/docs/stable/notes/amp_examples.html
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["PRECISIONS", "Precision", "make_precision", "widen"]
+__all__ = ["PRECISIONS", "Precision", "make_precision", "widen", "cpu_bf16_rnn_supported"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -101,6 +102,8 @@ def make_precision(name: str, device: torch.device | str) -> Precision:
         if device.type != "cuda":
             raise SeqfitError("fp16 needs a CUDA device; use --precision bf16 on CPU")
         return Precision(name, device.type, scaler=torch.amp.GradScaler("cuda"))
+    if device.type == "cpu" and not cpu_bf16_rnn_supported():
+        raise SeqfitError("this CPU has no bf16 recurrent kernels (oneDNN needs AVX-512 for them); use --precision fp32")
     if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         # pre-Ampere GPUs emulate bf16 slowly; fp16 with loss scaling is the fast path there
         raise SeqfitError(f"{torch.cuda.get_device_name(device)} has no native bf16; use --precision fp16")
@@ -110,3 +113,20 @@ def make_precision(name: str, device: torch.device | str) -> Precision:
 def widen(x: Tensor) -> Tensor:
     """float16 stored data (e.g. a half-precision feature store) -> float32 for compute; others pass."""
     return x.float() if x.dtype == torch.float16 else x
+
+
+@functools.cache
+def cpu_bf16_rnn_supported() -> bool:
+    """Whether PyTorch's fused recurrent kernels run in bf16 on this CPU.
+
+    oneDNN's bf16 RNN primitive needs AVX-512 (seen: an AVX2-only AMD EPYC raises "could not create a
+    primitive descriptor for the LSTM forward propagation primitive"), so a one-step probe asks the
+    kernel itself instead of guessing from CPU flags.
+    """
+    lstm = torch.nn.LSTM(1, 1, batch_first=True)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 1, 1))
+    except RuntimeError:
+        return False
+    return True

@@ -9,9 +9,9 @@ import torch
 from seqfit.config import RunCfg
 from seqfit.measure.profile import PhaseProfiler
 from seqfit.memory.allocator import configure_allocator
-from seqfit.train.classify_session import ClassifierSession
-from seqfit.train.loop import TrainSession
-from seqfit.train.step import lm_train_step
+from seqfit.engine.classify_session import ClassifierSession
+from seqfit.engine.loop import TrainSession
+from seqfit.engine.step import lm_train_step
 
 __all__ = ["profile_steps"]
 

@@ -14,7 +14,7 @@ so the only vocabulary-sized tensor is the narrow logits (2 bytes per logit for 
 log-sum-exp, the softmax and the bias gradient stay fp32 ("loss and its reductions in fp32").
 Measured on WikiText-2 (V = 18k, 64 x 35 tokens, H = 650, 2 CPU cores with AVX512-BF16): the whole
 bf16 training step went from 1.71x to 2.07x the speed of fp32 (benchmarks/bench_precision.py).
-The chunked loss (train/chunked_loss.py) recomputes the logits instead of keeping them: less memory,
+The chunked loss (nn/chunked_loss.py) recomputes the logits instead of keeping them: less memory,
 one more GEMM.
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from seqfit.train.chunked_loss import _check_targets
+from seqfit.nn.chunked_loss import _check_targets
 
 __all__ = ["narrow_logits_cross_entropy", "narrow_autocast"]
 

@@ -13,10 +13,10 @@ from seqfit.config import RunCfg
 from seqfit.data.sequences import SequenceSplit, SequenceStore
 from seqfit.device import resolve_device
 from seqfit.models.classifier import SequenceClassifier, build_classifier
-from seqfit.train.optim import optimizer_for
-from seqfit.train.precision import make_precision
-from seqfit.train.rng import seed_everything
-from seqfit.train.step import no_phase
+from seqfit.nn.optim import optimizer_for
+from seqfit.nn.precision import make_precision
+from seqfit.engine.rng import seed_everything
+from seqfit.engine.step import no_phase
 
 __all__ = ["ClassifierSession", "build_model"]
 
@@ -41,7 +41,7 @@ class ClassifierSession:
 
     @classmethod
     def build(cls, cfg: RunCfg, data_dir: Path) -> "ClassifierSession":
-        from seqfit.train.classify import resolve_classify_plan
+        from seqfit.engine.classify import resolve_classify_plan
 
         store = SequenceStore(data_dir)
         device = resolve_device(cfg.memory.device)
@@ -54,7 +54,7 @@ class ClassifierSession:
 
     def largest_batches(self) -> list[np.ndarray]:
         """The training batches (one accumulation group) with the most padded tokens: where memory peaks."""
-        from seqfit.train.classify import sampler_for
+        from seqfit.engine.classify import sampler_for
 
         batches = sampler_for(self.train_split, self.plan, shuffle=False).batches()
         lengths = self.train_split.lengths
@@ -65,7 +65,7 @@ class ClassifierSession:
 
     def step(self, group: list[np.ndarray], *, weight=None, phase=no_phase):
         """One optimizer step over the batches of ``group`` (index arrays); returns classify_step's StepResult."""
-        from seqfit.train.classify import batch_to_device, classify_step
+        from seqfit.engine.classify import batch_to_device, classify_step
 
         with phase("data"):
             micro = [batch_to_device(self.train_split, g, self.plan["max_length"], self.device) for g in group]

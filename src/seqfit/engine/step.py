@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from seqfit.models.recurrent import State, detach_state
+from seqfit.nn.recurrent import State, detach_state
 
 __all__ = ["StepResult", "lm_train_step", "slice_state", "cat_states", "no_phase"]
 

@@ -11,8 +11,8 @@ from seqfit.config import RunCfg
 from seqfit.data.store import TokenStore
 from seqfit.device import resolve_device
 from seqfit.models.build import build_model
-from seqfit.train.checkpoint import load_weights
-from seqfit.train.run_files import inference_precision, read_run
+from seqfit.engine.checkpoint import load_weights
+from seqfit.engine.run_files import inference_precision, read_run
 
 __all__ = ["LoadedRun", "load_run"]
 
