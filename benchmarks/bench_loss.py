@@ -4,7 +4,9 @@ For V in {10k, 50k, 250k} and 20x35 / 64x200 tokens (hidden 512), each method ru
 in a fresh child process; we report its peak RSS above the child's baseline (inputs and parameters
 already allocated) and its best time. Rows whose predicted peak would not fit (~16 GiB, or 70% of
 the memory available now) are skipped, never run. Full logits at V=250k x 64x200 never fit (38 GB),
-so a 64x50 row at V=250k compares chunked and full where both run.
+so a 64x50 row at V=250k compares chunked and full where both run. A V=100k 32x100 row at hidden 256
+(also in --quick) checks the default chunk: chunked should need >= 4x less memory than full, at <= 1.3x
+its time; chunked rows print both ratios.
 
     python benchmarks/bench_loss.py [--quick]   # table on stdout, JSON in benchmarks/results/loss.json
     python benchmarks/bench_loss.py --device cuda --skip-above 60GiB   # peak = max_memory_allocated
@@ -21,14 +23,14 @@ import sys
 import time
 from pathlib import Path
 
-HIDDEN = 512
+HIDDEN = 512  # rows may set their own ("hidden")
 SKIP_ABOVE = 16 * 2**30  # predicted bytes above which a row is skipped
 METHODS = ("onehot", "full", "chunked", "adaptive")
 
 
 def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN, bf16: bool = False) -> int:
     """Peak above baseline: vocabulary-sized activations plus the (V, H) and (N, H) gradients."""
-    from seqfit.nn.chunked_loss import DEFAULT_CHUNK_BUDGET, chunk_tokens_for_budget, full_logits_peak_bytes
+    from seqfit.nn.chunked_loss import default_chunk_tokens, full_logits_peak_bytes
 
     grads = (vocab * hidden + vocab + tokens * hidden) * 4
     logits = tokens * vocab * 4
@@ -37,10 +39,10 @@ def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN, 
     if method == "full":
         return full_logits_peak_bytes(tokens, vocab) + grads
     if method == "chunked" and bf16:  # narrower chunks (bf16 matmul output and gradient) + a bf16 weight copy
-        rows = min(tokens, chunk_tokens_for_budget(DEFAULT_CHUNK_BUDGET, vocab, 2))
+        rows = min(tokens, default_chunk_tokens(vocab, tokens, 2))
         return rows * vocab * 8 + vocab * hidden * 2 + grads
-    if method == "chunked":
-        return min(DEFAULT_CHUNK_BUDGET, logits) + grads
+    if method == "chunked":  # one (C, V) fp32 buffer, C = the default chunk
+        return min(tokens, default_chunk_tokens(vocab, tokens, 4)) * vocab * 4 + grads
     # adaptive: every token scores the head (shortlist + one logit per tail); the tokens of tail i (its
     # share of the Zipf mass) score its ids too. Logits, log-softmax and two gradients of each, fp32.
     counts, cutoffs = _zipf_targets_and_cutoffs(vocab)
@@ -72,20 +74,20 @@ def _child(spec: dict) -> dict:
     from seqfit.nn.chunked_loss import chunked_cross_entropy
 
     torch.manual_seed(0)
-    n, v, method = spec["tokens"], spec["vocab"], spec["method"]
+    n, v, method, width = spec["tokens"], spec["vocab"], spec["method"], spec.get("hidden", HIDDEN)
     dev = torch.device(spec.get("device", "cpu"))
     cuda = dev.type == "cuda"
-    hidden = torch.randn(n, HIDDEN, device=dev, requires_grad=True)  # (N, H)
+    hidden = torch.randn(n, width, device=dev, requires_grad=True)  # (N, H)
     counts, cutoffs = _zipf_targets_and_cutoffs(v)
     targets = torch.multinomial(torch.tensor(counts), n, replacement=True).to(dev)  # (N,)
     if method == "adaptive":
-        module = torch.nn.AdaptiveLogSoftmaxWithLoss(HIDDEN, v, cutoffs, div_value=4.0).to(dev)
+        module = torch.nn.AdaptiveLogSoftmaxWithLoss(width, v, cutoffs, div_value=4.0).to(dev)
         params = list(module.parameters())
 
         def step():
             return -module(hidden, targets).output.sum()
     else:
-        weight = (0.02 * torch.randn(v, HIDDEN, device=dev)).requires_grad_()  # (V, H)
+        weight = (0.02 * torch.randn(v, width, device=dev)).requires_grad_()  # (V, H)
         bias = torch.zeros(v, device=dev, requires_grad=True)  # (V,)
         params = [weight, bias]
         dtype = torch.bfloat16 if spec.get("bf16") else None
@@ -142,7 +144,23 @@ def _rows(quick: bool) -> list[dict]:
         rows.append({"vocab": 250_000, "batch": "64x200", "tokens": 12_800, "method": "chunked", "bf16": True})
     for row in rows:
         row["reps"] = 1 if quick or row["tokens"] * row["vocab"] > 10**8 else 3  # big rows: one run
+    # The default chunk's target (nn/chunked_loss.py DEFAULT_CHUNK_ROWS): two runs each, the time ratio matters.
+    rows += [{"vocab": 100_000, "batch": "32x100", "tokens": 3200, "hidden": 256, "method": m, "reps": 2}
+             for m in ("full", "chunked")]
     return rows
+
+
+def _key(r: dict) -> str:
+    """'V=100000 32x100' (+ ' H=256' when the row's hidden size is not HIDDEN)."""
+    hidden = r.get("hidden", HIDDEN)
+    return f"V={r['vocab']} {r['batch']}" + (f" H={hidden}" if hidden != HIDDEN else "")
+
+
+def _ratios(chunked: dict, full: dict | None) -> dict:
+    if not full or full.get("status") != "ok" or chunked.get("status") != "ok":
+        return {}
+    return {"memory_full_over_chunked": full["peak_bytes"] / max(chunked["peak_bytes"], 1),
+            "time_chunked_over_full": chunked["seconds"] / full["seconds"]}
 
 
 def _run_child(spec: dict, timeout: float = 900) -> dict:
@@ -170,16 +188,20 @@ def run(quick: bool = False, *, device: str = "cpu", skip_above: int = SKIP_ABOV
     for spec in _rows(quick):
         spec["device"] = device
         label = spec["method"] + ("-bf16" if spec.get("bf16") else "")
-        if only and not any(part in f"V={spec['vocab']} {spec['batch']} {label}" for part in only.split(",")):
+        if only and not any(part in f"{_key(spec)} {label}" for part in only.split(",")):
             continue
         row = {"vocab": spec["vocab"], "batch": spec["batch"], "tokens": spec["tokens"], "method": label,
+               "hidden": spec.get("hidden", HIDDEN),
                "predicted_bytes": predicted_bytes(spec["method"], spec["tokens"], spec["vocab"],
-                                                  bf16=spec.get("bf16", False))}
+                                                  spec.get("hidden", HIDDEN), bf16=spec.get("bf16", False))}
         if row["predicted_bytes"] > limit:
             row.update(status="skipped", reason=f"predicted {format_bytes(row['predicted_bytes'])} > "
                                                 f"{format_bytes(limit)}")
         else:
             row.update(_run_child(spec))
+        if label == "chunked":
+            full = next((r for r in rows if _key(r) == _key(row) and r["method"] == "full"), None)
+            row["ratios"] = _ratios(row, full)
         rows.append(row)
         print(_format_row(row), flush=True)
     return {"name": "loss", "rows": rows, "summary": _summary(rows), "hidden": HIDDEN, "skip_above_bytes": limit,
@@ -187,21 +209,21 @@ def run(quick: bool = False, *, device: str = "cpu", skip_above: int = SKIP_ABOV
 
 
 def _summary(rows: list[dict]) -> dict:
-    ok = {(r["vocab"], r["batch"], r["method"]): r for r in rows if r.get("status") == "ok"}
-    every = {(r["vocab"], r["batch"], r["method"]): r for r in rows}
+    ok = {(_key(r), r["method"]): r for r in rows if r.get("status") == "ok"}
+    every = {(_key(r), r["method"]): r for r in rows}
     ratios = {}
-    for (v, batch, method), r in ok.items():
+    for (key, method), r in ok.items():
         if method != "chunked":
             continue
-        key = f"V={v} {batch}"
-        full = ok.get((v, batch, "full"))
+        full = ok.get((key, "full"))
         if full:
-            ratios[key] = {"memory_full_over_chunked": full["peak_bytes"] / max(r["peak_bytes"], 1),
-                           "time_chunked_over_full": r["seconds"] / full["seconds"]}
-        elif (v, batch, "full") in every:  # skipped: compare with the predicted bytes
+            ratios[key] = _ratios(r, full)
+        elif (key, "full") in every:  # skipped: compare with the predicted bytes
             ratios[key] = {"memory_full_predicted_over_chunked":
-                           every[(v, batch, "full")]["predicted_bytes"] / max(r["peak_bytes"], 1)}
-        adaptive = ok.get((v, batch, "adaptive"))
+                           every[(key, "full")]["predicted_bytes"] / max(r["peak_bytes"], 1)}
+        else:
+            ratios[key] = {}
+        adaptive = ok.get((key, "adaptive"))
         if adaptive:
             ratios[key]["time_adaptive_over_chunked"] = adaptive["seconds"] / r["seconds"]
     return {"ratios": ratios}
@@ -213,7 +235,11 @@ def _format_row(r: dict) -> str:
     measured = (f"{format_bytes(r['peak_bytes']):>10} {r['seconds']:8.2f}s" if r.get("status") == "ok"
                 else f"{r.get('status', ''):>10} {'':9}")
     note = r.get("reason") or r.get("error") or ""
-    return (f"V={r['vocab']:>7} {r['batch']:>7} {r['method']:>13} predicted {format_bytes(r['predicted_bytes']):>10}"
+    if r.get("ratios"):  # chunked rows: how much less memory than full logits, at what time cost
+        note = (f"full/chunked memory {r['ratios']['memory_full_over_chunked']:5.2f}x, "
+                f"chunked/full time {r['ratios']['time_chunked_over_full']:4.2f}x  {note}")
+    label = f"{r['batch']}" + (f" H={r['hidden']}" if r.get("hidden", HIDDEN) != HIDDEN else "")
+    return (f"V={r['vocab']:>7} {label:>13} {r['method']:>13} predicted {format_bytes(r['predicted_bytes']):>10}"
             f"  peak {measured}  {note}")
 
 
@@ -230,16 +256,16 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return
+    from common import print_machine, write_result
+
     from seqfit.measure.memory import parse_bytes
 
     result = run(quick=args.quick, device=args.device, skip_above=parse_bytes(args.skip_above), only=args.only)
     print()
+    print_machine()
     for key, ratio in result["summary"]["ratios"].items():
         print(key, " ".join(f"{k}={v:.2f}" for k, v in ratio.items()))
-    out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / "loss.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    print(f"wrote {write_result(result, Path(args.out) if args.out else None)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Memory planner: predicted against measured peak, budget runs, and the planner's choice against brute force.
 
-Three parts, every measurement in a fresh child process running real training steps (TrainSession +
-lm_train_step on a synthetic token store; seqfit.memory.probe):
+Three parts, every measurement in a fresh child process running real training steps (engine Session steps
+on a synthetic token store; seqfit.memory.probe):
 
   accuracy    a grid of configs (cells, sizes, sequence lengths, vocabularies, batch sizes, precisions,
               checkpointing, loss kinds, optimizers): predicted peak next to measured peak.
@@ -290,6 +290,9 @@ def run(quick: bool = False, echo=print, parts: tuple[str, ...] = ("accuracy", "
 
 
 def _print_table(result: dict) -> None:
+    from common import print_machine
+
+    print_machine()
     print(f"\n{'config':<18}{'cell':>5}{'L':>3}{'H':>6}{'V':>7}{'B':>5}{'T':>5}{'prec':>6}{'loss':>9}{'ckpt':>5}"
           f"{'opt':>6}{'predicted':>11}{'measured':>10}{'error':>8}")
     for r in result["rows"]:
@@ -325,6 +328,7 @@ if __name__ == "__main__":
     result = run(quick="--quick" in sys.argv, parts=tuple(only.split(",")))
     _print_table(result)
     # a partial run gets its own file, so it never overwrites the full run's figures
-    out = Path(__file__).parent / "results" / ("planner.json" if only == every else f"planner-{only.replace(',', '-')}.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    from common import RESULTS, write_result
+
+    out = RESULTS / ("planner.json" if only == every else f"planner-{only.replace(',', '-')}.json")
+    print(f"-> {write_result(result, out)}")

@@ -208,5 +208,5 @@ if __name__ == "__main__":
     print_table(result)
     if result.get("optimizer_state"):
         print_table({"name": "optimizer state (2-layer LSTM 650, tied, WikiText-2 vocabulary)",
-                     "rows": result["optimizer_state"]})
+                     "rows": result["optimizer_state"]}, with_machine=False)
     print(f"-> {write_result(result)}")

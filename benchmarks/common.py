@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +31,24 @@ def run_child(code: str, *args: str, timeout: float = 1800) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def print_table(result: dict) -> None:
+def machine() -> dict:
+    """The machine block every result carries (seqfit.measure.machine; GEMM ceilings measured once per process)."""
+    from seqfit.measure.machine import machine_info
+
+    return machine_info()
+
+
+def print_machine() -> None:
+    from seqfit.measure.machine import describe_machine
+
+    print(f"machine: {describe_machine(machine())}")
+
+
+def print_table(result: dict, with_machine: bool = True) -> None:
     rows = result.get("rows", [])
     print(f"== {result['name']}" + (f": {result['note']}" if result.get("note") else ""))
+    if with_machine:
+        print_machine()
     if rows:
         cols = list(dict.fromkeys(k for r in rows for k in r))
         cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
@@ -54,9 +68,10 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def write_result(result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {**result, "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()}}
-    path = RESULTS / f"{result['name']}.json"
+def write_result(result: dict, path: Path | None = None) -> Path:
+    """Write ``result`` with its machine block to ``path`` (default: results/<name>.json)."""
+    path = Path(path) if path else RESULTS / f"{result['name']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {**result, "machine": machine()}
     path.write_text(json.dumps(result, indent=1, default=str))
     return path

@@ -1,7 +1,7 @@
 """Gradient accumulation: N micro-batches of B streams equal one batch of N * B streams.
 
 The reference is plain PyTorch on the whole batch (full logits, F.cross_entropy averaged over every
-target token, one backward, SGD), independent of lm_train_step's splitting and normalisation.
+target token, one backward, SGD), independent of the engine's splitting and normalisation.
 """
 
 import copy
@@ -15,12 +15,12 @@ from seqfit.config import MemoryCfg, ModelCfg, RunCfg, TrainCfg
 from seqfit.data.store import TokenStore
 
 from conftest import needs_cpu_bf16
-from seqfit.device import resolve_device
-from seqfit.errors import SeqfitError
+from seqfit.engine.lm import LanguageModelTask
+from seqfit.engine.step import train_step
+from seqfit.memory.estimate import DataInfo
+from seqfit.memory.plan import requested_plan
 from seqfit.models.lm import LanguageModel
-from seqfit.engine.loop import resolve_plan
 from seqfit.nn.precision import make_precision
-from seqfit.engine.step import lm_train_step
 
 VOCAB, WIDTH, STREAMS, BPTT = 40, 12, 6, 7
 LR = 0.5
@@ -41,16 +41,28 @@ def _windows(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(tokens[:, i * BPTT:(i + 1) * BPTT], tokens[:, i * BPTT + 1:(i + 1) * BPTT + 1]) for i in range(steps)]
 
 
+class WindowTask(LanguageModelTask):
+    """The language-model task over given (x, y) windows instead of a store."""
+
+    def __init__(self, windows, accumulate: int, state=None):
+        self.windows, self.device = windows, torch.device("cpu")
+        self.plan = {"accumulate": accumulate, "batch_size": STREAMS}
+        self.state, self._new_states = state, []
+
+    def micro_batches(self, group: int):
+        return self.split_streams(*self.windows[group])
+
+
 def _train(model: LanguageModel, accumulate: int, clip: float, steps: int) -> tuple[list[float], list]:
     opt = torch.optim.SGD(model.parameters(), lr=LR)
-    state = model.init_state(STREAMS)
+    windows = _windows(steps)
+    task = WindowTask(windows, accumulate)
     losses = []
-    for x, y in _windows(steps):
-        result = lm_train_step(model, x, y, state, accumulate=accumulate, precision=FP32, optimizer=opt, clip=clip)
-        assert result.tokens == y.numel()
-        losses.append(result.loss_sum / result.tokens)
-        state = result.state
-    return losses, state
+    for i, (x, y) in enumerate(windows):
+        stats = train_step(task, model, i, precision=FP32, optimizer=opt, clip=clip)
+        assert stats["tokens"] == y.numel()
+        losses.append(stats["loss_sum"] / stats["tokens"])
+    return losses, task.state
 
 
 def _reference(model: LanguageModel, clip: float, steps: int) -> tuple[list[float], list]:
@@ -117,19 +129,21 @@ def test_accumulation_needs_a_divisible_batch():
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     x, y = _windows(1)[0]
     with pytest.raises(ValueError, match="does not split into 4 micro-batches"):
-        lm_train_step(model, x, y, model.init_state(STREAMS), accumulate=4, precision=FP32, optimizer=opt, clip=0.0)
+        train_step(WindowTask([(x, y)], 4), model, 0, precision=FP32, optimizer=opt, clip=0.0)
 
 
 def test_effective_batch_sets_accumulate(data_dir):
-    store = TokenStore(data_dir)
-    cpu = resolve_device("cpu")
+    data = DataInfo(len(TokenStore(data_dir).vocab))
     cfg = RunCfg(train=TrainCfg(batch_size=4), memory=MemoryCfg(effective_batch=12, device="cpu"))
-    plan = resolve_plan(cfg, store, cpu)
+    plan = requested_plan(cfg, data, "cpu")
     assert (plan["micro_batch"], plan["accumulate"], plan["batch_size"]) == (4, 3, 12)
-    plan = resolve_plan(RunCfg(train=TrainCfg(batch_size=4), memory=MemoryCfg(accumulate=2)), store, cpu)
+    plan = requested_plan(RunCfg(train=TrainCfg(batch_size=4), memory=MemoryCfg(accumulate=2)), data, "cpu")
     assert (plan["micro_batch"], plan["accumulate"], plan["batch_size"]) == (4, 2, 8)
-    with pytest.raises(SeqfitError, match="not a multiple of --batch-size 4"):
-        resolve_plan(RunCfg(train=TrainCfg(batch_size=4), memory=MemoryCfg(effective_batch=10)), store, cpu)
+    # not a multiple of the micro-batch: the largest divisor under it (the default --batch-size never blocks)
+    plan = requested_plan(RunCfg(train=TrainCfg(batch_size=4), memory=MemoryCfg(effective_batch=10)), data, "cpu")
+    assert (plan["micro_batch"], plan["accumulate"], plan["batch_size"]) == (2, 5, 10)
+    plan = requested_plan(RunCfg(memory=MemoryCfg(effective_batch=256)), data, "cpu")  # default --batch-size 20
+    assert (plan["micro_batch"], plan["accumulate"], plan["batch_size"]) == (16, 16, 256)
 
 
 @needs_cpu_bf16
@@ -138,15 +152,15 @@ def test_bf16_accumulation_is_close_to_one_batch_and_carries_an_fp32_state():
     base = _model("full")
     one, two = copy.deepcopy(base), copy.deepcopy(base)
     x, y = _windows(1)[0]
-    results = []
+    results, tasks = [], []
     for model, accumulate in ((one, 1), (two, 2)):
         opt = torch.optim.SGD(model.parameters(), lr=LR)
-        results.append(lm_train_step(model, x, y, model.init_state(STREAMS), accumulate=accumulate,
-                                     precision=bf16, optimizer=opt, clip=0.0))
-    assert results[1].loss_sum == pytest.approx(results[0].loss_sum, rel=1e-2)
+        tasks.append(WindowTask([(x, y)], accumulate))
+        results.append(train_step(tasks[-1], model, 0, precision=bf16, optimizer=opt, clip=0.0))
+    assert results[1]["loss_sum"] == pytest.approx(results[0]["loss_sum"], rel=1e-2)
     for p, q in zip(one.parameters(), two.parameters()):
         assert p.dtype == torch.float32 and torch.allclose(p, q, rtol=1e-2, atol=1e-3)
     # the carried state stays fp32 under autocast, so an fp32 step (e.g. a resumed run) can take it
-    assert all(t.dtype == torch.float32 for layer in results[1].state for t in layer)
+    assert all(t.dtype == torch.float32 for layer in tasks[1].state for t in layer)
     opt = torch.optim.SGD(two.parameters(), lr=LR)
-    lm_train_step(two, x, y, results[1].state, accumulate=2, precision=FP32, optimizer=opt, clip=0.0)
+    train_step(tasks[1], two, 0, precision=FP32, optimizer=opt, clip=0.0)

@@ -203,3 +203,24 @@ def test_cuda_fp32_and_bf16_autocast():
     assert low.dtype == torch.float32 and rel(low, ref) < 1e-2
     for a, b in zip(low_grads, ref_grads):
         assert a.dtype == torch.float32 and rel(a, b) < 3e-2
+
+
+def spy_chunk(monkeypatch, n: int, vocab: int, bf16: bool = False) -> int:
+    """The rows per chunk chunked_cross_entropy picks by default for n rows: the Function is replaced by a spy."""
+    import seqfit.nn.chunked_loss as cl
+
+    seen = []
+    monkeypatch.setattr(cl._ChunkedCrossEntropy, "apply", lambda *args: seen.append(args[4]) or torch.zeros(()))
+    hidden, weight = torch.zeros(n, 4), torch.zeros(vocab, 4)  # H = 4: only the chunk is looked at
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        chunked_cross_entropy(hidden, weight, None, torch.zeros(n, dtype=torch.long))
+    return seen[0]
+
+
+@pytest.mark.parametrize("vocab,n", [(100_000, 3200), (18_000, 12_800)])
+def test_default_chunk_is_rows_at_the_speed_knee_not_a_gigabyte(monkeypatch, vocab, n):
+    # A 1 GiB byte budget gave 2,680 of 3,200 rows at V=100k and all 12,800 rows (the full logits) at V=18k.
+    chunk = spy_chunk(monkeypatch, n, vocab)
+    assert 512 <= chunk <= 1024
+    chunks = -(-n // chunk)
+    assert chunk % 8 == 0 and chunks * chunk - n < 8 * chunks  # balanced: no small ragged last chunk

@@ -17,8 +17,9 @@ from seqfit.config import ModelCfg, RunCfg, TrainCfg, MemoryCfg
 from seqfit.data.sequences import pad_batch
 from seqfit.errors import SeqfitError
 from seqfit.models.classifier import SequenceClassifier
-from seqfit.engine.classify import (_truncated_backward, check_split, class_weights, classify_step, macro_f1,
-                                   predict_classifier, train_classifier)
+from seqfit.engine.classify import (_truncated_backward, check_split, class_weights, macro_f1, micro_backward,
+                                   predict_classifier)
+from seqfit.engine.loop import train as train_classifier
 from seqfit.nn.precision import make_precision
 
 FP32 = make_precision("fp32", "cpu")
@@ -200,7 +201,10 @@ def learn_long_range(T, checkpoint_time, max_steps):
     g = np.random.default_rng(0)
     for step in range(max_steps):
         micro = [train.batch(g.choice(64, 16, replace=False))]
-        classify_step(model, micro, plan=p, weight=None, precision=FP32, optimizer=optimizer, clip=1.0)
+        optimizer.zero_grad()
+        micro_backward(model, micro[0], plan=p, weight=None, denom=16, precision=FP32)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
         if step % 10 == 9:
             probs, labels = predict_classifier(model, test, p, device=torch.device("cpu"), precision=FP32)
             accuracy = float((probs.argmax(1) == labels).mean())

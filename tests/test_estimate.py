@@ -143,3 +143,13 @@ def test_chunk_len_matches_the_time_chunker():
         for total in (1, 10, 35, 99):
             assert chunk_len(k, total) == resolve_chunk(k, total)
     assert chunk_len(0, 35) == 35
+
+
+@pytest.mark.parametrize("vocab,tokens,bf16", [(100_000, 3200, False), (18_000, 12_800, False),
+                                              (250_000, 12_800, True), (10_000, 700, False), (50_000, 4000, True)])
+def test_default_chunk_is_the_runtime_chunk(monkeypatch, vocab, tokens, bf16):
+    from test_chunked_loss import spy_chunk
+
+    from seqfit.memory.estimate import _default_chunk
+
+    assert _default_chunk(vocab, tokens, bf16) == spy_chunk(monkeypatch, tokens, vocab, bf16)

@@ -6,9 +6,8 @@ import torch
 
 from seqfit.config import MemoryCfg, ModelCfg, RunCfg, TrainCfg
 from seqfit.data.store import TokenStore
-from seqfit.engine.loop import TrainSession
+from seqfit.engine.session import Session
 from seqfit.nn.optim import measured_state_bytes, optimizer_state_bytes
-from seqfit.engine.step import lm_train_step
 
 WIDTH = 16
 
@@ -23,18 +22,14 @@ def _cfg(optimizer: str, *, embeddings: str = "", tie: bool = False, weight_deca
                   memory=MemoryCfg(device="cpu", loss="full"))
 
 
-def _train_steps(s: TrainSession, steps: int = 3) -> None:
-    state = s.model.init_state(s.plan["batch_size"], device=s.device)
+def _train_steps(s: Session, steps: int = 3) -> None:
     for i in range(steps):
-        x, y = s.batches.batch(i)
-        result = lm_train_step(s.model, x, y, state, accumulate=s.plan["accumulate"], precision=s.precision,
-                               optimizer=s.optimizer, clip=s.cfg.train.clip)
-        state = result.state
+        s.step(i)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "adafactor"])
 def test_frozen_embedding_is_unchanged_and_has_no_optimizer_state(data_dir, optimizer):
-    s = TrainSession.build(_cfg(optimizer), data_dir)
+    s = Session.build(_cfg(optimizer), data_dir)
     emb = s.model.embedding.weight
     before = emb.detach().clone()
     others = {n: p.detach().clone() for n, p in s.model.named_parameters() if p is not emb}
@@ -59,14 +54,14 @@ def test_frozen_pretrained_matrix_stays_exactly_as_loaded(data_dir, tmp_path):
     matrix = np.random.default_rng(0).standard_normal((vocab, WIDTH)).astype(np.float32)  # (V, E)
     path = tmp_path / "vectors.npy"
     np.save(path, matrix)
-    s = TrainSession.build(_cfg("adamw", embeddings=str(path)), data_dir)
+    s = Session.build(_cfg("adamw", embeddings=str(path)), data_dir)
     _train_steps(s)
     assert torch.equal(s.model.embedding.weight, torch.from_numpy(matrix))
 
 
 def test_frozen_tied_embedding_freezes_the_output_layer_too(data_dir):
     # a tied head reads the embedding's weight: frozen input means a fixed output projection (bias still learns)
-    s = TrainSession.build(_cfg("adam", tie=True), data_dir)
+    s = Session.build(_cfg("adam", tie=True), data_dir)
     emb = s.model.embedding.weight
     before = emb.detach().clone()
     bias = s.model.head.bias.detach().clone()

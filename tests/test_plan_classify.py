@@ -135,11 +135,11 @@ def test_plan_command_and_train_budget_for_a_classifier(cli, sequences_dir, tmp_
 
 
 def test_classifier_pushed_over_budget_stops_with_a_checkpoint_and_resumes(cli, sequences_dir, tmp_path, monkeypatch):
-    import seqfit.engine.classify as classify
+    import seqfit.engine.session as session
     from seqfit.measure.memory import read_resident
 
     monkeypatch.setenv("SEQFIT_NO_CALIBRATE", "1")
-    real_step, leaked, calls = classify.classify_step, [], []
+    real_step, leaked, calls = session.train_step, [], []
 
     def leaky_step(*args, **kwargs):
         calls.append(1)
@@ -147,7 +147,7 @@ def test_classifier_pushed_over_budget_stops_with_a_checkpoint_and_resumes(cli, 
             leaked.append(np.ones(400 * MB // 8))  # resident, anonymous, never freed
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(classify, "classify_step", leaky_step)
+    monkeypatch.setattr(session, "train_step", leaky_step)
     out = tmp_path / "run"
     budget = f"{(read_resident()[1] + 250 * MB) // MB}MB"  # fits the tiny run, not the leak
     code, _, err = cli("train", sequences_dir, "--out", out, *TINY, "--budget", budget, "--max-steps", 8)
@@ -156,7 +156,7 @@ def test_classifier_pushed_over_budget_stops_with_a_checkpoint_and_resumes(cli, 
     saved = dict(json.loads((out / "checkpoint" / "state.json").read_text())["state"]["__dict__"])
     assert saved["step"] == 3  # the step in flight when memory crossed finished; nothing more was lost
     leaked.clear()
-    monkeypatch.setattr(classify, "classify_step", real_step)
+    monkeypatch.setattr(session, "train_step", real_step)
     code, out_text, err = cli("train", sequences_dir, "--out", out, "--resume", "--max-steps", 8, "--json")
     assert code == 0, err
     assert json.loads(out_text)["step"] == 8

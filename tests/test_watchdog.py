@@ -40,12 +40,12 @@ def test_a_spike_between_checks_is_not_missed():
 
 def test_training_pushed_over_budget_stops_with_a_checkpoint_and_resumes(capsys, data_dir, tmp_path, monkeypatch):
     """A leak of 400 MB at step 3 crosses a budget the plan fits in: exit 4, checkpoint, then --resume finishes."""
-    import seqfit.engine.loop as loop
+    import seqfit.engine.session as session
     from seqfit.cli.main import main
 
     monkeypatch.setenv("SEQFIT_NO_CALIBRATE", "1")
     monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path / "cache"))
-    real_step, leaked, calls = loop.lm_train_step, [], []
+    real_step, leaked, calls = session.train_step, [], []
 
     def leaky_step(*args, **kwargs):
         calls.append(1)
@@ -53,7 +53,7 @@ def test_training_pushed_over_budget_stops_with_a_checkpoint_and_resumes(capsys,
             leaked.append(np.ones(400 * MB // 8))  # another "process": resident, anonymous, never freed
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "lm_train_step", leaky_step)
+    monkeypatch.setattr(session, "train_step", leaky_step)
     out = tmp_path / "run"
     tiny = ["--layers", "1", "--hidden", "32", "--embed", "32", "--batch-size", "4", "--bptt", "8", "--lr", "0.01",
             "--device", "cpu", "--log-every", "1", "--checkpoint-every", "100"]
@@ -73,7 +73,7 @@ def test_training_pushed_over_budget_stops_with_a_checkpoint_and_resumes(capsys,
     saved = dict(json.loads((out / "checkpoint" / "state.json").read_text())["state"]["__dict__"])
     assert saved["step"] == 3  # the step in flight when memory crossed finished; nothing more was lost
     leaked.clear()
-    monkeypatch.setattr(loop, "lm_train_step", real_step)
+    monkeypatch.setattr(session, "train_step", real_step)
     code = run("train", data_dir, "--out", out, "--resume", "--max-steps", 10, "--json")
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["step"] == 10

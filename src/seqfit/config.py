@@ -7,6 +7,7 @@ The resolved config is written to ``RUN_DIR/config.toml`` and can be fed back wi
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -18,22 +19,24 @@ import tomli_w
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["ModelCfg", "TrainCfg", "MemoryCfg", "RunCfg", "LM_BPTT", "lm_bptt", "SECTIONS", "load_toml", "merge", "dump_toml", "to_dict", "from_dict"]
+__all__ = ["ModelCfg", "TrainCfg", "MemoryCfg", "RunCfg", "LM_BPTT", "lm_bptt", "SECTIONS", "load_toml", "merge", "section_of", "from_options", "dump_toml", "to_dict", "from_dict"]
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its help text (used for the generated CLI flags)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, minimum: float | None = None,
+        below: float | None = None) -> Any:
+    """A config field with its help text (used for the generated CLI flags) and the values it accepts:
+    ``choices``, or numbers >= ``minimum`` and < ``below`` (checked by check_value, for flags and TOML alike)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "minimum": minimum, "below": below})
 
 
 @dataclass(frozen=True)
 class ModelCfg:
     task: str = opt("lm", "what the model learns", ("lm", "classify"))
     cell: str = opt("lstm", "recurrent cell", ("rnn", "lstm", "gru"))
-    layers: int = opt(2, "number of stacked recurrent layers")
-    hidden: int = opt(200, "hidden units per layer and direction")
-    embed: int = opt(200, "embedding size")
-    dropout: float = opt(0.2, "dropout on embeddings, between layers and before the output")
+    layers: int = opt(2, "number of stacked recurrent layers", minimum=1)
+    hidden: int = opt(200, "hidden units per layer and direction", minimum=1)
+    embed: int = opt(200, "embedding size", minimum=1)
+    dropout: float = opt(0.2, "dropout on embeddings, between layers and before the output", minimum=0, below=1)
     tie_weights: bool = opt(False, "share the input embedding with the output layer (LM; needs embed == hidden)")
     bidirectional: bool = opt(False, "run each layer in both directions (classification)")
     layer_norm: bool = opt(False, "layer norm on each layer's output")
@@ -44,25 +47,25 @@ class ModelCfg:
 
 @dataclass(frozen=True)
 class TrainCfg:
-    batch_size: int = opt(20, "sequences (LM: parallel streams) per micro-batch")
-    bptt: int = opt(0, "time steps per truncated-BPTT window (0: per task; LM 35, classify off)")
-    epochs: int = opt(1, "passes over the training split (ignored when --max-steps is set)")
-    max_steps: int = opt(0, "stop after this many optimizer steps (0: run --epochs)")
-    max_minutes: float = opt(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)")
-    lr: float = opt(0.0, "learning rate (0: the optimizer's usual one: sgd 20, adam/adamw 0.001, adafactor 0.01)")
+    batch_size: int = opt(20, "sequences (LM: parallel streams) per micro-batch", minimum=1)
+    bptt: int = opt(0, "time steps per truncated-BPTT window (0: per task; LM 35, classify off)", minimum=0)
+    epochs: int = opt(1, "passes over the training split (ignored when --max-steps is set)", minimum=1)
+    max_steps: int = opt(0, "stop after this many optimizer steps (0: run --epochs)", minimum=0)
+    max_minutes: float = opt(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)", minimum=0)
+    lr: float = opt(0.0, "learning rate (0: the optimizer's usual one: sgd 20, adam/adamw 0.001, adafactor 0.01)", minimum=0)
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam", "adamw", "adafactor"))
-    momentum: float = opt(0.0, "SGD momentum")
-    weight_decay: float = opt(0.0, "weight decay")
-    clip: float = opt(0.25, "clip the gradient norm to this (0: off)")
-    label_smoothing: float = opt(0.0, "label smoothing of the training loss (perplexity is always measured without it)")
+    momentum: float = opt(0.0, "SGD momentum", minimum=0)
+    weight_decay: float = opt(0.0, "weight decay", minimum=0)
+    clip: float = opt(0.25, "clip the gradient norm to this (0: off)", minimum=0)
+    label_smoothing: float = opt(0.0, "label smoothing of the training loss (perplexity is always measured without it)", minimum=0, below=1)
     schedule: str = opt("plateau", "learning-rate schedule", ("constant", "plateau", "cosine"))
-    warmup: int = opt(0, "warm-up steps (cosine schedule)")
-    seed: int = opt(1111, "random seed")
-    eval_every: int = opt(0, "validate every N steps as well as after each epoch (0: epochs only)")
-    eval_batches: int = opt(0, "validate on at most this many batches (0: the whole split)")
-    checkpoint_every: int = opt(200, "write a checkpoint every N steps (and at the end)")
-    log_every: int = opt(10, "write a metrics line every N steps")
-    max_length: int = opt(0, "longest sequence a classifier accepts (0: no limit)")
+    warmup: int = opt(0, "warm-up steps (cosine schedule)", minimum=0)
+    seed: int = opt(1111, "random seed", minimum=0)
+    eval_every: int = opt(0, "validate every N steps as well as after each epoch (0: epochs only)", minimum=0)
+    eval_batches: int = opt(0, "validate on at most this many batches (0: the whole split)", minimum=0)
+    checkpoint_every: int = opt(200, "write a checkpoint every N steps (and at the end)", minimum=0)
+    log_every: int = opt(10, "write a metrics line every N steps", minimum=1)
+    max_length: int = opt(0, "longest sequence a classifier accepts (0: no limit)", minimum=0)
     too_long: str = opt("error", "what to do with a sequence over --max-length", ("error", "truncate"))
     class_weights: str = opt("", "classifier loss weights: 'balanced' or one number per class, comma-separated (empty: equal)")
 
@@ -72,11 +75,11 @@ class MemoryCfg:
     budget: str = opt("", "memory budget, e.g. 4GB (empty: no budget)")
     precision: str = opt("fp32", "compute precision", ("fp32", "bf16", "fp16"))
     loss: str = opt("auto", "output loss: full logits, chunked, or adaptive softmax", ("auto", "full", "chunked", "adaptive"))
-    loss_chunk: int = opt(0, "tokens per chunk of the chunked loss (0: from the budget)")
-    checkpoint_time: int = opt(0, "exact activation checkpointing every k time steps (0: off, -1: about sqrt(T))")
-    accumulate: int = opt(1, "micro-batches per optimizer step")
-    effective_batch: int = opt(0, "sequences per optimizer step; sets --accumulate (0: unused)")
-    max_tokens: int = opt(0, "token budget per batch for variable-length data (0: fixed --batch-size)")
+    loss_chunk: int = opt(0, "tokens per chunk of the chunked loss (0: about 1,024, spread evenly; the planner may shrink it)", minimum=0)
+    checkpoint_time: int = opt(0, "exact activation checkpointing every k time steps (0: off, -1: about sqrt(T))", minimum=-1)
+    accumulate: int = opt(1, "micro-batches per optimizer step", minimum=1)
+    effective_batch: int = opt(0, "sequences per optimizer step; sets --accumulate (0: unused)", minimum=0)
+    max_tokens: int = opt(0, "token budget per batch for variable-length data (0: fixed --batch-size)", minimum=0)
     device: str = opt("auto", "where to train", ("auto", "cpu", "cuda"))
 
 
@@ -105,20 +108,30 @@ def field_type(section: type, name: str) -> type:
     return hint
 
 
-def check_value(section_name: str, key: str, value: Any) -> Any:
-    """Coerce a TOML or flag value to the field's type; fail loudly on unknown keys and wrong types."""
+def check_value(section_name: str, key: str, value: Any, shown: str | None = None) -> Any:
+    """Coerce a TOML or flag value to the field's type; fail loudly on unknown keys, wrong types and values
+    outside the field's choices or range. ``shown`` names the value in messages (a flag: "--hidden")."""
     section = SECTIONS[section_name]
     names = {f.name: f for f in dataclasses.fields(section)}
     if key not in names:
         raise SeqfitError(f"unknown config key [{section_name}] {key!r}; known: {', '.join(sorted(names))}")
+    shown = shown or f"config key [{section_name}] {key}"
     want = field_type(section, key)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-        raise SeqfitError(f"config key [{section_name}] {key} must be {want.__name__}, got {value!r}")
-    choices = names[key].metadata.get("choices")
+        raise SeqfitError(f"{shown} must be {want.__name__}, got {value!r}")
+    meta = names[key].metadata
+    choices = meta.get("choices")
     if choices and value not in choices:
-        raise SeqfitError(f"config key [{section_name}] {key} must be one of {', '.join(choices)}, got {value!r}")
+        raise SeqfitError(f"{shown} must be one of {', '.join(choices)}, got {value!r}")
+    low, below = meta.get("minimum"), meta.get("below")
+    if want is float and not math.isfinite(value):
+        raise SeqfitError(f"{shown} must be a finite number, got {value!r}")
+    if below is not None and not low <= value < below:
+        raise SeqfitError(f"{shown} must be in [{low:g}, {below:g}), got {value!r}")
+    if low is not None and value < low:
+        raise SeqfitError(f"{shown} must be >= {low:g}, got {value!r}")
     return value
 
 
@@ -157,6 +170,26 @@ def merge(base: RunCfg, overrides: dict[str, dict[str, Any]]) -> RunCfg:
         for key, value in values.items():
             data[section][key] = check_value(section, key, value)
     return from_dict(data)
+
+
+def section_of(key: str) -> str:
+    """The section ([model], [train] or [memory]) that holds config key ``key``."""
+    for name, section in SECTIONS.items():
+        if key in {f.name for f in dataclasses.fields(section)}:
+            return name
+    known = sorted(f.name for section in SECTIONS.values() for f in dataclasses.fields(section))
+    raise SeqfitError(f"unknown option {key!r}; known: {', '.join(known)}")
+
+
+def from_options(options: dict[str, Any], *, config_path: str | Path | None = None, base: RunCfg | None = None) -> RunCfg:
+    """defaults (or ``base``) < TOML file < ``options`` given by config key (hidden=650, budget="4GB", ...)."""
+    given: dict[str, dict[str, Any]] = {}
+    for key, value in options.items():
+        given.setdefault(section_of(key), {})[key] = check_value(section_of(key), key, value)
+    cfg = base or RunCfg()
+    if config_path:
+        cfg = merge(cfg, load_toml(config_path)) if base else from_dict(load_toml(config_path))
+    return merge(cfg, given)
 
 
 def dump_toml(cfg: RunCfg) -> str:

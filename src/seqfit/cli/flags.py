@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 import click
 
-from seqfit.config import SECTIONS, RunCfg, field_type, from_dict, load_toml, merge
+from seqfit.config import SECTIONS, RunCfg, check_value, field_type, from_dict, load_toml, merge
 
-__all__ = ["config_options", "resolve_config", "flag_name"]
+__all__ = ["config_options", "resolve_config", "flag_name", "pop_config_flags", "flat_options"]
 
 
 def flag_name(field_name: str) -> str:
@@ -53,7 +53,18 @@ def pop_config_flags(kwargs: dict[str, Any]) -> tuple[str | None, dict[str, dict
 
 def resolve_config(config_path: str | Path | None, given: dict[str, dict[str, Any]], base: RunCfg | None = None) -> RunCfg:
     """defaults (or ``base``) < TOML file < flags."""
+    for section, values in given.items():  # flags first, so a message names the flag as typed ("--hidden")
+        for key, value in values.items():
+            check_value(section, key, value, shown=flag_name(key))
     cfg = base or RunCfg()
     if config_path:
         cfg = merge(cfg, load_toml(config_path)) if base else from_dict(load_toml(config_path))
     return merge(cfg, given)
+
+
+def flat_options(given: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The flags given, checked (a message names the flag as typed), as the API's keyword options."""
+    for section, values in given.items():
+        for key, value in values.items():
+            check_value(section, key, value, shown=flag_name(key))
+    return {key: value for values in given.values() for key, value in values.items()}

@@ -17,7 +17,7 @@ Examples:
   seqfit profile data/wiki --steps 5 --hidden 650 --batch-size 64
   seqfit profile data/wiki --config run.toml --steps 3 --json --plot profile.png""")
 @click.argument("data_dir", type=click.Path())
-@click.option("--steps", type=int, default=5, show_default=True, help="training steps to measure")
+@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True, help="training steps to measure")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="write a memory timeline PNG")
 @config_options
 @json_flag

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from seqfit import __version__
+from seqfit.version import __version__
 from seqfit.cli.inspect_cmd import profile, report
 from seqfit.cli.plan_cmd import plan
 from seqfit.cli.predict_cmd import predict
@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("seqfit: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # bad flag or value: one line, like a SeqfitError (click's exit code, 2)
+        where = f"; see '{e.ctx.command_path} -h'" if e.ctx else ""
+        click.echo(f"seqfit: error: {e.format_message().replace(chr(10), ' ')}{where}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -89,9 +89,10 @@ Examples:
 @json_flag
 def predict(run_dir, input_path, split_name, out, probs, data_dir, device, as_json) -> None:
     """Predict classes with a trained classifier; writes index, predicted class and confidence as CSV."""
-    from seqfit.engine.classify import check_split, load_classifier_run, macro_f1, predict_classifier
+    from seqfit.engine.classify import check_split, macro_f1, predict_classifier
+    from seqfit.engine.run_dir import load_run
 
-    run = load_classifier_run(run_dir, data_dir=data_dir, device=device)
+    run = load_run(run_dir, data_dir=data_dir, device=device, task="classify")
     split, remap = _open_input(Path(input_path), split_name, run)
     check_split(split, run.store, max_length=run.plan["max_length"], too_long=run.plan["too_long"],
                 needs_labels=False, warn=say)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
 from seqfit.cli.common import emit, json_flag, say
-from seqfit.cli.flags import config_options, pop_config_flags, resolve_config
-from seqfit.errors import SeqfitError
+from seqfit.cli.flags import config_options, flat_options, pop_config_flags
 
 __all__ = ["train", "evaluate", "generate"]
 
@@ -28,21 +26,11 @@ Examples:
 @json_flag
 def train(data_dir, out, resume, profile, tensorboard, as_json, **kwargs) -> None:
     """Train a model on a prepared data directory."""
-    from seqfit.config import from_dict, load_toml
-    from seqfit.engine.loop import train as run_training
+    from seqfit.api import train as run_training
 
     config_path, given = pop_config_flags(kwargs)
-    base = None
-    if resume:
-        saved = Path(out) / "config.toml"
-        if not saved.is_file():
-            raise SeqfitError(f"no run to resume in {out} (no config.toml)")
-        base = from_dict(load_toml(saved))  # the resumed run keeps its config; flags given now override
-    cfg = resolve_config(config_path, given, base)
-    if cfg.model.task == "classify":
-        from seqfit.engine.classify import train_classifier as run_training
-    summary = run_training(cfg, Path(data_dir), Path(out), resume=resume, echo=say, profile=profile,
-                           tensorboard=tensorboard)
+    summary = run_training(data_dir, out, config=config_path, resume=resume, profile=profile, tensorboard=tensorboard,
+                           echo=say, **flat_options(given))
     if summary.get("valid_ppl") is not None:
         result = f"valid perplexity {summary['valid_ppl']:.2f}"
     elif summary.get("valid_accuracy") is not None:
@@ -64,43 +52,15 @@ Examples:
 @click.argument("run_dir", type=click.Path())
 @click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid", show_default=True)
 @click.option("--data", "data_dir", default=None, help="data directory (default: the one the run trained on)")
-@click.option("--batch-size", type=int, default=0, help="batch size (default: LM 10, classifier the run's own)")
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, help="batch size (default: LM 10 streams, classifier the run's own)")
 @json_flag
 def evaluate(run_dir, split, data_dir, batch_size, as_json) -> None:
     """Perplexity of a language model, or accuracy and macro-F1 of a classifier, on a split."""
-    from seqfit.engine.run_files import read_run
-
-    task = read_run(Path(run_dir))[0].model.task
-    if task == "classify":
-        result, human = _evaluate_classifier(run_dir, split, data_dir, batch_size)
-    else:
-        result, human = _evaluate_lm(run_dir, split, data_dir, batch_size or 10)
-    emit({"split": split, "task": task, **result}, as_json, f"{split}: {human}")
-
-
-def _evaluate_lm(run_dir, split, data_dir, batch_size) -> tuple[dict, str]:
-    from seqfit.engine.evaluate import evaluate_lm
     from seqfit.engine.run_dir import load_run
 
     run = load_run(run_dir, data_dir=data_dir)
-    result = evaluate_lm(run.model, run.store.split(split), batch_size=batch_size, bptt=run.plan["bptt"],
-                         device=run.device, precision=run.precision)
-    return result, f"loss {result['loss']:.4f}, perplexity {result['ppl']:.2f} over {result['tokens']:,} tokens"
-
-
-def _evaluate_classifier(run_dir, split, data_dir, batch_size) -> tuple[dict, str]:
-    import numpy as np
-
-    from seqfit.engine.classify import check_split, evaluate_classifier, load_classifier_run
-
-    run = load_classifier_run(run_dir, data_dir=data_dir)
-    plan = {**run.plan, "micro_batch": batch_size} if batch_size else run.plan
-    part = run.store.split(split)
-    seen = set(np.unique(np.asarray(run.store.split("train").labels)).tolist())
-    check_split(part, run.store, max_length=plan["max_length"], too_long=plan["too_long"], train_labels=seen, warn=say)
-    result = evaluate_classifier(run.model, part, plan, device=run.device, precision=run.precision)
-    return result, (f"loss {result['loss']:.4f}, accuracy {result['accuracy']:.2%}, macro-F1 {result['macro_f1']:.3f} "
-                    f"over {result['count']:,} sequences")
+    result, human = run.task.evaluate_split(run.model, split, run.precision, batch_size=batch_size, warn=say)
+    emit({"split": split, "task": run.cfg.model.task, **result}, as_json, f"{split}: {human}")
 
 
 @click.command(epilog="""\b
@@ -109,9 +69,9 @@ Examples:
   seqfit generate runs/py --prompt "def " --tokens 300 --temperature 0.8 --seed 3""")
 @click.argument("run_dir", type=click.Path())
 @click.option("--prompt", default="", help="text to continue")
-@click.option("--tokens", type=int, default=100, show_default=True, help="tokens to sample")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tokens", type=click.IntRange(min=1), default=100, show_default=True, help="tokens to sample")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--data", "data_dir", default=None, help="data directory (default: the one the run trained on)")
 @json_flag
 def generate(run_dir, prompt, tokens, temperature, seed, data_dir, as_json) -> None:
@@ -120,7 +80,7 @@ def generate(run_dir, prompt, tokens, temperature, seed, data_dir, as_json) -> N
     from seqfit.engine.generate import generate as sample
     from seqfit.engine.run_dir import load_run
 
-    run = load_run(run_dir, data_dir=data_dir)
+    run = load_run(run_dir, data_dir=data_dir, task="lm")
     subword = run.store.dir / TOKENIZER_FILE if run.store.vocab.level == "subword" else None
     text = sample(run.model, run.store.vocab, prompt, tokens=tokens, temperature=temperature, seed=seed,
                   device=run.device, subword=subword)

@@ -10,14 +10,19 @@ that position::
     record i of a "mixed" source -> block = block_base + i // 64 + 1
                                     valid if frac(block * golden ratio) < valid_fraction
 
-(a low-discrepancy choice: exactly the asked share of 64-record blocks, spread evenly).
+(a low-discrepancy choice: exactly the asked share of 64-record blocks, spread evenly). Labelled
+records (classification) are held out per class instead, so that a small file holds some out too and
+valid's class shares follow train's (StratifiedHoldout); both rules see records in plan order, so
+neither depends on the number of workers.
 Worker state is set once per process by ``init_worker`` (a module global, as a Pool initializer must).
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from itertools import chain
@@ -30,8 +35,8 @@ from seqfit.data.tokenize import make_batch_tokenizer, make_tokenizer
 from seqfit.data.vocab import EOS
 from seqfit.errors import SeqfitError
 
-__all__ = ["TextTask", "Chunk", "Positions", "record_splits", "init_worker", "tokenize_chunk", "ChunkResult",
-           "label_text", "BLOCK_RECORDS"]
+__all__ = ["TextTask", "Chunk", "Positions", "record_splits", "StratifiedHoldout", "init_worker", "tokenize_chunk",
+           "ChunkResult", "label_text", "BLOCK_RECORDS"]
 
 BLOCK_RECORDS = 64
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -98,6 +103,43 @@ def record_splits(split: str, first: int, n: int, block_base: int, fraction: flo
     block = block_base + (first + np.arange(n, dtype=np.int64)) // BLOCK_RECORDS + 1
     held_out = (block * _GOLDEN) % 1.0 < fraction
     return np.where(held_out, "valid", "train").astype(object)
+
+
+class StratifiedHoldout:
+    """Which records of "mixed" sources go to valid, class by class, in the order they come.
+
+    After the n-th record of class c, valid holds held(n) of that class's records::
+
+        held(n) = 0                                   n < 2 (a class's first record trains)
+                  min(n - 1, max(1, floor(n * f + u_c)))   otherwise
+
+    so valid holds about f of every class (its rounding offset u_c in [0, 1) comes from --seed and the
+    class name), at least one record of each class seen twice, and never a class's only record.
+    Held-out blocks (record_splits) would hold nothing out of a file shorter than 1 / f blocks of 64.
+    """
+
+    def __init__(self, fraction: float, seed: int):
+        self.fraction, self.seed = fraction, seed
+        self.seen: Counter = Counter()  # class -> records of mixed sources so far
+        self._offset: dict[str, float] = {}
+
+    def _held(self, n: int, label: str) -> int:
+        if n < 2 or not self.fraction:
+            return 0
+        u = self._offset.get(label)
+        if u is None:  # a stable hash (not Python's salted hash()): the same split in every process
+            u = self._offset[label] = zlib.crc32(f"{self.seed}\0{label}".encode()) / 2**32
+        return min(n - 1, max(1, math.floor(n * self.fraction + u)))
+
+    def splits(self, split: str, labels: list[str]) -> np.ndarray:
+        """Split name of each record (its class in ``labels``) of a chunk of a ``split`` source; call in plan order."""
+        if split != "mixed":
+            return np.full(len(labels), split, dtype=object)
+        out = np.empty(len(labels), dtype=object)
+        for k, label in enumerate(labels):
+            n = self.seen[label] = self.seen[label] + 1
+            out[k] = "valid" if self._held(n, label) > self._held(n - 1, label) else "train"
+        return out
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from seqfit.atomic import staged_directory
-from seqfit.data.chunks import Positions, TextTask, init_worker, record_splits, tokenize_chunk
+from seqfit.data.chunks import Positions, StratifiedHoldout, TextTask, init_worker, record_splits, tokenize_chunk
 from seqfit.data.parallel import default_workers, ordered_map
 from seqfit.data.prepare_options import TASKS, PrepareOptions, check_options, check_out, sort_labels
 from seqfit.data.readers import LineError, ReadOptions, read_records
@@ -116,6 +116,7 @@ def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass
     files = {(split, kind): open(stage / f".{split}.{kind}.tmp", "wb") for split in SPLITS for kind in _TMP}
     sizes = {split: dict.fromkeys(_TMP, 0) for split in SPLITS}
     positions = Positions()
+    stratified = StratifiedHoldout(fraction, opts.seed) if task.kind == "classify" else None
     codes = {name: i for i, name in enumerate(SPLITS)}
 
     def put(split: str, kind: str, values: np.ndarray) -> None:
@@ -135,7 +136,10 @@ def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass
                 label_counts.update(res.labels)
                 label_ids = np.fromiter((labels.setdefault(x, len(labels)) for x in res.labels), dtype=np.int64, count=n)
             first, base = positions.place(chunk, n)
-            split_of = record_splits(chunk.split, first, n, base, fraction)
+            if stratified is not None:  # classes: a share of each class, even from a small file
+                split_of = stratified.splits(chunk.split, res.labels)
+            else:
+                split_of = record_splits(chunk.split, first, n, base, fraction)
             code = np.fromiter((codes[x] for x in split_of), dtype=np.int8, count=n)
             token_code = np.repeat(code, res.record_tokens)
             for split, c in codes.items():

@@ -6,7 +6,7 @@
 Streaming throughout: readers yield bounded batches, rows are cleaned (--nan), written to shards, and
 the train split's statistics are merged batch by batch (seqfit.data.stats). A series is split in time:
 the last --valid-fraction of the mixed rows is held out, so a first pass counts rows; numeric sequences
-are held out by blocks of sequences, as texts are.
+are held out per class, as labelled texts are (chunks.StratifiedHoldout).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from seqfit.atomic import staged_directory
-from seqfit.data.chunks import Chunk, Positions, label_text, record_splits
+from seqfit.data.chunks import StratifiedHoldout, label_text
 from seqfit.data.prepare_options import check_out, sort_labels
 from seqfit.data.readers import ReadOptions, read_records
 from seqfit.data.sequences import SequenceWriter
@@ -103,7 +103,6 @@ def _check(opts) -> list[str]:
 
 
 def prepare_numeric(opts) -> dict:
-
     columns = _check(opts)
     out = check_out(opts)
     sources = resolve_sources(opts)
@@ -221,12 +220,12 @@ def _sequences(sources: list[Source], columns: list[str], opts, stage: Path, sta
     fraction = mixed_fraction(opts)
     writers = {name: SequenceWriter(stage, name, opts.dtype, num_features=len(columns), labels=True,
                                     shard_bytes=opts.shard_bytes) for name in SPLITS}
-    positions = Positions()
-    for si, src in enumerate(sources):
+    holdout = StratifiedHoldout(fraction, opts.seed)
+    for src in sources:
         for rows, label, where in records(src, fields, columns, opts):
-            first, base = positions.place(Chunk(0, si, src.split, str(src.path)), 1)
-            split = record_splits(src.split, first, 1, base, fraction)[0]
-            writers[split].add(rows, [len(rows)], [index[label_text(label, where)]])
+            name = label_text(label, where)
+            split = holdout.splits(src.split, [name])[0]
+            writers[split].add(rows, [len(rows)], [index[name]])
             if split == "train":
                 stats.update(rows)
     splits = {name: w.close() for name, w in writers.items()}

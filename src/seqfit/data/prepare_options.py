@@ -8,6 +8,7 @@ from pathlib import Path
 
 from seqfit.data.readers import FORMATS
 from seqfit.data.shards import DEFAULT_SHARD_BYTES
+from seqfit.data.vocab import SPECIALS
 from seqfit.errors import SeqfitError
 
 __all__ = ["TASKS", "PrepareOptions", "check_options", "check_out", "sort_labels"]
@@ -36,7 +37,7 @@ class PrepareOptions:
     min_freq: int = 1
     max_vocab: int = 0
     lowercase: bool = False
-    valid_fraction: float = 0.05  # used only without explicit --valid
+    valid_fraction: float = 0.05  # used only without explicit --valid (classify: of each class's records)
     pattern: str = "*"
     encoding_errors: str = "strict"
     shard_bytes: int = DEFAULT_SHARD_BYTES  # split arrays into files of at most this many bytes
@@ -44,7 +45,7 @@ class PrepareOptions:
     chunk_bytes: int = 1 << 20  # bytes of a plain text/JSONL file per work unit (a worker holds ~5x this; small keeps the peak flat)
     embeddings: str = ""  # GloVe / word2vec text file to restrict to the vocabulary
     embeddings_dtype: str = "float32"
-    seed: int = 0  # random rows of embeddings missing from the file
+    seed: int = 0  # random rows of embeddings missing from the file; where each class's held-out records fall
     overwrite: bool = False
 
 
@@ -57,6 +58,17 @@ def check_options(opts: PrepareOptions) -> None:
         raise SeqfitError(f"--shard-size must be at least 1KB, got {opts.shard_bytes} bytes")
     if opts.workers < 0:
         raise SeqfitError("--workers must be >= 0")
+    if not 0 <= opts.valid_fraction < 1:  # also catches NaN
+        raise SeqfitError(f"--valid-fraction must be in [0, 1), got {opts.valid_fraction}")
+    if opts.min_freq < 1:
+        raise SeqfitError(f"--min-freq must be >= 1, got {opts.min_freq}")
+    if 0 < opts.max_vocab <= len(SPECIALS) or opts.max_vocab < 0:
+        raise SeqfitError(f"--max-vocab must be 0 (no limit) or more than the {len(SPECIALS)} special tokens, "
+                          f"got {opts.max_vocab}")
+    if opts.level == "subword" and opts.bpe_vocab < 50:
+        raise SeqfitError(f"--bpe-vocab must be >= 50, got {opts.bpe_vocab}")
+    if opts.seed < 0:
+        raise SeqfitError(f"--seed must be >= 0, got {opts.seed}")
     if (opts.task == "seq2seq") != bool(opts.target_field):
         raise SeqfitError("source/target pairs need both --task seq2seq and --target-field (the target text's field)")
     if opts.task == "seq2seq" and opts.columns:

@@ -1,4 +1,4 @@
-"""`seqfit train --task classify`: sequence classification on a "sequences" store; accuracy and macro-F1.
+"""The classification task: one label per sequence (texts or numeric sequences), accuracy and macro-F1.
 
 How a micro-batch is backpropagated (the plan's "mode"):
 
@@ -14,72 +14,31 @@ step equals one big batch.
 
 from __future__ import annotations
 
-import json
 import math
-import signal
-import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqfit.atomic import write_text_atomic
 from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
-from seqfit.device import resolve_device
-from seqfit.errors import MemoryBudgetExceeded, SeqfitError
-from seqfit.measure.memory import MemorySampler, format_bytes
-from seqfit.measure.metrics import MetricsLog
-from seqfit.measure.profile import PhaseProfiler
-from seqfit.measure.progress import Progress
-from seqfit.memory.allocator import configure_allocator
-from seqfit.memory.watchdog import Watchdog
-from seqfit.models.classifier import SequenceClassifier
+from seqfit.engine.task import no_phase
+from seqfit.errors import SeqfitError
+from seqfit.memory.plan_classify import requested_classify_plan
+from seqfit.models.classifier import SequenceClassifier, build_classifier
 from seqfit.nn.timechunk import truncated_chunks
-from seqfit.engine.checkpoint import (
-    has_checkpoint,
-    load_checkpoint,
-    load_weights,
-    save_checkpoint,
-)
-from seqfit.engine.classify_session import ClassifierSession, build_model
-from seqfit.engine.rng import rng_state, set_rng_state
-from seqfit.engine.run_files import (
-    budget_bytes,
-    inference_precision,
-    mean_throughput,
-    read_run,
-    start_run_dir,
-    trim_metrics,
-)
-from seqfit.engine.schedule import make_schedule
-from seqfit.engine.step import no_phase
 
-__all__ = ["resolve_classify_plan", "class_weights", "check_split", "classify_step", "evaluate_classifier",
-           "sampler_for", "batch_to_device", "predict_classifier", "macro_f1", "load_classifier_run",
-           "train_classifier", "LoadedClassifier"]
+__all__ = ["ClassifierTask", "class_weights", "check_split", "micro_backward", "evaluate_classifier", "sampler_for",
+           "batch_to_device", "predict_classifier", "macro_f1", "build_model"]
 
 
-def resolve_classify_plan(cfg: RunCfg, device: torch.device) -> dict:
-    mem, t = cfg.memory, cfg.train
-    bptt = t.bptt
-    if bptt and mem.checkpoint_time:
-        raise SeqfitError("--bptt (truncated BPTT) and --checkpoint-time (exact checkpointing) exclude each other; "
-                          "choose one")
-    accumulate = mem.accumulate
-    if mem.effective_batch:
-        if mem.effective_batch % t.batch_size:
-            raise SeqfitError(f"--effective-batch {mem.effective_batch} is not a multiple of --batch-size {t.batch_size}")
-        accumulate = mem.effective_batch // t.batch_size
-    return {"device": device.type, "precision": mem.precision, "micro_batch": t.batch_size,
-            "max_tokens": mem.max_tokens, "accumulate": accumulate,
-            "mode": "truncated" if bptt else "exact" if mem.checkpoint_time else "full",
-            "bptt": bptt, "checkpoint_time": mem.checkpoint_time, "optimizer": t.optimizer,
-            "max_length": t.max_length, "too_long": t.too_long, "class_weights": t.class_weights}
+def build_model(cfg: RunCfg, store: SequenceStore) -> SequenceClassifier:
+    return build_classifier(cfg, num_classes=len(store.label_names),
+                            vocab_size=len(store.vocab) if store.vocab is not None else 0,
+                            num_features=store.num_features)
 
 
 def class_weights(spec: str, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
@@ -136,15 +95,6 @@ def batch_to_device(split: SequenceSplit, indices, max_length: int, device: torc
     return x.to(device, non_blocking=True), lengths, y.to(device, non_blocking=True)
 
 
-@dataclass
-class StepResult:
-    loss_sum: float  # summed (weighted) cross-entropy over the step's sequences
-    correct: int
-    count: int
-    tokens: int
-    stepped: bool
-
-
 def _truncated_backward(model: SequenceClassifier, x, lengths, y, *, k: int, weight, denom: int, precision):
     """Truncated BPTT over one micro-batch; returns (summed loss, logits (B, C) without grad)."""
     B, T = x.shape[:2]
@@ -168,35 +118,25 @@ def _truncated_backward(model: SequenceClassifier, x, lengths, y, *, k: int, wei
     return loss_sum, logits_all
 
 
-def classify_step(model: SequenceClassifier, micro: list, *, plan: dict, weight, precision,
-                  optimizer: torch.optim.Optimizer, clip: float, phase=no_phase) -> StepResult:
-    """One optimizer step over micro-batches [(x, lengths, y), ...]; ``phase(name)``: a profiler's hook."""
-    optimizer.zero_grad(set_to_none=True)
-    count = sum(len(y) for _, _, y in micro)
-    loss_sum, correct, tokens = 0.0, 0, 0
-    for x, lengths, y in micro:
-        if plan["mode"] == "truncated":
-            with phase("backward"):  # forward and backward interleave chunk by chunk
-                part, logits = _truncated_backward(model, x, lengths, y, k=plan["bptt"], weight=weight,
-                                                   denom=count, precision=precision)
-        else:
-            with phase("forward"), precision.autocast():
-                logits = model(x, lengths)  # (B, C)
-            with phase("loss"), precision.autocast():
-                loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="sum")
-            with phase("backward"):
-                precision.backward(loss / count)
-            part = loss.item()
-            del loss  # frees this micro-batch's graph before the next one is built
-        loss_sum += part
-        correct += int((logits.argmax(1) == y).sum())
-        tokens += int(lengths.sum())
-    with phase("optimizer"):
-        precision.unscale_(optimizer)
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
-        stepped = precision.step(optimizer)
-    return StepResult(loss_sum, correct, count, tokens, stepped)
+def micro_backward(model: SequenceClassifier, micro, *, plan: dict, weight, denom: int, precision,
+                   phase=no_phase) -> dict[str, float]:
+    """Forward, loss / denom and backward of one micro-batch (x, lengths, y); its summed statistics."""
+    x, lengths, y = micro
+    if plan["mode"] == "truncated":
+        with phase("backward"):  # forward and backward interleave chunk by chunk
+            part, logits = _truncated_backward(model, x, lengths, y, k=plan["bptt"], weight=weight,
+                                               denom=denom, precision=precision)
+    else:
+        with phase("forward"), precision.autocast():
+            logits = model(x, lengths)  # (B, C)
+        with phase("loss"), precision.autocast():
+            loss = F.cross_entropy(logits.float(), y, weight=weight, reduction="sum")
+        with phase("backward"):
+            precision.backward(loss / denom)
+        part = loss.item()
+        del loss  # frees this micro-batch's graph before the next one is built
+    return {"loss_sum": part, "correct": int((logits.argmax(1) == y).sum()), "count": len(y),
+            "tokens": int(lengths.sum())}
 
 
 def macro_f1(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
@@ -248,176 +188,108 @@ def evaluate_classifier(model: SequenceClassifier, split: SequenceSplit, plan: d
             "macro_f1": macro_f1(pred, labels, model.num_classes), "count": int(len(labels))}
 
 
-@dataclass
-class LoadedClassifier:
-    cfg: RunCfg
-    plan: dict
-    store: SequenceStore
-    model: SequenceClassifier
-    device: torch.device
-    precision: object
+class ClassifierTask:
+    name = "classify"
 
+    def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.store = SequenceStore(data_dir)
+        self.plan = requested_classify_plan(cfg, device.type)
+        self.train_split = self.store.split("train")
+        self.valid = self.store.split("valid") if self.store.has_split("valid") else None
+        self.sampler = sampler_for(self.train_split, self.plan, shuffle=True, seed=cfg.train.seed)
+        self.weight: torch.Tensor | None = None
+        self._epoch_groups: tuple[int, list] | None = None
 
-def load_classifier_run(run_dir: str | Path, *, data_dir: str | Path | None = None, device: str = "auto") -> LoadedClassifier:
-    run_dir = Path(run_dir)
-    cfg, plan, info = read_run(run_dir)
-    if cfg.model.task != "classify":
-        raise SeqfitError(f"{run_dir} holds a {cfg.model.task!r} model, not a classifier")
-    store = SequenceStore(Path(data_dir or info["data_dir"]))
-    dev = resolve_device(device)
-    model = build_model(cfg, store)
-    load_weights(run_dir, model)
-    model.to(dev).eval()
-    precision = inference_precision(plan["precision"], dev)
-    return LoadedClassifier(cfg, plan, store, model, dev, precision)
+    def check_data(self, warn) -> None:
+        plan = self.plan
+        check_split(self.train_split, self.store, max_length=plan["max_length"], too_long=plan["too_long"], warn=warn)
+        if self.valid is not None:
+            seen = set(np.unique(np.asarray(self.train_split.labels)).tolist())
+            check_split(self.valid, self.store, max_length=plan["max_length"], too_long=plan["too_long"],
+                        train_labels=seen, warn=warn)
 
+    def build_model(self) -> SequenceClassifier:
+        model = build_model(self.cfg, self.store)
+        weight = class_weights(self.plan["class_weights"], np.asarray(self.train_split.labels), model.num_classes)
+        self.weight = None if weight is None else weight.to(self.device)
+        return model
 
-def train_classifier(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, echo=print,
-                     profile: bool = False, tensorboard: bool = False) -> dict:
-    """Train (or resume) a sequence classifier; returns the summary also written to RUN_DIR/summary.json."""
-    run_dir = Path(run_dir)
-    if not resume and (has_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
-        raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
-    device = resolve_device(cfg.memory.device)
-    budget = budget_bytes(cfg)
-    if budget and not resume:  # a resumed run keeps the plan its config.toml holds
-        from seqfit.memory.plan import data_info_for, plan_for_budget
+    def describe(self, model) -> str:
+        plan = self.plan
+        return (f"{plan['device']} {plan['precision']}, {plan['mode']} BPTT"
+                + (f" (k={plan['bptt'] or plan['checkpoint_time']})" if plan["mode"] != "full" else "")
+                + f", batch {plan['max_tokens'] and str(plan['max_tokens']) + ' tokens' or plan['micro_batch']}"
+                + f" x {plan['accumulate']}, {len(self.store.label_names)} classes, "
+                + f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
-        choice = plan_for_budget(cfg, data_info_for(cfg, data_dir), budget)  # BudgetError: nothing built yet
-        cfg = choice.cfg
-        echo(f"--budget {format_bytes(budget)}: predicted peak {format_bytes(choice.plan['predicted_peak_bytes'])}, "
-             f"{choice.plan['reason']}")
-    if device.type == "cpu":
-        configure_allocator()  # before any tensor: freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
-    t = cfg.train
-    s = ClassifierSession.build(cfg, data_dir)  # checks the options; nothing is written before the data checks
-    store, plan, train_split = s.store, s.plan, s.train_split
-    check_split(train_split, store, max_length=plan["max_length"], too_long=plan["too_long"], warn=echo)
-    seen = set(np.unique(np.asarray(train_split.labels)).tolist())
-    valid = store.split("valid") if store.has_split("valid") else None
-    if valid is not None:
-        check_split(valid, store, max_length=plan["max_length"], too_long=plan["too_long"], train_labels=seen, warn=echo)
-    start_run_dir(run_dir, cfg, data_dir)
-    model, optimizer, precision, lr = s.model, s.optimizer, s.precision, s.lr
-    weight = class_weights(plan["class_weights"], np.asarray(train_split.labels), model.num_classes)
-    weight = None if weight is None else weight.to(device)
-    sampler = sampler_for(train_split, plan, shuffle=True, seed=t.seed)
-    steps_per_epoch = math.ceil(len(sampler) / plan["accumulate"])
-    total_steps = t.max_steps or t.epochs * steps_per_epoch
-    schedule = make_schedule(t.schedule, optimizer, base_lr=lr, total_steps=total_steps, warmup=t.warmup)
-    step, epoch, batch_index = 0, 0, 0
-    if resume:
-        saved = load_checkpoint(run_dir, model)
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        precision.load_state_dict(saved["precision"])
-        step, epoch, batch_index = saved["step"], saved["epoch"], saved["batch_index"]
-        set_rng_state(saved["rng"])
-        trim_metrics(run_dir / "metrics.jsonl", step)
-    write_text_atomic(run_dir / "plan.json", json.dumps({"plan": plan}, indent=1))
-    echo(f"plan: {plan['device']} {plan['precision']}, {plan['mode']} BPTT"
-         + (f" (k={plan['bptt'] or plan['checkpoint_time']})" if plan["mode"] != "full" else "")
-         + f", batch {plan['max_tokens'] and str(plan['max_tokens']) + ' tokens' or plan['micro_batch']}"
-         + f" x {plan['accumulate']}, {len(store.label_names)} classes, {sum(p.numel() for p in model.parameters()):,} parameters")
+    # -- data --
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.sampler) / self.plan["accumulate"])
 
-    def checkpoint() -> None:
-        save_checkpoint(run_dir, model, {
-            "step": step, "epoch": epoch, "batch_index": batch_index, "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(), "precision": precision.state_dict(), "rng": rng_state(), "plan": plan})
+    def epoch_groups(self, epoch: int) -> list[list[np.ndarray]]:
+        """The epoch's shuffled batches, ``accumulate`` to a step."""
+        if self._epoch_groups is None or self._epoch_groups[0] != epoch:
+            self.sampler.set_epoch(epoch)
+            batches, n = self.sampler.batches(), self.plan["accumulate"]
+            self._epoch_groups = (epoch, [batches[i:i + n] for i in range(0, len(batches), n)])
+        return self._epoch_groups[1]
 
-    def validate() -> dict | None:
-        if valid is None:
+    def probe_group(self, step: int) -> list[np.ndarray]:
+        """The training batches (one accumulation group) with the most padded tokens: where memory peaks."""
+        batches = sampler_for(self.train_split, self.plan, shuffle=False).batches()
+        lengths = self.train_split.lengths
+        if self.plan["max_length"]:
+            lengths = np.minimum(lengths, self.plan["max_length"])
+        batches = sorted(batches, key=lambda b: len(b) * int(lengths[b].max()), reverse=True)
+        return batches[:self.plan["accumulate"]]
+
+    def micro_batches(self, group: list[np.ndarray]) -> list:
+        return [batch_to_device(self.train_split, g, self.plan["max_length"], self.device) for g in group]
+
+    def denominator(self, micro) -> int:
+        return sum(len(y) for _, _, y in micro)
+
+    def backward(self, model, micro, *, denom: int, precision, phase) -> dict[str, float]:
+        return micro_backward(model, micro, plan=self.plan, weight=self.weight, denom=denom, precision=precision,
+                              phase=phase)
+
+    def end_step(self) -> None:
+        pass
+
+    def start_epoch(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    # -- metrics --
+    def train_metrics(self, stats: dict) -> dict:
+        return {"loss": stats["loss_sum"] / stats["count"], "accuracy": stats["correct"] / stats["count"]}
+
+    def validate(self, model, precision) -> dict | None:
+        if self.valid is None:
             return None
-        result = evaluate_classifier(model, valid, plan, device=device, precision=precision, weight=weight,
-                                     max_batches=t.eval_batches)
-        log.write({"kind": "valid", "step": step, "epoch": epoch, **result})
-        progress.write(f"step {step} epoch {epoch}: valid loss {result['loss']:.3f} accuracy {result['accuracy']:.3f} "
-                       f"macro-F1 {result['macro_f1']:.3f}")
-        return {"step": step, **result}
+        return evaluate_classifier(model, self.valid, self.plan, device=self.device, precision=precision,
+                                   weight=self.weight, max_batches=self.cfg.train.eval_batches)
 
-    log = MetricsLog(run_dir / "metrics.jsonl", append=resume, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
-    profiler = PhaseProfiler(device) if profile else None
-    memory = MemorySampler(interval=0.05, keep_timeline=True)
-    progress = Progress(total_steps, desc="train", initial=step)
-    last_valid, interrupted = None, False
-    watchdog = Watchdog(budget, memory, device.type) if budget else None
-    over_budget: MemoryBudgetExceeded | None = None
-    window = {"tokens": 0, "loss": 0.0, "correct": 0, "count": 0, "start": time.perf_counter()}
-    deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes else math.inf
-    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    model.train()
-    try:
-        with memory:
-            while step < total_steps and (t.max_steps or epoch < t.epochs):
-                sampler.set_epoch(epoch)
-                batches = sampler.batches()
-                if batch_index >= len(batches):  # epoch done: validate, anneal, next epoch
-                    epoch, batch_index = epoch + 1, 0
-                    last_valid = validate()
-                    if last_valid is not None:
-                        schedule.on_validation(last_valid["loss"])
-                    window["start"] = time.perf_counter()
-                    continue
-                group = batches[batch_index:batch_index + plan["accumulate"]]
-                result = s.step(group, weight=weight, phase=profiler.phase if profiler else no_phase)
-                if profiler:
-                    profiler.step_done()
-                schedule.step()
-                step, batch_index = step + 1, batch_index + len(group)
-                if watchdog:
-                    watchdog.check(step)  # MemoryBudgetExceeded: this step is checkpointed below, exit 4
-                for key in ("tokens", "correct", "count"):
-                    window[key] += getattr(result, key)
-                window["loss"] += result.loss_sum
-                if not math.isfinite(result.loss_sum):
-                    raise SeqfitError(f"the loss became {result.loss_sum} at step {step}: lower --lr or use --clip")
-                if step % t.log_every == 0 or step == total_steps:
-                    elapsed = time.perf_counter() - window["start"]
-                    mem = memory.last
-                    loss, acc = window["loss"] / window["count"], window["correct"] / window["count"]
-                    log.write({"kind": "train", "step": step, "epoch": epoch, "loss": loss, "accuracy": acc,
-                               "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": window["tokens"] / elapsed,
-                               "rss": mem.rss, "anon": mem.anon, "cuda_allocated": mem.cuda_allocated})
-                    progress.update(step - progress.n, loss=f"{loss:.3f}", acc=f"{acc:.3f}",
-                                    tok_s=f"{window['tokens'] / elapsed:,.0f}", mem=format_bytes(mem.rss))
-                    window.update(tokens=0, loss=0.0, correct=0, count=0, start=time.perf_counter())
-                if t.eval_every and step % t.eval_every == 0:
-                    last_valid = validate()
-                    window["start"] = time.perf_counter()
-                if t.checkpoint_every and step % t.checkpoint_every == 0:
-                    checkpoint()
-                if time.monotonic() > deadline:
-                    progress.write(f"--max-minutes {t.max_minutes:g} reached at step {step}")
-                    break
-    except KeyboardInterrupt:
-        interrupted = True
-    except MemoryBudgetExceeded as e:
-        over_budget = e
-    finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
-        progress.close()
-        if profiler:
-            profiler.close()
-            write_text_atomic(run_dir / "profile.json", json.dumps(profiler.to_json(), indent=1))
-            echo(profiler.format_table())
-    if batch_index >= len(sampler.batches()):  # the last step ended an epoch
-        epoch, batch_index = epoch + 1, 0
-    checkpoint()
-    if over_budget is not None:
-        log.close()
-        raise over_budget
-    if interrupted:
-        log.close()
-        raise SeqfitError(f"interrupted at step {step}; checkpoint saved, continue with --resume")
-    if valid is not None and (last_valid is None or last_valid["step"] != step):
-        last_valid = validate()
-    summary = {"step": step, "epoch": epoch, "parameters": sum(p.numel() for p in model.parameters()), "plan": plan,
-               "valid_loss": last_valid and last_valid["loss"], "valid_accuracy": last_valid and last_valid["accuracy"],
-               "valid_macro_f1": last_valid and last_valid["macro_f1"], "valid_ppl": None,
-               "peak_rss": memory.peak_rss, "peak_anon": memory.peak_anon,
-               "tokens_per_s": mean_throughput(run_dir / "metrics.jsonl")}
-    log.write({"kind": "end", **{k: v for k, v in summary.items() if k != "plan"}})
-    log.close()
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
-    write_text_atomic(run_dir / "memory_timeline.json", json.dumps(memory.timeline))
-    return summary
+    def describe_valid(self, result: dict) -> str:
+        return f"valid loss {result['loss']:.3f} accuracy {result['accuracy']:.3f} macro-F1 {result['macro_f1']:.3f}"
+
+    def evaluate_split(self, model, split: str, precision, *, batch_size: int = 0, warn=None) -> tuple[dict, str]:
+        """`seqfit evaluate`: loss, accuracy and macro-F1 on a labelled split (``batch_size``: default the run's)."""
+        plan = {**self.plan, "micro_batch": batch_size} if batch_size else self.plan
+        part = self.store.split(split)
+        seen = set(np.unique(np.asarray(self.train_split.labels)).tolist())
+        check_split(part, self.store, max_length=plan["max_length"], too_long=plan["too_long"], train_labels=seen,
+                    warn=warn or warnings.warn)
+        result = evaluate_classifier(model, part, plan, device=self.device, precision=precision)
+        return result, (f"loss {result['loss']:.4f}, accuracy {result['accuracy']:.2%}, "
+                        f"macro-F1 {result['macro_f1']:.3f} over {result['count']:,} sequences")
+
+    def summary(self, last_valid: dict | None) -> dict:
+        return {"valid_loss": last_valid and last_valid["loss"], "valid_accuracy": last_valid and last_valid["accuracy"],
+                "valid_macro_f1": last_valid and last_valid["macro_f1"], "valid_ppl": None}

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import torch
 
-from seqfit import __version__
 from seqfit.atomic import write_text_atomic
 from seqfit.config import RunCfg, dump_toml, from_dict, load_toml
 from seqfit.errors import SeqfitError
 from seqfit.measure.memory import parse_bytes
 from seqfit.measure.metrics import read_metrics
 from seqfit.nn.precision import make_precision
+from seqfit.version import __version__
 
 __all__ = ["start_run_dir", "budget_bytes", "read_run", "inference_precision", "trim_metrics", "mean_throughput"]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from seqfit.config import RunCfg, merge
 from seqfit.memory.constants import CellCoefs, Constants, default_constants
 from seqfit.memory.estimate import DataInfo, estimate
-from seqfit.memory.plan import requested_plan
+from seqfit.memory.requested import requested_plan
 
 __all__ = ["cache_dir", "cache_path", "load_constants", "calibrate", "probe_config", "NO_CALIBRATE_ENV"]
 

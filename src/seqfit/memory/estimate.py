@@ -196,7 +196,7 @@ def _tail_shares(bounds: list[int], vocab: int, counts) -> list[float]:
 
 
 def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
-    """Predicted peak bytes of training ``cfg`` with the resolved ``plan`` (keys as train.loop.resolve_plan).
+    """Predicted peak bytes of training ``cfg`` with the resolved ``plan`` (keys as plan.requested_plan).
 
     Returns {"peak", "parts" (bytes by part at the peak, summing to it), "phase" (where it peaks),
     "phases" (each phase's own peak), "sizes" (weights/gradients/optimizer state at full size),
@@ -210,7 +210,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     b, T, acc = plan["micro_batch"], plan["bptt"], plan["accumulate"]
     bf16 = plan["precision"] != "fp32"
     loss, device = plan["loss"], plan["device"]
-    chunk = plan.get("loss_chunk") or _default_chunk(V, bf16)
+    chunk = plan.get("loss_chunk") or _default_chunk(V, b * T, bf16)
     sizes = static_bytes(cfg, data, loss)
     coefs = consts.coefs(m.cell, plan["precision"])
     k = chunk_len(plan.get("checkpoint_time", 0), T)
@@ -345,7 +345,8 @@ def blas_buffers(n: int, E: int, H: int, V: int, gates: int, loss: str, device: 
     return int(min(consts.blas_cap, max(2 * k * (m + o) for m, k, o in shapes)))
 
 
-def _default_chunk(vocab: int, bf16: bool) -> int:
-    from seqfit.nn.chunked_loss import DEFAULT_CHUNK_BUDGET, chunk_tokens_for_budget
+def _default_chunk(vocab: int, tokens: int, bf16: bool) -> int:
+    """The chunk the chunked loss takes when --loss-chunk is 0: the runtime's own function, not a copy of it."""
+    from seqfit.nn.chunked_loss import default_chunk_tokens
 
-    return chunk_tokens_for_budget(DEFAULT_CHUNK_BUDGET, vocab, 2 if bf16 else 4)
+    return default_chunk_tokens(vocab, tokens, 2 if bf16 else 4)

@@ -77,7 +77,7 @@ def worst_batch(plan: dict, data: SequenceInfo) -> tuple[int, int, int]:
 
 
 def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
-    """Predicted peak bytes of a classifier step with the resolved ``plan`` (train.classify.resolve_classify_plan's
+    """Predicted peak bytes of a classifier step with the resolved ``plan`` (plan_classify.requested_classify_plan's
     keys); returns the keys estimate.estimate does."""
     from seqfit.nn.optim import optimizer_state_bytes
 

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seqfit.config import RunCfg, lm_bptt
-from seqfit.errors import BudgetError, SeqfitError
+from seqfit.errors import BudgetError
 from seqfit.measure.memory import format_bytes
+from seqfit.memory.batch_split import effective_batch
 from seqfit.memory.constants import Constants
+from seqfit.memory.requested import plan_dict, requested_plan, run_device
 from seqfit.memory.estimate import DataInfo, estimate
 from seqfit.memory.throughput import tokens_per_second
 
@@ -33,13 +35,15 @@ __all__ = ["SAFETY_MARGIN", "PlanChoice", "data_info_from_dir", "effective_batch
            "estimate_for", "score_plan"]
 
 SAFETY_MARGIN = 0.07  # plans must fit in budget x (1 - this): the estimator's error on bench_planner is below it
-CHUNK_BUDGETS = (64 * 2**20, 16 * 2**20, 4 * 2**20)  # (C, V) fp32 buffer sizes tried for the chunked loss
+# The chunked loss's rows per chunk tried: its default (nn/chunked_loss.default_chunk_tokens) divided by these.
+# Each halving halves the (C, V) buffer; the time grows as ~1/C (1.28x full logits at 256 rows, 1.58x at 64).
+CHUNK_DIVISORS = (1, 2, 4, 8, 16)
 
 
 @dataclass(frozen=True)
 class PlanChoice:
     cfg: RunCfg  # the resolved config: train with this one
-    plan: dict  # resolve_plan's keys + predicted_peak_bytes, predicted_tokens_per_s, reason
+    plan: dict  # requested_plan's keys + predicted_peak_bytes, predicted_tokens_per_s, reason
     parts: dict[str, int]  # predicted bytes by part at the peak (they add up to the peak)
     alternatives: list[dict] = field(default_factory=list)  # other plans with their peak, speed and fit
     budget: int = 0
@@ -60,46 +64,15 @@ def data_info_from_dir(data_dir: str | Path) -> DataInfo:
     return DataInfo(vocab_size=int(meta["vocab_size"]), train_tokens=int(train), counts=counts)
 
 
-def effective_batch(cfg: RunCfg) -> int:
-    """Streams per optimizer step the user asked for (--effective-batch, else batch size x accumulate)."""
-    return cfg.memory.effective_batch or cfg.train.batch_size * cfg.memory.accumulate
-
-
-def run_device(cfg: RunCfg) -> str:
-    """The device type the config trains on (cpu or cuda)."""
-    from seqfit.device import resolve_device
-
-    return resolve_device(cfg.memory.device).type
-
-
-def requested_plan(cfg: RunCfg, data: DataInfo, device: str | None = None) -> dict:
-    """The plan the config asks for as it stands (what train.loop.resolve_plan would give), no budget."""
-    from seqfit.models.heads import choose_loss_kind
-
-    device = device or run_device(cfg)
-    mem, micro = cfg.memory, cfg.train.batch_size
-    eff = effective_batch(cfg)
-    if eff % micro:
-        raise SeqfitError(f"--effective-batch {eff} is not a multiple of --batch-size {micro}")
-    loss = mem.loss if mem.loss != "auto" else choose_loss_kind(data.vocab_size, micro * lm_bptt(cfg.train), None)
-    return _plan(device, mem.precision, loss, mem.loss_chunk, micro, eff // micro, lm_bptt(cfg.train),
-                 mem.checkpoint_time, cfg.train.optimizer)
-
-
-def _plan(device, precision, loss, loss_chunk, micro, accumulate, bptt, checkpoint_time, optimizer) -> dict:
-    return {"device": device, "precision": precision, "loss": loss,
-            "loss_chunk": loss_chunk if loss == "chunked" else 0, "micro_batch": micro, "accumulate": accumulate,
-            "batch_size": micro * accumulate, "bptt": bptt,
-            "checkpoint_time": checkpoint_time, "optimizer": optimizer}
-
-
-def _chunk_options(cfg: RunCfg, data: DataInfo) -> list[int]:
-    from seqfit.nn.chunked_loss import chunk_tokens_for_budget
+def _chunk_options(cfg: RunCfg, data: DataInfo, tokens: int) -> list[int]:
+    """Rows per chunk to try for a micro-batch of ``tokens`` rows: the runtime's default and smaller ones."""
+    from seqfit.nn.chunked_loss import balanced_chunk, default_chunk_tokens
 
     if cfg.memory.loss_chunk:
         return [cfg.memory.loss_chunk]
-    width = 2 if cfg.memory.precision != "fp32" else 4
-    return sorted({chunk_tokens_for_budget(b, data.vocab_size, width) for b in CHUNK_BUDGETS}, reverse=True)
+    default = default_chunk_tokens(data.vocab_size, tokens, 2 if cfg.memory.precision != "fp32" else 4)
+    smaller = {balanced_chunk(tokens, default // d // 8 * 8) for d in CHUNK_DIVISORS[1:] if default // d >= 16}
+    return sorted({default} | smaller, reverse=True)
 
 
 def _checkpoint_options(cfg: RunCfg) -> list[int]:
@@ -119,14 +92,14 @@ def candidates(cfg: RunCfg, data: DataInfo, device: str | None = None) -> list[d
     for micro in sorted((d for d in range(1, eff + 1) if eff % d == 0), reverse=True):
         for k in _checkpoint_options(cfg):
             for loss in losses:
-                for chunk in (_chunk_options(cfg, data) if loss == "chunked" else [0]):
-                    out.append(_plan(device, cfg.memory.precision, loss, chunk, micro, eff // micro, lm_bptt(cfg.train),
+                for chunk in (_chunk_options(cfg, data, micro * lm_bptt(cfg.train)) if loss == "chunked" else [0]):
+                    out.append(plan_dict(device, cfg.memory.precision, loss, chunk, micro, eff // micro, lm_bptt(cfg.train),
                                      k, cfg.train.optimizer))
     return out
 
 
 def apply_plan(cfg: RunCfg, plan: dict) -> RunCfg:
-    """The config whose resolve_plan gives ``plan``: micro-batch, accumulation, loss and checkpointing set."""
+    """The config whose requested_plan gives ``plan``: micro-batch, accumulation, loss and checkpointing set."""
     return dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, batch_size=plan["micro_batch"]),
         memory=dataclasses.replace(cfg.memory, accumulate=plan["accumulate"], effective_batch=0, loss=plan["loss"],

@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from seqfit.config import RunCfg
+from seqfit.errors import SeqfitError
+from seqfit.memory.batch_split import split_effective_batch
 from seqfit.memory.constants import Constants
-from seqfit.memory.estimate_classify import SequenceInfo, estimate_classifier, worst_batch
+from seqfit.memory.estimate_classify import (
+    SequenceInfo,
+    estimate_classifier,
+    worst_batch,
+)
 from seqfit.memory.throughput import classifier_step_seconds
 
 __all__ = ["sequence_info_from_dir", "requested_classify_plan", "classify_candidates", "apply_classify_plan",
@@ -42,11 +48,17 @@ def sequence_info_from_dir(data_dir: str | Path, max_length: int = 0) -> Sequenc
 
 
 def requested_classify_plan(cfg: RunCfg, device: str) -> dict:
-    import torch
-
-    from seqfit.engine.classify import resolve_classify_plan
-
-    return resolve_classify_plan(cfg, torch.device(device))
+    """The plan the config asks for as it stands (no budget): batching, BPTT mode and the classifier's options."""
+    mem, t = cfg.memory, cfg.train
+    if t.bptt and mem.checkpoint_time:
+        raise SeqfitError("--bptt (truncated BPTT) and --checkpoint-time (exact checkpointing) exclude each other; "
+                          "choose one")
+    micro, accumulate = split_effective_batch(cfg)
+    return {"device": device, "precision": mem.precision, "micro_batch": micro,
+            "max_tokens": mem.max_tokens, "accumulate": accumulate,
+            "mode": "truncated" if t.bptt else "exact" if mem.checkpoint_time else "full",
+            "bptt": t.bptt, "checkpoint_time": mem.checkpoint_time, "optimizer": t.optimizer,
+            "max_length": t.max_length, "too_long": t.too_long, "class_weights": t.class_weights}
 
 
 def classify_candidates(cfg: RunCfg, data: SequenceInfo, device: str) -> list[dict]:

@@ -19,12 +19,13 @@ from __future__ import annotations
 from seqfit.config import ModelCfg
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 from seqfit.memory.estimate import GATES, chunk_len
+from seqfit.nn.chunked_loss import default_chunk_tokens
 
 __all__ = ["step_seconds", "tokens_per_second", "classifier_step_seconds"]
 
 
 def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> float:
-    """Predicted seconds for one optimizer step of ``plan`` (keys as train.loop.resolve_plan)."""
+    """Predicted seconds for one optimizer step of ``plan`` (keys as plan.requested_plan)."""
     b, T, acc = plan["micro_batch"], plan["bptt"], plan["accumulate"]
     g, H, E, L = GATES[model.cell], model.hidden, model.embed, model.layers
     n = b * T
@@ -38,7 +39,8 @@ def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DE
     else:
         head = 3 * 2 * n * H * vocab * consts.seconds_per_flop + 3 * n * vocab * consts.seconds_per_flop * 10
         if plan["loss"] == "chunked":
-            chunks = -(-n // max(1, plan.get("loss_chunk") or n))
+            chunk = plan.get("loss_chunk") or default_chunk_tokens(vocab, n, 4 if plan["precision"] == "fp32" else 2)
+            chunks = -(-n // chunk)
             head = head * 4 / 3 + 4 * chunks * consts.seconds_per_call  # a few small kernels per chunk
     return acc * (rnn + head)
 

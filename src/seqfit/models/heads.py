@@ -198,7 +198,7 @@ def make_output_head(kind: str, hidden: int, vocab_size: int, *, tied_embedding:
     """Build the output head named by kind ("full", "chunked" or "adaptive"), see the module docstring.
 
     counts: corpus count per id, for the adaptive cutoffs (Zipf is assumed without them).
-    chunk_tokens: rows per chunk for "chunked"; 0 picks it from chunked_loss.DEFAULT_CHUNK_BUDGET.
+    chunk_tokens: rows per chunk for "chunked"; 0 picks chunked_loss.default_chunk_tokens.
     """
     if kind not in HEAD_KINDS:
         raise SeqfitError(f"unknown output head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")

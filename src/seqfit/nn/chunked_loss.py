@@ -25,15 +25,23 @@ import torch
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["chunked_cross_entropy", "chunked_log_softmax", "chunk_tokens_for_budget", "full_logits_peak_bytes",
+__all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "chunked_log_softmax", "chunk_tokens_for_budget",
+           "default_chunk_tokens", "balanced_chunk", "full_logits_peak_bytes", "DEFAULT_CHUNK_ROWS",
            "DEFAULT_CHUNK_BUDGET"]
 
 # Every chunk re-reads the (V, H) weight and reads and writes its (V, H) gradient, while its matmuls
 # grow with the C rows, so the overhead is ~1/C whatever V is. On 2 CPU cores at V=250k, H=512 (N=2048),
 # loss + backward took 1.58x / 1.28x / 1.06x / 1.03x the time of full logits at C = 64 / 256 / 512 / 1024
-# rows. 1 GiB of fp32 chunk gives C ~ 1070 at V=250k (and more at smaller V); pass chunk_tokens (from
-# chunk_tokens_for_budget) when memory is tighter than that.
-DEFAULT_CHUNK_BUDGET = 2**30
+# rows. At V=100k, H=256, N=3200 (2 threads, best of 3, interleaved, on a shared machine): 1.40x / 1.10x /
+# 1.03x / 1.01x / 1.01x at C = 256 / 512 / 800 / 1024 / 2048; on 1 thread chunked beat full logits at every
+# C (0.5-0.8x: full logits' three (N, V) passes are memory-bound).
+# So the default chunk is sized in rows, at the knee, not in bytes: a byte budget alone (1 GiB before) let
+# one chunk hold all 12,800 rows of a 64 x 200 batch at V = 18k, i.e. the full logits, and 2,700 of 3,200
+# rows at V = 100k -- a user who asks for the chunked loss is asking for memory. DEFAULT_CHUNK_BUDGET caps
+# the (C, V) buffers at very large V: 512 MiB keeps C >= 512 rows (<= 1.10x) up to V = 262k in fp32.
+# Under --budget the planner tries smaller chunks (memory/plan.py CHUNK_DIVISORS).
+DEFAULT_CHUNK_ROWS = 1024
+DEFAULT_CHUNK_BUDGET = 512 * 2**20
 
 
 def chunk_tokens_for_budget(budget_bytes: int, vocab: int, dtype_bytes: int = 4) -> int:
@@ -50,6 +58,29 @@ def chunk_tokens_for_budget(budget_bytes: int, vocab: int, dtype_bytes: int = 4)
     rows = budget_bytes // per_row
     # Multiples of 8 rows keep the matmul tiles whole; below 8 take what fits, at least one row.
     return max(1, rows - rows % 8 if rows >= 8 else rows)
+
+
+def balanced_chunk(tokens: int, rows: int) -> int:
+    """At most ``rows`` rows a chunk, spread evenly over the chunks that ``tokens`` rows need.
+
+    3,200 rows at C = 1,024 run as 4 chunks of 800, not 3 x 1,024 + 128: the buffer is 22% smaller for the
+    same number of chunks (the same time). Rounded up to whole 8-row tiles, which never passes ``rows``
+    when it is a multiple of 8.
+    """
+    if tokens <= 0 or rows <= 0:
+        return rows
+    chunks = -(-tokens // rows)
+    even = -(-tokens // chunks)  # <= rows
+    return min(rows, even + (-even) % 8)
+
+
+def default_chunk_tokens(vocab: int, tokens: int, dtype_bytes: int = 4) -> int:
+    """Rows per chunk when none is given: DEFAULT_CHUNK_ROWS capped by DEFAULT_CHUNK_BUDGET, balanced over tokens.
+
+    The planner's estimate (memory/estimate.py) calls this too, so it predicts the chunk the runtime takes.
+    """
+    rows = min(DEFAULT_CHUNK_ROWS, chunk_tokens_for_budget(DEFAULT_CHUNK_BUDGET, vocab, dtype_bytes))
+    return balanced_chunk(tokens, rows)
 
 
 def full_logits_peak_bytes(tokens: int, vocab: int, dtype_bytes: int = 4) -> int:
@@ -171,12 +202,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, grad_b, None, None, None, None
 
 
-def _resolve_chunk(chunk_tokens: int, vocab: int, matmul_dtype: torch.dtype) -> int:
+def _resolve_chunk(chunk_tokens: int, vocab: int, tokens: int, matmul_dtype: torch.dtype) -> int:
     if chunk_tokens < 0:
-        raise SeqfitError(f"chunk_tokens must be >= 0 (0 picks it from the default budget), got {chunk_tokens}")
+        raise SeqfitError(f"chunk_tokens must be >= 0 (0: default_chunk_tokens), got {chunk_tokens}")
     if chunk_tokens:
         return chunk_tokens
-    return chunk_tokens_for_budget(DEFAULT_CHUNK_BUDGET, vocab, torch.empty((), dtype=matmul_dtype).element_size())
+    return default_chunk_tokens(vocab, tokens, torch.empty((), dtype=matmul_dtype).element_size())
 
 
 def _check_targets(targets: torch.Tensor, vocab: int) -> None:
@@ -191,7 +222,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
     """F.cross_entropy(hidden @ weight.T + bias, targets) without the (N, V) logits; fp32 scalar.
 
     hidden (..., H), targets (...) int64, weight (V, H) (a tied embedding weight works as is: autograd adds
-    its two gradients), bias (V,) or None. chunk_tokens rows per chunk, 0 = from DEFAULT_CHUNK_BUDGET.
+    its two gradients), bias (V,) or None. chunk_tokens rows per chunk, 0 = default_chunk_tokens.
     Rows whose target is ignore_index contribute nothing; reduction "mean" divides by the kept rows, as
     F.cross_entropy does.
     """
@@ -214,7 +245,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
     if targets.numel() == 0:
         total = hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph so backward still runs
         return total.float()
-    chunk = _resolve_chunk(chunk_tokens, vocab, matmul_dtype)
+    chunk = _resolve_chunk(chunk_tokens, vocab, targets.shape[0], matmul_dtype)
     total = _ChunkedCrossEntropy.apply(hidden, weight, bias, targets, chunk, float(label_smoothing), matmul_dtype)
     return total / targets.shape[0] if reduction == "mean" else total
 
@@ -230,7 +261,7 @@ def chunked_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     hidden = hidden.reshape(-1, hidden.shape[-1])  # (N, H)
     matmul_dtype = _matmul_dtype(hidden, weight)
     n, vocab = hidden.shape[0], weight.shape[0]
-    chunk = _resolve_chunk(chunk_tokens, vocab, matmul_dtype)
+    chunk = _resolve_chunk(chunk_tokens, vocab, n, matmul_dtype)
     out = torch.empty(n, vocab, dtype=torch.float32, device=hidden.device)  # (N, V)
     with _autocast_off(hidden.device.type):
         w = weight.to(matmul_dtype)  # (V, H)
@@ -240,3 +271,20 @@ def chunked_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
             z.sub_(torch.logsumexp(z, dim=1, keepdim=True))  # (c, V) log-probabilities
     return out
 
+
+
+class ChunkedCrossEntropy(torch.nn.Module):
+    """chunked_cross_entropy as a module: ``loss(hidden, weight, bias, targets)``, e.g. with an output
+    nn.Linear ``out``: ``loss(h, out.weight, out.bias, y)`` in place of ``F.cross_entropy(out(h), y)``."""
+
+    def __init__(self, *, chunk_tokens: int = 0, ignore_index: int = -100, label_smoothing: float = 0.0,
+                 reduction: str = "mean"):
+        super().__init__()
+        self.chunk_tokens, self.ignore_index = chunk_tokens, ignore_index
+        self.label_smoothing, self.reduction = label_smoothing, reduction
+
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                targets: torch.Tensor) -> torch.Tensor:
+        return chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=self.chunk_tokens,
+                                     ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                                     reduction=self.reduction)

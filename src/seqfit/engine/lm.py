@@ -1,0 +1,144 @@
+"""The language-model task: token streams with the state carried across batches (truncated BPTT).
+
+A batch of B streams is split into ``accumulate`` micro-batches of B / accumulate streams, each with
+its own slice of the carried state; the loss is divided by the whole batch's target tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from seqfit.config import RunCfg
+from seqfit.data.batching import StreamBatches
+from seqfit.data.store import TokenStore
+from seqfit.engine.evaluate import EVAL_STREAMS, evaluate_lm
+from seqfit.memory.estimate import DataInfo
+from seqfit.memory.plan import requested_plan
+from seqfit.models.build import build_model, count_parameters
+from seqfit.nn.state import State, detach_state
+
+__all__ = ["LanguageModelTask", "slice_state", "cat_states"]
+
+
+def slice_state(state: State, rows: slice) -> State:
+    return [tuple(t[:, rows] for t in s) if isinstance(s, tuple) else s[:, rows] for s in state]
+
+
+def cat_states(states: list[State]) -> State:
+    """Join per-micro-batch states back along the batch dimension (dim 1 of (directions, B, H))."""
+    joined = []
+    for layer in zip(*states):
+        if isinstance(layer[0], tuple):
+            joined.append(tuple(torch.cat(parts, dim=1) for parts in zip(*layer)))
+        else:
+            joined.append(torch.cat(layer, dim=1))
+    return joined
+
+
+class LanguageModelTask:
+    name = "lm"
+
+    def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.store = TokenStore(data_dir)
+        self.plan = requested_plan(cfg, DataInfo(len(self.store.vocab)), device.type)
+        self.batches = StreamBatches(self.store.split("train"), self.plan["batch_size"], self.plan["bptt"])
+        self.model = None
+        self.state: State | None = None  # carried across batches; None: zeros at the next batch
+        self._new_states: list[State] = []
+
+    def check_data(self, warn) -> None:
+        pass  # TokenStore checked the store against its vocabulary and meta.json on opening
+
+    def build_model(self):
+        self.model = build_model(self.cfg, self.store.vocab, loss_kind=self.plan["loss"])
+        return self.model
+
+    def describe(self, model) -> str:
+        p = self.plan
+        return (f"{p['device']} {p['precision']}, batch {p['micro_batch']} x {p['accumulate']} accumulated, "
+                f"bptt {p['bptt']}, loss {p['loss']}, optimizer {p['optimizer']}, "
+                f"{count_parameters(model):,} parameters")
+
+    # -- data --
+    def steps_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def epoch_groups(self, epoch: int) -> range:
+        return range(len(self.batches))  # the same streams every epoch
+
+    def probe_group(self, step: int) -> int:
+        return step % len(self.batches)  # every batch is the same size
+
+    def micro_batches(self, group: int) -> list[tuple[torch.Tensor, torch.Tensor, slice]]:
+        return self.split_streams(*self.batches.batch(group))
+
+    def split_streams(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, slice]]:
+        """Inputs and targets (B, T) of one batch -> ``accumulate`` micro-batches of streams, on the device."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        accumulate = self.plan["accumulate"]
+        if x.shape[0] % accumulate:
+            raise ValueError(f"batch of {x.shape[0]} streams does not split into {accumulate} micro-batches")
+        micro = x.shape[0] // accumulate
+        rows = [slice(k * micro, (k + 1) * micro) for k in range(accumulate)]
+        return [(x[r], y[r], r) for r in rows]
+
+    def denominator(self, micro) -> int:
+        return sum(y.numel() for _, y, _ in micro)
+
+    # -- one micro-batch --
+    def backward(self, model, micro, *, denom: int, precision, phase) -> dict[str, float]:
+        x, y, rows = micro
+        if self.state is None:
+            self.state = model.init_state(self.plan["batch_size"], device=self.device)
+        with phase("forward"), precision.autocast():
+            feats, s = model.features(x, slice_state(self.state, rows))  # (b, T, H)
+        with phase("loss"), precision.autocast():
+            loss = model.head.loss(feats.reshape(-1, feats.shape[-1]), y.reshape(-1))
+        with phase("backward"):
+            precision.backward(loss / denom)
+        self._new_states.append(detach_state(s))
+        loss_sum = loss.item()
+        del loss, feats  # frees this micro-batch's graph before the next one is built
+        return {"loss_sum": loss_sum, "tokens": y.numel()}
+
+    def end_step(self) -> None:
+        states, self._new_states = self._new_states, []
+        self.state = cat_states(states) if len(states) > 1 else states[0]
+
+    def start_epoch(self) -> None:
+        self.state = None
+
+    def state_dict(self) -> dict:
+        return {"hidden": detach_state(self.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        hidden = state.get("hidden")
+        self.state = None if hidden is None else [
+            tuple(t.to(self.device) for t in s) if isinstance(s, tuple) else s.to(self.device) for s in hidden]
+
+    # -- metrics --
+    def train_metrics(self, stats: dict) -> dict:
+        return {"loss": stats["loss_sum"] / stats["tokens"]}
+
+    def validate(self, model, precision) -> dict | None:
+        if not self.store.has_split("valid"):
+            return None
+        # EVAL_STREAMS streams, not the micro-batch: the same run under another plan reports the same perplexity
+        return evaluate_lm(model, self.store.split("valid"), bptt=self.plan["bptt"], device=self.device,
+                           precision=precision, max_batches=self.cfg.train.eval_batches)
+
+    def describe_valid(self, result: dict) -> str:
+        return f"valid loss {result['loss']:.3f} ppl {result['ppl']:.2f} ({result['streams']} streams)"
+
+    def evaluate_split(self, model, split: str, precision, *, batch_size: int = 0, warn=None) -> tuple[dict, str]:
+        """`seqfit evaluate`: perplexity on a split (``batch_size`` streams, default EVAL_STREAMS)."""
+        result = evaluate_lm(model, self.store.split(split), batch_size=batch_size or EVAL_STREAMS,
+                             bptt=self.plan["bptt"], device=self.device, precision=precision)
+        return result, (f"loss {result['loss']:.4f}, perplexity {result['ppl']:.2f} over {result['tokens']:,} tokens "
+                        f"({result['streams']} streams, each from a zero state)")
+
+    def summary(self, last_valid: dict | None) -> dict:
+        return {"valid_loss": last_valid and last_valid["loss"], "valid_ppl": last_valid and last_valid["ppl"]}

@@ -1,0 +1,21 @@
+"""The tasks `--task` can name, each a module of the engine that implements engine.task.Task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from seqfit.config import RunCfg
+from seqfit.engine.classify import ClassifierTask
+from seqfit.engine.lm import LanguageModelTask
+from seqfit.engine.task import Task
+
+__all__ = ["TASKS", "make_task"]
+
+TASKS: dict[str, type] = {"lm": LanguageModelTask, "classify": ClassifierTask}
+
+
+def make_task(cfg: RunCfg, data_dir: Path, device: torch.device) -> Task:
+    """The task ``cfg.model.task`` over DATA_DIR (its store opened and checked against the config)."""
+    return TASKS[cfg.model.task](cfg, Path(data_dir), device)
