@@ -46,8 +46,9 @@ class WindowTask(LanguageModelTask):
 
     def __init__(self, windows, accumulate: int, state=None):
         self.windows, self.device = windows, torch.device("cpu")
+        self.cfg = RunCfg(train=TrainCfg(state_reset=0.0))  # plain truncated BPTT, as the reference
         self.plan = {"accumulate": accumulate, "batch_size": STREAMS}
-        self.state, self._new_states = state, []
+        self.state, self._new_states, self.steps_done = state, [], 0
 
     def micro_batches(self, group: int):
         return self.split_streams(*self.windows[group])

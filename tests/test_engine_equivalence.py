@@ -32,7 +32,8 @@ STEPS, STOP = 24, 12
 
 LM_FLAGS = ["--layers", "2", "--hidden", "24", "--embed", "16", "--dropout", "0.2", "--batch-size", "8", "--bptt", "12",
             "--accumulate", "2", "--optimizer", "adam", "--lr", "0.01", "--clip", "1.0", "--schedule", "constant",
-            "--log-every", "1", "--eval-every", "8", "--checkpoint-every", "100", "--checkpoint-time", "5"]
+            "--log-every", "1", "--eval-every", "8", "--checkpoint-every", "100", "--checkpoint-time", "5",
+            "--state-reset", "0.05"]
 CLASSIFY_FLAGS = ["--task", "classify", "--layers", "1", "--hidden", "16", "--embed", "8", "--dropout", "0.2",
                   "--pooling", "mean", "--batch-size", "8", "--accumulate", "2", "--optimizer", "adam", "--lr", "0.02",
                   "--clip", "1.0", "--schedule", "constant", "--log-every", "1", "--eval-every", "8",

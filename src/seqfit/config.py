@@ -61,6 +61,8 @@ class TrainCfg:
     schedule: str = opt("plateau", "learning-rate schedule", ("constant", "plateau", "cosine"))
     warmup: int = opt(0, "warm-up steps (cosine schedule)", minimum=0)
     seed: int = opt(1111, "random seed", minimum=0)
+    state_reset: float = opt(0.01, "LM: chance per stream and step that its carried state restarts from zero, so the "
+                                   "model learns to start as evaluation and generation do (0: never)", minimum=0, below=1)
     eval_every: int = opt(0, "validate every N steps as well as after each epoch (0: epochs only)", minimum=0)
     eval_batches: int = opt(0, "validate on at most this many batches (0: the whole split)", minimum=0)
     checkpoint_every: int = opt(200, "write a checkpoint every N steps (and at the end)", minimum=0)

@@ -17,7 +17,7 @@ from seqfit.engine.evaluate import EVAL_STREAMS, evaluate_lm
 from seqfit.memory.estimate import DataInfo
 from seqfit.memory.plan import requested_plan
 from seqfit.models.build import build_model, count_parameters
-from seqfit.nn.state import State, detach_state
+from seqfit.nn.state import State, detach_state, reset_streams
 
 __all__ = ["LanguageModelTask", "slice_state", "cat_states"]
 
@@ -48,6 +48,7 @@ class LanguageModelTask:
         self.model = None
         self.state: State | None = None  # carried across batches; None: zeros at the next batch
         self._new_states: list[State] = []
+        self.steps_done = 0  # draws the streams whose state restarts (reset_streams)
 
     def check_data(self, warn) -> None:
         pass  # TokenStore checked the store against its vocabulary and meta.json on opening
@@ -106,15 +107,19 @@ class LanguageModelTask:
 
     def end_step(self) -> None:
         states, self._new_states = self._new_states, []
-        self.state = cat_states(states) if len(states) > 1 else states[0]
+        self.steps_done += 1
+        t = self.cfg.train
+        self.state = reset_streams(cat_states(states) if len(states) > 1 else states[0], t.state_reset, seed=t.seed,
+                                   step=self.steps_done)
 
     def start_epoch(self) -> None:
         self.state = None
 
     def state_dict(self) -> dict:
-        return {"hidden": detach_state(self.state)}
+        return {"hidden": detach_state(self.state)}  # the engine's "step" (saved beside it) gives steps_done
 
     def load_state_dict(self, state: dict) -> None:
+        self.steps_done = state.get("step", 0)
         hidden = state.get("hidden")
         self.state = None if hidden is None else [
             tuple(t.to(self.device) for t in s) if isinstance(s, tuple) else s.to(self.device) for s in hidden]

@@ -28,7 +28,7 @@ from seqfit.nn.chunked_loss import chunked_cross_entropy, chunked_log_softmax, f
 from seqfit.nn.narrow_loss import narrow_autocast, narrow_logits_cross_entropy
 
 __all__ = ["OutputHead", "LinearHead", "AdaptiveHead", "make_output_head", "choose_loss_kind", "adaptive_cutoffs",
-           "zipf_counts", "IGNORE_INDEX", "HEAD_KINDS"]
+           "zipf_counts", "unigram_log_prior", "IGNORE_INDEX", "HEAD_KINDS"]
 
 IGNORE_INDEX = -100  # targets with this id (padding) add nothing to any loss
 HEAD_KINDS = ("full", "chunked", "adaptive")
@@ -57,9 +57,11 @@ class LinearHead(OutputHead):
     """logits = features @ weight.T + bias, scored on full logits or one chunk of rows at a time."""
 
     def __init__(self, hidden: int, vocab_size: int, *, chunked: bool, chunk_tokens: int = 0,
-                 tied_embedding: nn.Embedding | None = None, label_smoothing: float = 0.0):
+                 tied_embedding: nn.Embedding | None = None, label_smoothing: float = 0.0,
+                 counts: Sequence[float] | None = None):
         super().__init__()
         self.kind = "chunked" if chunked else "full"
+        self._prior = None if counts is None else unigram_log_prior(counts)  # (V,) or None
         self.chunk_tokens = chunk_tokens
         self.label_smoothing = label_smoothing
         # A tuple hides the module from nn.Module's registration: no second copy in state_dict or parameters().
@@ -74,7 +76,15 @@ class LinearHead(OutputHead):
             # nn.Linear's default init, so a "full" head built either way starts the same.
             bound = 1.0 / self.in_features**0.5
             nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.zeros_(self.bias)
+        # The bias starts at the log unigram frequencies, so an untrained model, or one started from a zero
+        # state, predicts the unigram. From zeros, Adam moves a bias ~lr a step: the model then keeps the prior
+        # in a persistent hidden-state offset instead, whose sign-flipped twin is also stable, and a zero state
+        # can fall into that twin and stay there (a char LM scored worse than uniform on 14 of 32 rows).
+        with torch.no_grad():
+            if self._prior is not None:
+                self.bias.copy_(self._prior)
+            else:
+                self.bias.zero_()
 
     @property
     def in_features(self) -> int:
@@ -160,6 +170,12 @@ def _fp32(features: torch.Tensor):
     return torch.autocast(features.device.type, enabled=False)
 
 
+def unigram_log_prior(counts: Sequence[float]) -> torch.Tensor:
+    """(V,) fp32 add-one-smoothed log frequencies, centred on 0 (softmax ignores the shift)."""
+    logp = (torch.as_tensor(counts, dtype=torch.float64).clamp_min(0) + 1.0).log()
+    return (logp - logp.mean()).float()
+
+
 def zipf_counts(vocab_size: int) -> list[float]:
     """Zipf's law over ids sorted by frequency, count(i) ~ 1 / (i + 1): the prior when no counts are known."""
     return [1.0 / (i + 1) for i in range(vocab_size)]
@@ -197,7 +213,8 @@ def make_output_head(kind: str, hidden: int, vocab_size: int, *, tied_embedding:
                      label_smoothing: float = 0.0) -> OutputHead:
     """Build the output head named by kind ("full", "chunked" or "adaptive"), see the module docstring.
 
-    counts: corpus count per id, for the adaptive cutoffs (Zipf is assumed without them).
+    counts: corpus count per id, for the adaptive cutoffs (Zipf is assumed without them) and the full or
+    chunked head's initial bias (log unigram; zeros without them).
     chunk_tokens: rows per chunk for "chunked"; 0 picks chunked_loss.default_chunk_tokens.
     """
     if kind not in HEAD_KINDS:
@@ -208,6 +225,8 @@ def make_output_head(kind: str, hidden: int, vocab_size: int, *, tied_embedding:
         raise SeqfitError(f"label smoothing must lie in [0, 1), got {label_smoothing}")
     if chunk_tokens < 0:
         raise SeqfitError(f"loss chunk must be >= 0 tokens (0 = automatic), got {chunk_tokens}")
+    if counts is not None and len(counts) != vocab_size:
+        raise SeqfitError(f"{len(counts)} token counts for a vocabulary of {vocab_size}")
     if kind == "adaptive":
         if tied_embedding is not None:
             raise SeqfitError("the adaptive head has its own cluster weights and cannot be tied to the embedding; "
@@ -215,8 +234,6 @@ def make_output_head(kind: str, hidden: int, vocab_size: int, *, tied_embedding:
         if label_smoothing:
             raise SeqfitError("label smoothing needs every class's log-probability, which the adaptive head avoids "
                               "computing; use the full or chunked loss, or no smoothing")
-        if counts is not None and len(counts) != vocab_size:
-            raise SeqfitError(f"{len(counts)} token counts for a vocabulary of {vocab_size}")
         cutoffs = adaptive_cutoffs(counts if counts is not None else zipf_counts(vocab_size))
         return AdaptiveHead(hidden, vocab_size, cutoffs)
     if tied_embedding is not None and tuple(tied_embedding.weight.shape) != (vocab_size, hidden):
@@ -224,7 +241,7 @@ def make_output_head(kind: str, hidden: int, vocab_size: int, *, tied_embedding:
         raise SeqfitError(f"a tied head needs a {vocab_size}x{hidden} embedding (vocabulary x hidden), "
                           f"got {rows}x{dim}: set the embedding size equal to the hidden size")
     return LinearHead(hidden, vocab_size, chunked=kind == "chunked", chunk_tokens=chunk_tokens,
-                      tied_embedding=tied_embedding, label_smoothing=label_smoothing)
+                      tied_embedding=tied_embedding, label_smoothing=label_smoothing, counts=counts)
 
 
 def choose_loss_kind(vocab_size: int, tokens_per_batch: int, budget_bytes: int | None) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["State", "detach_state"]
+import torch
+
+__all__ = ["State", "detach_state", "reset_streams"]
 
 State = list[Any]
 
@@ -15,3 +17,18 @@ def detach_state(state: State | None) -> State | None:
     if state is None:
         return None
     return [tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in state]
+
+
+def reset_streams(state: State, p: float, *, seed: int, step: int) -> State:
+    """Each stream's (batch row's) state set to zero with probability ``p``, the rows drawn from (seed, step)
+    alone: a resumed run draws the same rows, and the global RNG (dropout) is untouched.
+
+    Truncated BPTT carries the state from batch to batch, so without this a language model starts from a
+    zero state only at step 0 and at epoch boundaries, while evaluation and generation always start there.
+    """
+    if p <= 0 or not state:
+        return state
+    first = state[0][0] if isinstance(state[0], tuple) else state[0]  # (directions, B, H)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    keep = (torch.rand(first.shape[1], generator=g) >= p).to(first.device, first.dtype).view(1, -1, 1)
+    return [tuple(t * keep for t in s) if isinstance(s, tuple) else s * keep for s in state]
