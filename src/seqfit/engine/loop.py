@@ -78,7 +78,10 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
             "precision": s.precision.state_dict(), "rng": rng_state(), "plan": s.plan})
 
     def validate(progress: Progress | None) -> dict | None:
+        nonlocal window_start
+        started = time.perf_counter()
         result = task.validate(s.model, s.precision)
+        window_start += time.perf_counter() - started  # the throughput window counts training time only
         if result is not None:
             result["step"] = step
             log.write({"kind": "valid", "step": step, "epoch": epoch, **result})
@@ -108,7 +111,6 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     last_valid = validate(progress)
                     if last_valid is not None:
                         s.schedule.on_validation(last_valid["loss"])
-                    window_start = time.perf_counter()
                     continue
                 stats = s.step(groups[position], phase=profiler.phase if profiler else no_phase)
                 if profiler:
@@ -132,7 +134,6 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     window, window_start = {}, time.perf_counter()
                 if t.eval_every and step % t.eval_every == 0:
                     last_valid = validate(progress)
-                    window_start = time.perf_counter()
                 if t.checkpoint_every and step % t.checkpoint_every == 0:
                     checkpoint()
                 if out_of_time:
