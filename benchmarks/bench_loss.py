@@ -163,6 +163,14 @@ def _ratios(chunked: dict, full: dict | None) -> dict:
             "time_chunked_over_full": chunked["seconds"] / full["seconds"]}
 
 
+def _native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, very slowly."""
+    from seqfit.measure.machine import machine_info
+
+    flags = machine_info(measure_ceilings=False)["flags"]
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
 def _run_child(spec: dict, timeout: float = 900) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
     try:
@@ -197,6 +205,8 @@ def run(quick: bool = False, *, device: str = "cpu", skip_above: int = SKIP_ABOV
         if row["predicted_bytes"] > limit:
             row.update(status="skipped", reason=f"predicted {format_bytes(row['predicted_bytes'])} > "
                                                 f"{format_bytes(limit)}")
+        elif spec.get("bf16") and device == "cpu" and not _native_bf16():
+            row.update(status="skipped", reason="no native bf16 on this CPU (emulated products: minutes a step)")
         else:
             row.update(_run_child(spec))
         if label == "chunked":

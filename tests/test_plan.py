@@ -164,7 +164,7 @@ def test_chunked_loss_is_no_longer_the_peak_of_the_large_lstm_recipe(precision):
 
 
 def test_chunk_options_start_at_the_runtime_default_and_shrink():
-    from seqfit.memory.plan import _chunk_options
+    from seqfit.memory.plan_lm import _chunk_options
     from seqfit.nn.chunked_loss import default_chunk_tokens
 
     cfg = cfg_of(memory={"loss": "auto"})
@@ -172,3 +172,17 @@ def test_chunk_options_start_at_the_runtime_default_and_shrink():
         options = _chunk_options(cfg, DataInfo(vocab), tokens)
         assert options[0] == default_chunk_tokens(vocab, tokens) and len(options) >= 3
         assert options == sorted(set(options), reverse=True) and options[-1] <= options[0] // 8
+
+
+def test_effective_batch_under_a_budget_is_the_planners_to_split(cli, data_dir, tmp_path, monkeypatch):
+    """No --batch-size: the default (20) does not divide 256, and must not block the planner (it chose before)."""
+    monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path))
+    code, out, err = cli("plan", data_dir, "--effective-batch", "256", "--bptt", "70", "--budget", "900MB",
+                         "--no-calibrate", "--json")
+    assert code == 0, err
+    plan = json.loads(out)["plan"]
+    assert plan["micro_batch"] * plan["accumulate"] == plan["batch_size"] == 256
+    code, out, err = cli("plan", data_dir, "--effective-batch", "256", "--no-calibrate", "--json")  # no budget
+    assert code == 0, err
+    plan = json.loads(out)["plan"]
+    assert (plan["micro_batch"], plan["accumulate"]) == (16, 16)  # the largest divisor of 256 under 20

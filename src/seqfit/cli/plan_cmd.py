@@ -36,11 +36,9 @@ def plan(data_dir, vocab_size, verify, verify_steps, calibrate, as_json, **kwarg
 
 def _human(r: dict) -> str:
     from seqfit.measure.memory import format_bytes
-    from seqfit.memory.plan import describe_plan
-    from seqfit.memory.plan_classify import describe_classify_plan
+    from seqfit.memory.task_planners import PLANNERS
 
-    classify = r["task"] == "classify"
-    lines = [f"plan: {(describe_classify_plan if classify else describe_plan)(r['plan'])}"]
+    lines = [f"plan: {PLANNERS[r['task']].describe(r['plan'])}"]
     if "budget_bytes" in r:
         lines.append(f"  chosen for --budget {format_bytes(r['budget_bytes'])}: {r['plan']['reason']}")
     lines.append("")
@@ -59,7 +57,7 @@ def _human(r: dict) -> str:
         lines += ["", "alternatives (fastest first):",
                   f"  {'micro x acc':>12} {'ckpt':>5} {'loss':>8} {'chunk':>6} {'peak':>11} {'tokens/s':>10}  fits"]
         for a in r["alternatives"]:
-            loss, chunk = (a["mode"], "-") if classify else (a["loss"], a["loss_chunk"] or "-")
+            loss, chunk = (a["mode"], "-") if "mode" in a else (a["loss"], a["loss_chunk"] or "-")
             lines.append(f"  {a['micro_batch']:>6} x {a['accumulate']:<3} {a['checkpoint_time'] or '-':>5} "
                          f"{loss:>8} {chunk:>6} {format_bytes(a['predicted_peak_bytes']):>11} "
                          f"{a['predicted_tokens_per_s']:>10,.0f}  {'yes' if a['fits'] else 'no'}")

@@ -6,6 +6,7 @@ its own slice of the carried state; the loss is divided by the whole batch's tar
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -44,18 +45,20 @@ class LanguageModelTask:
         self.cfg, self.device = cfg, device
         self.store = TokenStore(data_dir)
         self.plan = requested_plan(cfg, DataInfo(len(self.store.vocab)), device.type)
-        self.batches = StreamBatches(self.store.split("train"), self.plan["batch_size"], self.plan["bptt"])
-        self.model = None
         self.state: State | None = None  # carried across batches; None: zeros at the next batch
         self._new_states: list[State] = []
         self.steps_done = 0  # draws the streams whose state restarts (reset_streams)
 
+    @functools.cached_property
+    def batches(self) -> StreamBatches:
+        """The training streams (built on first use: evaluating a run needs no train split)."""
+        return StreamBatches(self.store.split("train"), self.plan["batch_size"], self.plan["bptt"])
+
     def check_data(self, warn) -> None:
-        pass  # TokenStore checked the store against its vocabulary and meta.json on opening
+        self.batches  # TokenStore checked the store on opening; too few tokens for the streams fail here
 
     def build_model(self):
-        self.model = build_model(self.cfg, self.store.vocab, loss_kind=self.plan["loss"])
-        return self.model
+        return build_model(self.cfg, self.store.vocab, loss_kind=self.plan["loss"])
 
     def describe(self, model) -> str:
         p = self.plan
