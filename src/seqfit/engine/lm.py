@@ -38,6 +38,10 @@ def cat_states(states: list[State]) -> State:
     return joined
 
 
+def _streams(n: int) -> str:
+    return f"{n} stream" + ("s" if n != 1 else "")
+
+
 class LanguageModelTask:
     name = "lm"
 
@@ -139,14 +143,14 @@ class LanguageModelTask:
                            precision=precision, max_batches=self.cfg.train.eval_batches)
 
     def describe_valid(self, result: dict) -> str:
-        return f"valid loss {result['loss']:.3f} ppl {result['ppl']:.2f} ({result['streams']} streams)"
+        return f"valid loss {result['loss']:.3f} ppl {result['ppl']:.2f} ({_streams(result['streams'])})"
 
     def evaluate_split(self, model, split: str, precision, *, batch_size: int = 0, warn=None) -> tuple[dict, str]:
         """`seqfit evaluate`: perplexity on a split (``batch_size`` streams, default EVAL_STREAMS)."""
         result = evaluate_lm(model, self.store.split(split), batch_size=batch_size or EVAL_STREAMS,
                              bptt=self.plan["bptt"], device=self.device, precision=precision)
         return result, (f"loss {result['loss']:.4f}, perplexity {result['ppl']:.2f} over {result['tokens']:,} tokens "
-                        f"({result['streams']} streams, each from a zero state)")
+                        f"({_streams(result['streams'])}, each from a zero state)")
 
     def summary(self, last_valid: dict | None) -> dict:
         return {"valid_loss": last_valid and last_valid["loss"], "valid_ppl": last_valid and last_valid["ppl"]}
