@@ -15,6 +15,7 @@ from seqfit.config import MemoryCfg, ModelCfg, RunCfg, TrainCfg
 from seqfit.data.store import TokenStore
 
 from conftest import needs_cpu_bf16
+from seqfit.engine.distributed import Dist
 from seqfit.engine.lm import LanguageModelTask
 from seqfit.engine.step import train_step
 from seqfit.memory.estimate import DataInfo
@@ -49,6 +50,7 @@ class WindowTask(LanguageModelTask):
         self.cfg = RunCfg(train=TrainCfg(state_reset=0.0))  # plain truncated BPTT, as the reference
         self.plan = {"accumulate": accumulate, "batch_size": STREAMS}
         self.state, self._new_states, self.steps_done = state, [], 0
+        self.dist = Dist()
 
     def micro_batches(self, group: int):
         return self.split_streams(*self.windows[group])

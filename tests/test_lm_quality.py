@@ -97,3 +97,13 @@ def test_demo_recipe_scaled_down_learns_from_a_zero_state_and_samples_common_sym
     share = {tok: c / sum(counts) for tok, c in zip(vocab["tokens"], counts)}
     common = sum(share.get(ch, 0.0) >= 0.002 or ch == "\n" for ch in sample) / len(sample)
     assert common >= 0.95, sample
+
+
+def test_stream_resets_of_a_rank_are_its_block_of_one_process_draws():
+    import torch
+
+    from seqfit.nn.state import reset_streams
+
+    whole = reset_streams([torch.ones(1, 400, 2)], 0.2, seed=3, step=9)[0]
+    parts = [reset_streams([torch.ones(1, 100, 2)], 0.2, seed=3, step=9, shard=(r, 4))[0] for r in range(4)]
+    assert torch.equal(torch.cat(parts, 1), whole)

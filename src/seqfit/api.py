@@ -104,6 +104,7 @@ def train(data_dir: str | Path, out: str | Path, *, config: str | Path | None = 
 
     A resumed run keeps the config it was started with (RUN/config.toml); options given now override it.
     """
+    from seqfit.engine.distributed import teardown
     from seqfit.engine.loop import train as run_training
 
     base = None
@@ -113,8 +114,11 @@ def train(data_dir: str | Path, out: str | Path, *, config: str | Path | None = 
             raise SeqfitError(f"no run to resume in {out} (no config.toml)")
         base = from_dict(load_toml(saved))
     cfg = from_options(options, config_path=config, base=base)
-    return run_training(cfg, Path(data_dir), Path(out), resume=resume, echo=echo, profile=profile,
-                        tensorboard=tensorboard)
+    try:
+        return run_training(cfg, Path(data_dir), Path(out), resume=resume, echo=echo, profile=profile,
+                            tensorboard=tensorboard)
+    finally:
+        teardown()  # under torchrun: leave the process group (a no-op alone)
 
 
 def _verify(cfg, data_dir, data, steps: int, predicted: int, echo) -> dict:

@@ -161,8 +161,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise SeqfitError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # tomllib decodes UTF-8 itself, strictly
         raise SeqfitError(f"config file {path} is not valid TOML: {e}") from None
+    except OSError as e:  # a directory, no permission
+        raise SeqfitError(f"cannot read config file {path}: {e.strerror}") from None
 
 
 def merge(base: RunCfg, overrides: dict[str, dict[str, Any]]) -> RunCfg:

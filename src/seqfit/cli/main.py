@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -12,7 +13,7 @@ from seqfit.cli.plan_cmd import plan
 from seqfit.cli.predict_cmd import predict
 from seqfit.cli.prepare_cmd import prepare
 from seqfit.cli.train_cmd import evaluate, generate, train
-from seqfit.errors import SeqfitError
+from seqfit.errors import EXIT_ERROR, SeqfitError
 
 __all__ = ["main", "cli"]
 
@@ -45,6 +46,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:
+        # The machine, not the program: a full disk or a read-only/forbidden place met while writing
+        # (metrics, config, ...). Files are written atomically, so what was there is intact; say so in one line.
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"seqfit: error: {e.strerror}{where}", err=True)
+        sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

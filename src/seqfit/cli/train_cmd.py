@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 
 import click
 
 from seqfit.cli.common import emit, json_flag, say
-from seqfit.cli.flags import config_options, flat_options, pop_config_flags
+from seqfit.cli.flags import config_options, flag_name, flat_options, pop_config_flags
 
 __all__ = ["train", "evaluate", "generate"]
 
@@ -16,21 +18,34 @@ Examples:
   seqfit train data/wiki --out runs/wiki --layers 2 --hidden 200 --dropout 0.2 --lr 20 --clip 0.25
   seqfit train data/wiki --out runs/wiki --max-steps 500 --precision bf16
   seqfit train data/wiki --out runs/wiki --resume --max-steps 1000
-  seqfit train data/wiki --out runs/wiki --config wiki.toml""")
+  seqfit train data/wiki --out runs/wiki --config wiki.toml
+  seqfit train data/wiki --out runs/wiki --nproc 2               # data-parallel, 2 processes (torchrun)""")
 @click.argument("data_dir", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="run directory (checkpoints, metrics, config)")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its checkpoint")
 @click.option("--profile", "profile", is_flag=True, help="measure memory per phase of every step; table at the end, RUN_DIR/profile.json")
 @click.option("--tensorboard", is_flag=True, help="also log scalars to RUN_DIR/tensorboard (needs the tensorboard package)")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="data-parallel processes on this machine (launched as torchrun does; --batch-size is per process)")
 @config_options
 @json_flag
-def train(data_dir, out, resume, profile, tensorboard, as_json, **kwargs) -> None:
+def train(data_dir, out, resume, profile, tensorboard, nproc, as_json, **kwargs) -> None:
     """Train a model on a prepared data directory."""
     from seqfit.api import train as run_training
+    from seqfit.engine.distributed import is_worker, launch
 
     config_path, given = pop_config_flags(kwargs)
+    options = flat_options(given)
+    if nproc > 1 and not is_worker():
+        args = ["train", str(data_dir), "--out", str(out), *(["--resume"] if resume else []),
+                *(["--profile"] if profile else []), *(["--tensorboard"] if tensorboard else []),
+                *(["--config", str(config_path)] if config_path else []), *(["--json"] if as_json else []),
+                *_flags(options)]
+        raise SystemExit(launch(nproc, args))
     summary = run_training(data_dir, out, config=config_path, resume=resume, profile=profile, tensorboard=tensorboard,
-                           echo=say, **flat_options(given))
+                           echo=say, **options)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 reports for the group
     if summary.get("valid_ppl") is not None:
         result = f"valid perplexity {summary['valid_ppl']:.2f}"
     elif summary.get("valid_accuracy") is not None:
@@ -43,6 +58,18 @@ def train(data_dir, out, resume, profile, tensorboard, as_json, **kwargs) -> Non
 
         click.echo(f"peak memory: {format_bytes(summary['peak_rss'])} resident ({format_bytes(summary['peak_anon'])} anonymous); "
                    f"{summary['tokens_per_s'] or 0:,.0f} tokens/s")
+
+
+def _flags(options: dict) -> list[str]:
+    """Config options back as command-line flags (for the launched workers)."""
+    out = []
+    for key, value in options.items():
+        name = flag_name(key)
+        if isinstance(value, bool):
+            out.append(name if value else f"--no-{name[2:]}")
+        else:
+            out += [name, str(value)]
+    return out
 
 
 @click.command(epilog="""\b

@@ -8,6 +8,10 @@ and its targets are the same windows shifted by one::
     stream 1: m n o p | q r s t | u v               [m n o p]]        [n o p q]]
 
 so the hidden state at the end of a stream's batch i is the right start for its batch i + 1.
+
+With ``shard=(rank, world)`` the split is cut into B x world streams and a process reads only its own
+block of B of them (rows rank*B .. rank*B + B - 1 of the batch one process would read with B x world):
+data-parallel ranks share the memory map and never copy it.
 """
 
 from __future__ import annotations
@@ -27,22 +31,25 @@ __all__ = ["StreamBatches"]
 @dataclass
 class StreamBatches:
     tokens: TokenArray
-    batch_size: int
+    batch_size: int  # streams this process reads
     bptt: int
+    shard: tuple[int, int] = (0, 1)  # (rank, world): this process's block of batch_size x world streams
 
     def __post_init__(self) -> None:
-        self.stream_len = len(self.tokens) // self.batch_size
+        rank, world = self.shard
+        streams = self.batch_size * world
+        self.stream_len = len(self.tokens) // streams
         if self.stream_len < 2:
-            raise SeqfitError(f"{len(self.tokens)} tokens are too few for {self.batch_size} streams: "
+            raise SeqfitError(f"{len(self.tokens)} tokens are too few for {streams} streams: "
                               "lower --batch-size or add data")
-        self.starts = np.arange(self.batch_size, dtype=np.int64) * self.stream_len
+        self.starts = (np.arange(self.batch_size, dtype=np.int64) + rank * self.batch_size) * self.stream_len
 
     def __len__(self) -> int:
         return -(-(self.stream_len - 1) // self.bptt)
 
     @property
     def tokens_per_epoch(self) -> int:
-        return (self.stream_len - 1) * self.batch_size
+        return (self.stream_len - 1) * self.batch_size  # this process's
 
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of batch i, both (B, t) int64."""

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seqfit.data.shards import DEFAULT_SHARD_BYTES, ShardWriter, open_checked
-from seqfit.data.store import TokenArray, read_meta
+from seqfit.data.shards import DEFAULT_SHARD_BYTES, ShardWriter, member, open_checked
+from seqfit.data.store import TokenArray, meta_errors, read_meta
 from seqfit.data.vocab import Vocab
 from seqfit.errors import SeqfitError
 
@@ -108,20 +108,22 @@ class SequenceSplit:
     def __init__(self, store: "SequenceStore", name: str, info: dict):
         d, self.num_features, self.name = store.dir, store.num_features, name
         row = max(1, self.num_features)
-        self.data = TokenArray([open_checked(d / s["file"], store.dtype, s["tokens"]) for s in info["shards"]]) \
+        self.data = TokenArray([open_checked(member(d, s["file"]), store.dtype, s["tokens"]) for s in info["shards"]]) \
             if info["shards"] else TokenArray([np.empty(0, store.dtype)])
-        self.offsets = open_checked(d / info["offsets"], np.int64, info["sequences"] + 1, what="offsets")
+        self.offsets = open_checked(member(d, info["offsets"]), np.int64, info["sequences"] + 1, what="offsets")
+        if len(self.offsets) and (int(self.offsets[0]) != 0 or bool((np.diff(self.offsets) < 0).any())):
+            raise SeqfitError(f"{d / info['offsets']} is not a list of increasing offsets: corrupt file; {_HINT}")
         if len(self.offsets) and int(self.offsets[-1]) * row != len(self.data):
             raise SeqfitError(f"{d / info['offsets']} ends at row {int(self.offsets[-1])} but the data holds "
                               f"{len(self.data) // row} rows; {_HINT}")
         self.labels = None
         if info.get("labels"):
-            self.labels = open_checked(d / info["labels"], np.int64, info["sequences"], what="labels")
+            self.labels = open_checked(member(d, info["labels"]), np.int64, info["sequences"], what="labels")
         self._target = None
         if info.get("target"):
             t = info["target"]
-            self._target = (TokenArray([open_checked(d / s["file"], store.dtype, s["tokens"]) for s in t["shards"]]),
-                            open_checked(d / t["offsets"], np.int64, info["sequences"] + 1, what="offsets"))
+            self._target = (TokenArray([open_checked(member(d, s["file"]), store.dtype, s["tokens"]) for s in t["shards"]]),
+                            open_checked(member(d, t["offsets"]), np.int64, info["sequences"] + 1, what="offsets"))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -175,16 +177,22 @@ class SequenceStore:
         if self.meta.get("kind") != "sequences":
             raise SeqfitError(f"{self.dir} holds a {self.meta.get('kind', 'tokens')!r} store, not sequences "
                               "(prepare it with --task classify)")
-        self.num_features = int(self.meta.get("num_features", 0))
-        self.dtype = np.dtype(self.meta["dtype"])
-        self.label_names: list[str] = list(self.meta.get("label_names", []))
-        self.columns: list[str] = list(self.meta.get("columns", []))
+        with meta_errors(self.dir):
+            self.num_features = int(self.meta.get("num_features", 0))
+            if self.num_features < 0:
+                raise ValueError(f"num_features {self.num_features}")
+            self.dtype = np.dtype(self.meta["dtype"])
+            self.label_names: list[str] = [str(n) for n in self.meta.get("label_names", [])]
+            self.columns: list[str] = [str(c) for c in self.meta.get("columns", [])]
         self.vocab: Vocab | None = None
         if not self.num_features:
             path = self.dir / "vocab.json"
             if not path.is_file():
                 raise SeqfitError(f"{self.dir} has no vocab.json; {_HINT}")
-            text = path.read_text(encoding="utf-8")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
             if hashlib.sha256(text.encode()).hexdigest() != self.meta.get("vocab_hash"):
                 raise SeqfitError(f"{path} does not match the sequences in {self.dir} (vocabulary hash differs); {_HINT}")
             self.vocab = Vocab.load(path)
@@ -201,5 +209,6 @@ class SequenceStore:
         if name not in self._splits:
             if not self.has_split(name):
                 raise SeqfitError(f"{self.dir} has no {name!r} split (has: {', '.join(self.split_names) or 'none'})")
-            self._splits[name] = SequenceSplit(self, name, self.meta["splits"][name])
+            with meta_errors(self.dir):
+                self._splits[name] = SequenceSplit(self, name, self.meta["splits"][name])
         return self._splits[name]

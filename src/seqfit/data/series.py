@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqfit.data.shards import open_checked
-from seqfit.data.store import TokenArray, read_meta
+from seqfit.data.shards import member, open_checked
+from seqfit.data.store import TokenArray, meta_errors, read_meta
 from seqfit.errors import SeqfitError
 
 __all__ = ["SeriesStore", "SeriesSplit", "SeriesWindows"]
@@ -30,7 +30,7 @@ class SeriesSplit:
 
     def __init__(self, store: "SeriesStore", info: dict):
         self.num_features = len(store.columns)
-        self.data = TokenArray([open_checked(store.dir / s["file"], store.dtype, s["tokens"]) for s in info["shards"]])
+        self.data = TokenArray([open_checked(member(store.dir, s["file"]), store.dtype, s["tokens"]) for s in info["shards"]])
         self.rows = info["rows"]
         if len(self.data) != self.rows * self.num_features:
             raise SeqfitError(f"{store.dir}: shards hold {len(self.data)} values, meta.json says {self.rows} rows "
@@ -59,11 +59,14 @@ class SeriesStore:
         if self.meta.get("kind") != "series":
             raise SeqfitError(f"{self.dir} holds a {self.meta.get('kind', 'tokens')!r} store, not a time series "
                               "(prepare it with --task series)")
-        self.columns: list[str] = list(self.meta["columns"])
-        self.dtype = np.dtype(self.meta["dtype"])
-        self.stats: dict = self.meta["stats"]
-        self.mean = np.array([self.stats[c]["mean"] for c in self.columns])
-        self.std = np.array([self.stats[c]["std"] for c in self.columns])
+        with meta_errors(self.dir):
+            self.columns: list[str] = [str(c) for c in self.meta["columns"]]
+            if not self.columns:
+                raise ValueError("no columns")
+            self.dtype = np.dtype(self.meta["dtype"])
+            self.stats: dict = self.meta["stats"]
+            self.mean = np.array([float(self.stats[c]["mean"]) for c in self.columns])
+            self.std = np.array([float(self.stats[c]["std"]) for c in self.columns])
         self._splits: dict[str, SeriesSplit] = {}
 
     def has_split(self, name: str) -> bool:
@@ -74,7 +77,8 @@ class SeriesStore:
             if not self.has_split(name):
                 have = ", ".join(k for k in self.meta["splits"] if self.has_split(k)) or "none"
                 raise SeqfitError(f"{self.dir} has no {name!r} split (has: {have})")
-            self._splits[name] = SeriesSplit(self, self.meta["splits"][name])
+            with meta_errors(self.dir):
+                self._splits[name] = SeriesSplit(self, self.meta["splits"][name])
         return self._splits[name]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["DEFAULT_SHARD_BYTES", "ShardWriter", "open_checked", "write_checked"]
+__all__ = ["DEFAULT_SHARD_BYTES", "ShardWriter", "member", "open_checked", "write_checked"]
 
 DEFAULT_SHARD_BYTES = 1 << 30
 _HINT = "re-run `seqfit prepare` to rebuild it"
@@ -69,9 +69,24 @@ class ShardWriter:
         return self.shards
 
 
+def member(directory: Path, name) -> Path:
+    """``directory / name`` for a file name read from meta.json, refusing one that would leave the directory.
+
+    A store's meta.json is data, possibly from someone else: ``../x``, ``/etc/passwd`` or ``sub/x`` must
+    not make seqfit map (or later overwrite) a file outside the store.
+    """
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
+            or Path(name).is_absolute() or Path(name).name != name):
+        raise SeqfitError(f"{Path(directory) / 'meta.json'} names the file {name!r}: a store's files must lie in "
+                          f"its own directory; {_HINT}")
+    return Path(directory) / name
+
+
 def open_checked(path: Path, dtype, count: int, *, what: str = "elements") -> np.memmap | np.ndarray:
     """Read-only memory map of ``count`` elements, refusing a missing, short or long file."""
     dtype = np.dtype(dtype)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise SeqfitError(f"meta.json gives {count!r} {what} for {path}: not a count; {_HINT}")
     want = count * dtype.itemsize
     if not path.is_file():
         raise SeqfitError(f"{path} is missing; {_HINT}")

@@ -18,23 +18,63 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from seqfit.atomic import recover_directory
+from seqfit.data.shards import member, open_checked
 from seqfit.data.vocab import Vocab
 from seqfit.errors import SeqfitError
 
-__all__ = ["STORE_FORMAT", "STORE_VERSION", "TokenArray", "TokenStore", "read_meta"]
+__all__ = ["STORE_FORMAT", "STORE_VERSION", "STORE_DTYPES", "TokenArray", "TokenStore", "read_meta", "meta_errors"]
 
 STORE_FORMAT = "seqfit-store"
 STORE_VERSION = 1
+# Plain numbers only: a meta.json naming "O" (object) or a structured dtype is refused before any map is made.
+STORE_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
 _HINT = "re-run `seqfit prepare` to rebuild it"
+
+
+@contextmanager
+def meta_errors(data_dir: Path) -> Iterator[None]:
+    """Turn a missing or mistyped meta.json field, met while opening a store, into one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise SeqfitError(f"{Path(data_dir) / 'meta.json'} is malformed ({type(e).__name__}: {e}); {_HINT}") from None
+
+
+def _check_meta(meta, path: Path) -> None:
+    """The fields every kind of store shares: a table of splits, each with a list of shards, and a dtype."""
+    if not isinstance(meta, dict):
+        raise SeqfitError(f"{path} is not a seqfit store (not a JSON object); {_HINT}")
+    if meta.get("dtype") not in STORE_DTYPES:
+        raise SeqfitError(f"{path} gives dtype {meta.get('dtype')!r}; a store holds one of {', '.join(STORE_DTYPES)}; {_HINT}")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+        raise SeqfitError(f"{path} has no table of splits; {_HINT}")
+    for name, info in splits.items():
+        for key in ("tokens", "sequences", "rows"):
+            count = info.get(key, 0)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise SeqfitError(f"{path}: split {name!r} gives {count!r} {key}; {_HINT}")
+        shards = info.get("shards", [])
+        if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+            raise SeqfitError(f"{path}: split {name!r} has no list of shards; {_HINT}")
+        for shard in shards:
+            member(path.parent, shard.get("file"))
+            count = shard.get("tokens")
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise SeqfitError(f"{path}: a shard of split {name!r} gives {count!r} elements; {_HINT}")
 
 
 def read_meta(data_dir: Path) -> dict:
     path = data_dir / "meta.json"
+    recover_directory(data_dir, complete="meta.json")  # a `prepare --overwrite` killed mid-swap
     if not data_dir.is_dir():
         raise SeqfitError(f"data directory not found: {data_dir}")
     if not path.is_file():
@@ -43,10 +83,15 @@ def read_meta(data_dir: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise SeqfitError(f"{path} is not valid JSON ({e}); {_HINT}") from None
+    except OSError as e:
+        raise SeqfitError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(meta, dict):
+        raise SeqfitError(f"{path} is not a seqfit store (not a JSON object); {_HINT}")
     if meta.get("format") != STORE_FORMAT:
         raise SeqfitError(f"{path} is not a seqfit store (format {meta.get('format')!r}); {_HINT}")
     if meta.get("version") != STORE_VERSION:
         raise SeqfitError(f"{path} has store version {meta.get('version')}, this seqfit reads {STORE_VERSION}; {_HINT}")
+    _check_meta(meta, path)
     return meta
 
 
@@ -94,7 +139,10 @@ class TokenStore:
         vocab_path = self.dir / "vocab.json"
         if not vocab_path.is_file():
             raise SeqfitError(f"{self.dir} has no vocab.json; {_HINT}")
-        vocab_text = vocab_path.read_text(encoding="utf-8")
+        try:
+            vocab_text = vocab_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SeqfitError(f"cannot read {vocab_path} ({e}); {_HINT}") from None
         if hashlib.sha256(vocab_text.encode()).hexdigest() != self.meta.get("vocab_hash"):
             raise SeqfitError(f"{vocab_path} does not match the token arrays in {self.dir} (vocabulary hash differs); {_HINT}")
         self.vocab = Vocab.load(vocab_path)
@@ -112,20 +160,19 @@ class TokenStore:
 
     def split(self, name: str) -> TokenArray:
         if name not in self._splits:
-            info = self.meta["splits"].get(name)
-            if not info or info["tokens"] == 0:
-                have = ", ".join(self.split_names) or "none"
-                raise SeqfitError(f"{self.dir} has no {name!r} split (has: {have})")
-            self._splits[name] = TokenArray([self._open_shard(s) for s in info["shards"]])
+            with meta_errors(self.dir):
+                info = self.meta["splits"].get(name)
+                if not info or info["tokens"] == 0:
+                    have = ", ".join(self.split_names) or "none"
+                    raise SeqfitError(f"{self.dir} has no {name!r} split (has: {have})")
+                shards = [self._open_shard(s) for s in info["shards"]]
+                if sum(len(s) for s in shards) != info["tokens"]:
+                    raise SeqfitError(f"{self.dir}: the shards of {name!r} hold {sum(len(s) for s in shards)} tokens, "
+                                      f"meta.json says {info['tokens']}; {_HINT}")
+                if not shards:
+                    raise SeqfitError(f"{self.dir}: split {name!r} lists no shards; {_HINT}")
+                self._splits[name] = TokenArray(shards)
         return self._splits[name]
 
     def _open_shard(self, shard: dict) -> np.memmap:
-        path = self.dir / shard["file"]
-        want = shard["tokens"] * self.dtype.itemsize
-        if not path.is_file():
-            raise SeqfitError(f"{path} is missing; {_HINT}")
-        size = path.stat().st_size
-        if size != want:
-            raise SeqfitError(f"{path} has {size} bytes but meta.json says {shard['tokens']} tokens ({want} bytes): "
-                              f"truncated or foreign file; {_HINT}")
-        return np.memmap(path, dtype=self.dtype, mode="r")
+        return open_checked(member(self.dir, shard["file"]), self.dtype, shard["tokens"], what="tokens")

@@ -6,12 +6,15 @@ Layout of RUN_DIR/checkpoint/::
     state.safetensors   every tensor of the training state (optimizer moments, RNG states, carried hidden state)
     state.json          the rest of the training state; tensors appear as {"__tensor__": key}
 
-The directory is written under a temporary name and swapped in whole, so a crash mid-write leaves the
-previous checkpoint intact.
+The directory is written under a temporary name and swapped in whole (seqfit.atomic.replace_directory),
+so a crash mid-write leaves the previous checkpoint intact; a kill in the middle of a two-rename swap
+leaves it as ``.checkpoint.old-PID``, which every reader here renames back first. A write that fails
+(disk full, permissions) raises a one-line SeqfitError and also leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from seqfit.atomic import recover_directory, replace_directory, sweep_stale
 from seqfit.errors import SeqfitError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "has_checkpoint", "flatten_tensors", "unflatten_tensors"]
@@ -65,29 +69,39 @@ def unflatten_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def _checkpoint_dir(run_dir: Path) -> Path:
+    """RUN_DIR/checkpoint, first renamed back from ``.checkpoint.old-*`` if a swap was cut short."""
+    final = Path(run_dir) / CHECKPOINT_DIR
+    recover_directory(final, complete="state.json")
+    return final
+
+
 def has_checkpoint(run_dir: Path) -> bool:
-    return (Path(run_dir) / CHECKPOINT_DIR / "state.json").is_file()
+    return (_checkpoint_dir(run_dir) / "state.json").is_file()
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]) -> Path:
     """Write model weights and training state; replaces the previous checkpoint only when complete."""
-    final = Path(run_dir) / CHECKPOINT_DIR
+    final = _checkpoint_dir(run_dir)
     stage = Path(run_dir) / f".{CHECKPOINT_DIR}.tmp-{os.getpid()}"
-    old = Path(run_dir) / f".{CHECKPOINT_DIR}.old-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
     try:
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, stage / "model.safetensors")
         tensors: dict[str, torch.Tensor] = {}
         tree = flatten_tensors(state, tensors)
         save_file(tensors, stage / "state.safetensors")
         (stage / "state.json").write_text(json.dumps({"format": FORMAT, "version": VERSION, "state": tree}))
-        if final.exists():
-            os.replace(final, old)
-        os.replace(stage, final)
+        replace_directory(stage, final)
+        sweep_stale(final)  # what a killed process left half-written
+    except OSError as e:  # disk full, read-only, permissions: the previous checkpoint is untouched
+        why = os.strerror(e.errno) if e.errno else str(e)
+        hint = "; free some space and --resume" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise SeqfitError(f"cannot write a checkpoint in {run_dir}: {why}{hint}") from None
+    except SafetensorError as e:  # safetensors reports its own write failures (e.g. disk full) this way
+        raise SeqfitError(f"cannot write a checkpoint in {run_dir}: {e}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -102,7 +116,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_weights(run_dir: Path, model: torch.nn.Module) -> None:
     """Load model weights, failing with one line when they do not fit the model's options."""
-    path = Path(run_dir) / CHECKPOINT_DIR / "model.safetensors"
+    path = _checkpoint_dir(run_dir) / "model.safetensors"
     weights = _read_tensors(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
@@ -120,7 +134,7 @@ def load_weights(run_dir: Path, model: torch.nn.Module) -> None:
 
 def load_checkpoint(run_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` and return the training state saved beside them."""
-    path = Path(run_dir) / CHECKPOINT_DIR / "state.json"
+    path = _checkpoint_dir(run_dir) / "state.json"
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
+from seqfit.engine.distributed import Dist, unwrap
 from seqfit.engine.task import no_phase
 from seqfit.errors import SeqfitError
 from seqfit.memory.plan_classify import requested_classify_plan
@@ -123,8 +124,8 @@ def micro_backward(model: SequenceClassifier, micro, *, plan: dict, weight, deno
     """Forward, loss / denom and backward of one micro-batch (x, lengths, y); its summed statistics."""
     x, lengths, y = micro
     if plan["mode"] == "truncated":
-        with phase("backward"):  # forward and backward interleave chunk by chunk
-            part, logits = _truncated_backward(model, x, lengths, y, k=plan["bptt"], weight=weight,
+        with phase("backward"):  # forward and backward interleave chunk by chunk (a single process: see __init__)
+            part, logits = _truncated_backward(unwrap(model), x, lengths, y, k=plan["bptt"], weight=weight,
                                                denom=denom, precision=precision)
     else:
         with phase("forward"), precision.autocast():
@@ -148,11 +149,12 @@ def macro_f1(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
     return float((2 * tp[present] / (2 * tp[present] + fp[present] + fn[present])).mean()) if present.any() else 0.0
 
 
-def sampler_for(split: SequenceSplit, plan: dict, *, shuffle: bool, seed: int = 0) -> TokenBudgetSampler:
+def sampler_for(split: SequenceSplit, plan: dict, *, shuffle: bool, seed: int = 0, ranks: int = 1) -> TokenBudgetSampler:
+    """Length-bucketed batches of the plan's size (times ``ranks``: a batch for every data-parallel rank)."""
     lengths = np.minimum(split.lengths, plan["max_length"]) if plan["max_length"] else split.lengths
     if plan["max_tokens"]:
-        return TokenBudgetSampler(lengths, plan["max_tokens"], shuffle=shuffle, seed=seed)
-    return TokenBudgetSampler(lengths, batch_size=plan["micro_batch"], shuffle=shuffle, seed=seed)
+        return TokenBudgetSampler(lengths, plan["max_tokens"] * ranks, shuffle=shuffle, seed=seed)
+    return TokenBudgetSampler(lengths, batch_size=plan["micro_batch"] * ranks, shuffle=shuffle, seed=seed)
 
 
 @torch.no_grad()
@@ -191,13 +193,17 @@ def evaluate_classifier(model: SequenceClassifier, split: SequenceSplit, plan: d
 class ClassifierTask:
     name = "classify"
 
-    def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()):
+        self.cfg, self.device, self.dist = cfg, device, dist
         self.store = SequenceStore(data_dir)
         self.plan = requested_classify_plan(cfg, device.type)
+        if dist.enabled and self.plan["mode"] == "truncated":
+            raise SeqfitError("truncated BPTT (--bptt) of a classifier runs forward and backward chunk by chunk, "
+                              "which data-parallel training does not support; use --checkpoint-time instead")
         self.train_split = self.store.split("train")
         self.valid = self.store.split("valid") if self.store.has_split("valid") else None
-        self.sampler = sampler_for(self.train_split, self.plan, shuffle=True, seed=cfg.train.seed)
+        # data-parallel: the batches one process would take with every rank's share, each split over the ranks
+        self.sampler = sampler_for(self.train_split, self.plan, shuffle=True, seed=cfg.train.seed, ranks=dist.world)
         self.weight: torch.Tensor | None = None
         self._epoch_groups: tuple[int, list] | None = None
 
@@ -225,19 +231,26 @@ class ClassifierTask:
 
     # -- data --
     def steps_per_epoch(self) -> int:
+        if self.dist.enabled:  # batches too small to split over the ranks are left out: count what is left
+            return len(self.epoch_groups(0))
         return math.ceil(len(self.sampler) / self.plan["accumulate"])
 
     def epoch_groups(self, epoch: int) -> list[list[np.ndarray]]:
-        """The epoch's shuffled batches, ``accumulate`` to a step."""
+        """The epoch's shuffled batches (this rank's share of each), ``accumulate`` to a step."""
         if self._epoch_groups is None or self._epoch_groups[0] != epoch:
             self.sampler.set_epoch(epoch)
-            batches, n = self.sampler.batches(), self.plan["accumulate"]
+            batches, n = self._share(self.sampler.batches()), self.plan["accumulate"]
             self._epoch_groups = (epoch, [batches[i:i + n] for i in range(0, len(batches), n)])
         return self._epoch_groups[1]
 
+    def _share(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Rows rank, rank + world, ... of every batch with a row for each rank (length-sorted rows: balanced)."""
+        rank, world = self.dist.rank, self.dist.world
+        return batches if world == 1 else [b[rank::world] for b in batches if len(b) >= world]
+
     def probe_group(self, step: int) -> list[np.ndarray]:
         """The training batches (one accumulation group) with the most padded tokens: where memory peaks."""
-        batches = sampler_for(self.train_split, self.plan, shuffle=False).batches()
+        batches = self._share(sampler_for(self.train_split, self.plan, shuffle=False, ranks=self.dist.world).batches())
         lengths = self.train_split.lengths
         if self.plan["max_length"]:
             lengths = np.minimum(lengths, self.plan["max_length"])

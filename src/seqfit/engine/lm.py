@@ -14,6 +14,7 @@ import torch
 from seqfit.config import RunCfg
 from seqfit.data.batching import StreamBatches
 from seqfit.data.store import TokenStore
+from seqfit.engine.distributed import Dist, unwrap
 from seqfit.engine.evaluate import EVAL_STREAMS, evaluate_lm
 from seqfit.memory.estimate import DataInfo
 from seqfit.memory.plan import requested_plan
@@ -45,8 +46,8 @@ def _streams(n: int) -> str:
 class LanguageModelTask:
     name = "lm"
 
-    def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device):
-        self.cfg, self.device = cfg, device
+    def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()):
+        self.cfg, self.device, self.dist = cfg, device, dist
         self.store = TokenStore(data_dir)
         self.plan = requested_plan(cfg, DataInfo(len(self.store.vocab)), device.type)
         self.state: State | None = None  # carried across batches; None: zeros at the next batch
@@ -55,8 +56,9 @@ class LanguageModelTask:
 
     @functools.cached_property
     def batches(self) -> StreamBatches:
-        """The training streams (built on first use: evaluating a run needs no train split)."""
-        return StreamBatches(self.store.split("train"), self.plan["batch_size"], self.plan["bptt"])
+        """This rank's training streams (built on first use: evaluating a run needs no train split)."""
+        return StreamBatches(self.store.split("train"), self.plan["batch_size"], self.plan["bptt"],
+                             shard=(self.dist.rank, self.dist.world))
 
     def check_data(self, warn) -> None:
         self.batches  # TokenStore checked the store on opening; too few tokens for the streams fail here
@@ -100,11 +102,11 @@ class LanguageModelTask:
     def backward(self, model, micro, *, denom: int, precision, phase) -> dict[str, float]:
         x, y, rows = micro
         if self.state is None:
-            self.state = model.init_state(self.plan["batch_size"], device=self.device)
+            self.state = unwrap(model).init_state(self.plan["batch_size"], device=self.device)
         with phase("forward"), precision.autocast():
-            feats, s = model.features(x, slice_state(self.state, rows))  # (b, T, H)
+            feats, s = model(x, slice_state(self.state, rows))  # (b, T, H); through DDP when there is one
         with phase("loss"), precision.autocast():
-            loss = model.head.loss(feats.reshape(-1, feats.shape[-1]), y.reshape(-1))
+            loss = unwrap(model).head.loss(feats.reshape(-1, feats.shape[-1]), y.reshape(-1))
         with phase("backward"):
             precision.backward(loss / denom)
         self._new_states.append(detach_state(s))
@@ -117,7 +119,7 @@ class LanguageModelTask:
         self.steps_done += 1
         t = self.cfg.train
         self.state = reset_streams(cat_states(states) if len(states) > 1 else states[0], t.state_reset, seed=t.seed,
-                                   step=self.steps_done)
+                                   step=self.steps_done, shard=(self.dist.rank, self.dist.world))
 
     def start_epoch(self) -> None:
         self.state = None

@@ -15,11 +15,13 @@ import signal
 import time
 from pathlib import Path
 
+import torch
+
 from seqfit.atomic import write_text_atomic
 from seqfit.config import RunCfg
 from seqfit.device import resolve_device
 from seqfit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from seqfit.engine.rng import rng_state, set_rng_state
+from seqfit.engine.rng import rng_state, seed_everything, set_rng_state
 from seqfit.engine.run_files import (
     budget_bytes,
     mean_throughput,
@@ -43,44 +45,60 @@ __all__ = ["train"]
 
 def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, echo=print,
           profile: bool = False, tensorboard: bool = False) -> dict:
-    """Train (or resume) the run ``cfg`` asks for; returns the summary also written to RUN_DIR/summary.json."""
+    """Train (or resume) the run ``cfg`` asks for; returns the summary also written to RUN_DIR/summary.json.
+    Under torchrun every rank calls this; rank 0 alone writes and speaks (engine/distributed.py)."""
     run_dir = Path(run_dir)
     if not resume and (has_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
         raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
     budget = budget_bytes(cfg)
-    if budget and not resume:  # a resumed run keeps the plan its config.toml holds
+    if budget and not resume:  # a resumed run keeps the plan its config.toml holds; a budget is per process
         choice = plan_for_budget(cfg, data_info_for(cfg, data_dir), budget)  # BudgetError: nothing built yet
         cfg = choice.cfg
-        echo(f"--budget {format_bytes(budget)}: predicted peak {format_bytes(choice.plan['predicted_peak_bytes'])}, "
-             f"{choice.plan['reason']}")
+        plan_line = (f"--budget {format_bytes(budget)}: predicted peak {format_bytes(choice.plan['predicted_peak_bytes'])}, "
+                     f"{choice.plan['reason']}")
     if resolve_device(cfg.memory.device).type == "cpu":
         configure_allocator()  # before any tensor: freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
     s = Session.build(cfg, data_dir, warn=echo)  # checks data and options before anything is written
-    task, t = s.task, cfg.train
-    start_run_dir(run_dir, cfg, data_dir)
+    task, t, dist = s.task, cfg.train, s.dist
+    if not dist.main:
+        echo = _quiet
+    if budget and not resume:
+        echo(plan_line)
     step, epoch, position = 0, 0, 0
-    if resume:
-        saved = load_checkpoint(run_dir, s.model)
-        s.optimizer.load_state_dict(saved["optimizer"])
-        s.schedule.load_state_dict(saved["schedule"])
-        s.precision.load_state_dict(saved["precision"])
-        step, epoch, position = saved["step"], saved["epoch"], saved["batch_index"]
-        task.load_state_dict(saved)
-        set_rng_state(saved["rng"])
-        trim_metrics(run_dir / "metrics.jsonl", step)
-    write_text_atomic(run_dir / "plan.json", json.dumps({"plan": s.plan}, indent=1))
-    echo(f"plan: {task.describe(s.model)}")
+    if resume:  # before anything is written: a checkpoint that does not fit leaves the run as it was
+        saved = load_checkpoint(run_dir, s.module)
+        try:
+            s.optimizer.load_state_dict(saved["optimizer"])
+            s.schedule.load_state_dict(saved["schedule"])
+            s.precision.load_state_dict(saved["precision"])
+            step, epoch, position = saved["step"], saved["epoch"], saved["batch_index"]
+            _restore_rank_state(saved, task, dist, cfg, echo)
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise SeqfitError(f"the checkpoint in {run_dir} is incomplete or from another run ({e!r})") from None
+    dist.barrier()  # every rank has checked the run directory (and its checkpoint) before rank 0 writes to it
+    if dist.main:
+        start_run_dir(run_dir, cfg, data_dir)
+        if resume:
+            trim_metrics(run_dir / "metrics.jsonl", step)
+    if dist.main:
+        write_text_atomic(run_dir / "plan.json", json.dumps({"plan": s.plan, "world_size": dist.world}, indent=1))
+    echo(f"plan: {task.describe(s.module)}" + (f", {dist.world} processes" if dist.enabled else ""))
 
     def checkpoint() -> None:
-        save_checkpoint(run_dir, s.model, {
-            "step": step, "epoch": epoch, "batch_index": position, **task.state_dict(),
-            "optimizer": s.optimizer.state_dict(), "schedule": s.schedule.state_dict(),
-            "precision": s.precision.state_dict(), "rng": rng_state(), "plan": s.plan})
+        mine = {**task.state_dict(), "rng": rng_state()}
+        ranks = dist.gather(_to_cpu(mine) if dist.enabled else mine)
+        if dist.main:
+            per_rank = ranks[0] if not dist.enabled else {"ranks": ranks, "world_size": dist.world}
+            save_checkpoint(run_dir, s.module, {
+                "step": step, "epoch": epoch, "batch_index": position, **per_rank,
+                "optimizer": s.optimizer.state_dict(), "schedule": s.schedule.state_dict(),
+                "precision": s.precision.state_dict(), "plan": s.plan})
+        dist.barrier()
 
-    def validate(progress: Progress | None) -> dict | None:
+    def validate(progress) -> dict | None:
         nonlocal window_start
         started = time.perf_counter()
-        result = task.validate(s.model, s.precision)
+        result = task.validate(s.module, s.precision)  # every rank: the same numbers, no rank waits on another
         window_start += time.perf_counter() - started  # the throughput window counts training time only
         if result is not None:
             result["step"] = step
@@ -90,19 +108,19 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
         return result
 
     total_steps = s.total_steps()
-    log = MetricsLog(run_dir / "metrics.jsonl", append=resume, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
+    log = MetricsLog(run_dir / "metrics.jsonl", append=resume, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None) if dist.main else _Silent()
     profiler = PhaseProfiler(s.device) if profile else None
     sampler = MemorySampler(interval=0.05, keep_timeline=True)
-    progress = Progress(total_steps, desc="train", initial=step)
+    progress = Progress(total_steps, desc="train", initial=step) if dist.main else _Silent()
     watchdog = Watchdog(budget, sampler, s.device.type) if budget else None
-    interrupted, over_budget, last_valid = False, None, None
+    stop = _StopSignals(echo)
+    over_budget, out_of_time, last_valid = None, False, None
     window: dict[str, float] = {}
     window_start = time.perf_counter()
     deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes else math.inf
-    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     s.model.train()
     try:
-        with sampler:
+        with sampler, stop:
             while step < total_steps:
                 groups = task.epoch_groups(epoch)
                 if position >= len(groups):  # epoch done: validate, anneal, next epoch
@@ -117,13 +135,20 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     profiler.step_done()
                 s.schedule.step()
                 step, position = step + 1, position + 1
-                if watchdog:
-                    watchdog.check(step)  # MemoryBudgetExceeded: this step is checkpointed below, exit 4
+                try:
+                    if watchdog:
+                        watchdog.check(step)
+                except MemoryBudgetExceeded as e:
+                    over_budget = e
+                # every rank stops after the same step: a signal, the budget or the clock on any of them
+                stopping, over_anywhere, out_of_time = dist.any(stop.requested, over_budget is not None,
+                                                                time.monotonic() > deadline)
                 if not math.isfinite(stats["loss_sum"]):
                     raise SeqfitError(f"the loss became {stats['loss_sum']} at step {step}: lower --lr or use --clip")
                 add_stats(window, {k: v for k, v in stats.items() if k != "stepped"})
-                out_of_time = time.monotonic() > deadline
-                if step % t.log_every == 0 or step == total_steps or out_of_time:
+                if step % t.log_every == 0 or step == total_steps or out_of_time or stopping or over_anywhere:
+                    keys = sorted(window)
+                    window = dict(zip(keys, dist.sum([window[k] for k in keys])))  # the whole batch's numbers
                     rate = window["tokens"] / (time.perf_counter() - window_start)
                     metrics, mem = task.train_metrics(window), sampler.last
                     log.write({"kind": "train", "step": step, "epoch": epoch, **metrics,
@@ -132,6 +157,11 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     progress.update(step - progress.n, **{k: f"{v:.3f}" for k, v in metrics.items()},
                                     tok_s=f"{rate:,.0f}", mem=format_bytes(mem.rss))
                     window, window_start = {}, time.perf_counter()
+                if stopping or over_anywhere:
+                    over_budget = over_budget or (MemoryBudgetExceeded(
+                        f"another process of this run crossed --budget at step {step}; a checkpoint was written, "
+                        "continue with --resume") if over_anywhere else None)
+                    break
                 if t.eval_every and step % t.eval_every == 0:
                     last_valid = validate(progress)
                 if t.checkpoint_every and step % t.checkpoint_every == 0:
@@ -139,33 +169,100 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                 if out_of_time:
                     progress.write(f"--max-minutes {t.max_minutes:g} reached at step {step}")
                     break
-    except KeyboardInterrupt:
-        interrupted = True
-    except MemoryBudgetExceeded as e:
-        over_budget = e
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
         progress.close()
         if profiler:
             profiler.close()
-            write_text_atomic(run_dir / "profile.json", json.dumps(profiler.to_json(), indent=1))
+            if dist.main:
+                write_text_atomic(run_dir / "profile.json", json.dumps(profiler.to_json(), indent=1))
             echo(profiler.format_table())
     if position >= len(task.epoch_groups(epoch)):  # the last step ended an epoch
         epoch, position = epoch + 1, 0
         task.start_epoch()
     checkpoint()
-    if over_budget is not None or interrupted:
+    if over_budget is not None or stop.requested:
         log.close()
         if over_budget is not None:
             raise over_budget
         raise SeqfitError(f"interrupted at step {step}; checkpoint saved, continue with --resume")
     if last_valid is None or last_valid["step"] != step:
         last_valid = validate(None)
-    summary = {"step": step, "epoch": epoch, "parameters": count_parameters(s.model), "plan": s.plan,
+    summary = {"step": step, "epoch": epoch, "parameters": count_parameters(s.module), "plan": s.plan,
                **task.summary(last_valid), "peak_rss": sampler.peak_rss, "peak_anon": sampler.peak_anon,
-               "tokens_per_s": mean_throughput(run_dir / "metrics.jsonl")}
+               "tokens_per_s": mean_throughput(run_dir / "metrics.jsonl") if dist.main else None,
+               "world_size": dist.world}
     log.write({"kind": "end", **{k: v for k, v in summary.items() if k != "plan"}})
     log.close()
-    write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
-    write_text_atomic(run_dir / "memory_timeline.json", json.dumps(sampler.timeline))
+    if dist.main:
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
+        write_text_atomic(run_dir / "memory_timeline.json", json.dumps(sampler.timeline))
+    dist.barrier()
     return summary
+
+
+def _quiet(*args, **kwargs) -> None:
+    """What a rank other than 0 says: nothing."""
+
+
+class _Silent:
+    """The metrics log and progress bar of a rank other than 0."""
+
+    n = 0
+
+    def write(self, *args, **kwargs) -> None:
+        pass
+
+    def update(self, n: int = 1, **postfix) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        pass
+
+
+class _StopSignals:
+    """Ctrl-C and SIGTERM ask the run to stop after the step in flight (so every rank stops after the same
+    step, with a consistent checkpoint); a second Ctrl-C stops at once."""
+
+    def __init__(self, echo):
+        self.echo, self.requested, self._previous = echo, False, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.echo("stopping after this step (a checkpoint follows); Ctrl-C again to stop at once")
+
+    def __enter__(self) -> "_StopSignals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _restore_rank_state(saved: dict, task, dist, cfg: RunCfg, echo) -> None:
+    """This rank's carried state and RNG from a checkpoint; restarted when the world size changed."""
+    if "ranks" in saved:
+        mine = saved["ranks"][dist.rank] if saved["world_size"] == dist.world else None
+    else:
+        mine = saved if dist.world == 1 else None
+    if mine is not None:
+        task.load_state_dict({**mine, "step": saved["step"]})
+        set_rng_state(mine["rng"])
+        return
+    echo(f"resuming {saved.get('world_size', 1)} processes' run with {dist.world}: data is re-sharded, carried "
+         "states restart from zero and random streams are re-seeded (the model, optimizer and step carry over)")
+    task.load_state_dict({"step": saved["step"]})
+    seed_everything(cfg.train.seed + 1_000_003 * (dist.rank + 1) + saved["step"])

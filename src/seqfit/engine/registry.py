@@ -8,6 +8,7 @@ import torch
 
 from seqfit.config import RunCfg
 from seqfit.engine.classify import ClassifierTask
+from seqfit.engine.distributed import Dist
 from seqfit.engine.lm import LanguageModelTask
 from seqfit.engine.task import Task
 
@@ -16,6 +17,7 @@ __all__ = ["TASKS", "make_task"]
 TASKS: dict[str, type] = {"lm": LanguageModelTask, "classify": ClassifierTask}
 
 
-def make_task(cfg: RunCfg, data_dir: Path, device: torch.device) -> Task:
-    """The task ``cfg.model.task`` over DATA_DIR (its store opened and checked against the config)."""
-    return TASKS[cfg.model.task](cfg, Path(data_dir), device)
+def make_task(cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()) -> Task:
+    """The task ``cfg.model.task`` over DATA_DIR (its store opened and checked against the config), reading
+    this rank's share of the data."""
+    return TASKS[cfg.model.task](cfg, Path(data_dir), device, dist)

@@ -10,6 +10,7 @@ import torch
 
 from seqfit.config import RunCfg
 from seqfit.device import resolve_device
+from seqfit.engine.distributed import Dist, setup, unwrap
 from seqfit.engine.registry import make_task
 from seqfit.engine.rng import seed_everything
 from seqfit.engine.schedule import Schedule, make_schedule
@@ -25,25 +26,37 @@ __all__ = ["Session"]
 class Session:
     cfg: RunCfg
     task: Task
-    model: torch.nn.Module
+    model: torch.nn.Module  # what a step calls: the model, or DDP around it
     optimizer: torch.optim.Optimizer
     precision: Precision
     schedule: Schedule
+    dist: Dist
 
     @classmethod
     def build(cls, cfg: RunCfg, data_dir: Path, *, warn=None) -> "Session":
-        """Open and check the data (``warn``: where data warnings go), then build model and optimizer."""
+        """Open and check the data (``warn``: where data warnings go), then build model and optimizer.
+        Under torchrun, join the process group first: each rank's task reads its share of the data."""
         device = resolve_device(cfg.memory.device)
-        task = make_task(cfg, data_dir, device)
+        dist = setup(device)
+        if dist.enabled and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+        task = make_task(cfg, data_dir, device, dist)
         if warn is not None:
             task.check_data(warn)
         seed_everything(cfg.train.seed)
-        model = task.build_model().to(device)
+        module = task.build_model().to(device)
+        if dist.enabled:  # the weights come from rank 0 (DDP broadcasts them); dropout masks differ per rank
+            seed_everything(cfg.train.seed + 1_000_003 * (dist.rank + 1))
         precision = make_precision(task.plan["precision"], device)
-        optimizer, lr = optimizer_for(cfg.train, model)
+        optimizer, lr = optimizer_for(cfg.train, module)
         total = cfg.train.max_steps or cfg.train.epochs * task.steps_per_epoch()
         schedule = make_schedule(cfg.train.schedule, optimizer, base_lr=lr, total_steps=total, warmup=cfg.train.warmup)
-        return cls(cfg, task, model, optimizer, precision, schedule)
+        return cls(cfg, task, dist.wrap(module, device), optimizer, precision, schedule, dist)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model itself (for its weights, its attributes and evaluation)."""
+        return unwrap(self.model)
 
     @property
     def plan(self) -> dict:
@@ -58,4 +71,4 @@ class Session:
 
     def step(self, group, phase: Phase = no_phase) -> dict[str, float]:
         return train_step(self.task, self.model, group, precision=self.precision, optimizer=self.optimizer,
-                          clip=self.cfg.train.clip, phase=phase)
+                          clip=self.cfg.train.clip, phase=phase, dist=self.dist)

@@ -26,6 +26,8 @@ def load_embedding_matrix(path: str, vocab_size: int, embed: int) -> torch.Tenso
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise SeqfitError(f"cannot read embedding matrix {path}: {e}") from None
+    if not isinstance(matrix, np.ndarray) or matrix.ndim != 2 or matrix.dtype.kind != "f":  # e.g. an .npz (a zip)
+        raise SeqfitError(f"{path} is not a 2-d float .npy matrix (as `seqfit prepare --embeddings` writes)")
     if matrix.shape != (vocab_size, embed):
         raise SeqfitError(f"embedding matrix {path} is {matrix.shape[0]}x{matrix.shape[1]}, "
                           f"the model needs {vocab_size}x{embed} (vocabulary x --embed)")
@@ -77,10 +79,10 @@ class LanguageModel(nn.Module):
         out, state = self.rnn(emb, state, checkpoint_time=self.checkpoint_time)  # (B, T, H)
         return self.drop(out), _fp32_state(state)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Summed cross-entropy of targets y (B, T) (fp32 scalar) and the carried state."""
-        feats, state = self.features(x, state)
-        return self.head.loss(feats.reshape(-1, feats.shape[-1]), y.reshape(-1)), state
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """The same as features(): what a DistributedDataParallel wrapper calls. The output layer's loss
+        (self.head.loss) is applied to the features outside, a chunk of rows at a time."""
+        return self.features(x, state)
 
     def nll(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Summed negative log-likelihood (no label smoothing), for perplexity."""

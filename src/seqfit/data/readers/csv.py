@@ -76,3 +76,7 @@ def read(path: Path, fields: Sequence[str], opts: ReadOptions) -> Iterator[Recor
             raise SeqfitError(f"{path}:{row[1]}: malformed CSV row (expected {row[2]} columns, got {row[3]}): "
                               f"{row[4][:80]!r}") from None
         raise SeqfitError(f"{path}: {message}") from None
+    except pa.ArrowException as e:
+        raise SeqfitError(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except UnicodeDecodeError as e:  # pyarrow decodes the header names strictly
+        raise SeqfitError(f"{path} is not UTF-8: bad byte 0x{e.object[e.start]:02x} in its header") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,8 +28,11 @@ def read(path: Path, fields: Sequence[str], opts: ReadOptions) -> Iterator[Recor
         # Parquet needs random access (its footer is at the end); a gzip stream has none.
         with tempfile.TemporaryDirectory(prefix="seqfit-pq-") as tmp:
             plain = Path(tmp) / path.stem
-            with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+                raise SeqfitError(f"cannot read {path}: {e}") from None
             yield from _read_plain(path, plain, fields, opts)
         return
     yield from _read_plain(path, path, fields, opts)
