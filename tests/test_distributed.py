@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import write_corpus
+from safetensors.torch import load_file
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", SEQFIT_DIST_TIMEOUT="60")
 LM = ["--layers", "1", "--hidden", "24", "--embed", "16", "--bptt", "10", "--optimizer", "sgd", "--lr", "0.5",
@@ -106,3 +105,16 @@ def test_a_killed_rank_ends_the_run_with_a_non_zero_exit(stores, tmp_path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def test_a_memory_probe_asked_from_a_rank_runs_on_its_own(monkeypatch, data_dir):
+    """The planner's probe child must not try to join the group of the rank that asked for it."""
+    from seqfit.config import ModelCfg, RunCfg, TrainCfg
+    from seqfit.memory.probe import measure_run
+
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    cfg = RunCfg(model=ModelCfg(layers=1, hidden=16, embed=8), train=TrainCfg(batch_size=4, bptt=8))
+    result = measure_run(cfg, data_dir, steps=2, timeout=120)
+    assert result["peak_bytes"] > 0 and result["device"] == "cpu"

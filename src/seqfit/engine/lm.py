@@ -1,7 +1,9 @@
 """The language-model task: token streams with the state carried across batches (truncated BPTT).
 
 A batch of B streams is split into ``accumulate`` micro-batches of B / accumulate streams, each with
-its own slice of the carried state; the loss is divided by the whole batch's target tokens.
+its own slice of the carried state; the loss is divided by the whole batch's target tokens. After each
+step a few streams (--state-reset) restart from a zero state, where evaluation and generation start.
+A data-parallel rank reads its own block of the streams (data/batching.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from seqfit.data.store import TokenStore
 from seqfit.engine.distributed import Dist, unwrap
 from seqfit.engine.evaluate import EVAL_STREAMS, evaluate_lm
 from seqfit.memory.estimate import DataInfo
-from seqfit.memory.plan import requested_plan
+from seqfit.memory.requested import requested_plan
 from seqfit.models.build import build_model, count_parameters
 from seqfit.nn.state import State, detach_state, reset_streams
 

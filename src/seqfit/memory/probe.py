@@ -34,6 +34,8 @@ __all__ = ["measure_run", "CHILD_MODULE"]
 # The child runs the training engine; the planner (this layer) knows it by name only, so memory/ never
 # imports the engine that itself calls the planner.
 CHILD_MODULE = "seqfit.engine.measure_steps"
+_LAUNCHER_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                  "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
 
 
 def measure_run(cfg: RunCfg, data_dir: str | Path, *, steps: int = 4, threads: int = 0,
@@ -46,7 +48,9 @@ def measure_run(cfg: RunCfg, data_dir: str | Path, *, steps: int = 4, threads: i
     threads > 0 sets torch's thread count. A killed child raises SeqfitError.
     """
     spec = {"config": to_dict(cfg), "data_dir": str(data_dir), "steps": steps, "threads": threads}
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # a probe is one process of its own, also when asked from a rank of a torchrun group
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS and not k.startswith("TORCHELASTIC_")}
+    env["PYTHONUNBUFFERED"] = "1"
     try:
         proc = subprocess.run([sys.executable, "-m", CHILD_MODULE], input=json.dumps(spec), text=True,
                               capture_output=True, timeout=timeout, env=env)

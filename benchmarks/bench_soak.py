@@ -1,0 +1,74 @@
+"""Soak: one long `seqfit train --budget` run, resident memory read at every step; is there an upward drift?
+
+A character-level LSTM on the Python standard library's source (as `make run`), logging every step.
+Drift is the least-squares slope of anonymous resident memory over time after a warm-up (the first 10%
+of the run), reported in MB per hour, with the spread (max - min) after warm-up. 60 minutes by default;
+--quick runs 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import WORK, print_table, write_result  # noqa: E402
+
+MB = 2**20
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+
+
+def run(quick: bool = False, minutes: float = 0.0) -> dict:
+    minutes = minutes or (3.0 if quick else 60.0)
+    work = WORK / "soak"
+    data, out = work / "data", work / "run"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    if not (data / "meta.json").exists():
+        subprocess.run([sys.executable, "-m", "seqfit", "prepare", *(str(stdlib / p) for p in ("email", "asyncio", "logging")),
+                        "--pattern", "*.py", "--level", "char", "--encoding-errors", "replace", "--valid-fraction", "0.02",
+                        "--out", str(data)], check=True, capture_output=True)
+    budget = "900MB"
+    cmd = [sys.executable, "-m", "seqfit", "train", str(data), "--out", str(out), "--layers", "2", "--hidden", "256",
+           "--embed", "64", "--batch-size", "32", "--bptt", "128", "--optimizer", "adam", "--lr", "0.002",
+           "--budget", budget, "--max-minutes", str(minutes), "--epochs", "1000", "--log-every", "1",
+           "--eval-every", "500", "--eval-batches", "20", "--checkpoint-every", "500", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
+    return {"name": "soak", "minutes": minutes, "budget": budget, "exit_code": proc.returncode, **analyze(out)}
+
+
+def analyze(out: Path) -> dict:
+    """Drift of a finished run's memory readings (RUN/metrics.jsonl, one line a step)."""
+    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    train = [r for r in records if r.get("kind") == "train"]
+    times = [r["time"] - train[0]["time"] for r in train]  # seconds since the first step
+    after = len(train) // 10
+    anon = [r["anon"] / MB for r in train[after:]]
+    rss = [r["rss"] / MB for r in train[after:]]
+    hours = [t / 3600 for t in times[after:]]
+    return {"steps": len(train), "warmup_steps": after,
+              "rows": [{"series": "anonymous", "first_mb": anon[0], "last_mb": anon[-1], "max_mb": max(anon),
+                        "spread_mb": max(anon) - min(anon), "slope_mb_per_hour": _slope(hours, anon)},
+                       {"series": "resident", "first_mb": rss[0], "last_mb": rss[-1], "max_mb": max(rss),
+                        "spread_mb": max(rss) - min(rss), "slope_mb_per_hour": _slope(hours, rss)}]}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 minutes")
+    parser.add_argument("--minutes", type=float, default=0.0)
+    args = parser.parse_args()
+    result = run(quick=args.quick, minutes=args.minutes)
+    print_table(result)
+    print(f"-> {write_result(result)}")
