@@ -138,6 +138,8 @@ def _verify(cfg, data_dir, data, steps: int, predicted: int, echo) -> dict:
         from seqfit.memory.estimate_classify import worst_batch
 
         tokens = worst_batch(measured["plan"], data)[2] * measured["plan"]["accumulate"]
+    elif cfg.model.task == "forecast":  # every window is --lookback steps
+        tokens = effective_batch(cfg) * cfg.train.lookback
     else:
         tokens = effective_batch(cfg) * lm_bptt(cfg.train)
     return {"measured_peak_bytes": measured["peak_bytes"], "measured_step_seconds": measured["step_seconds"],

@@ -31,7 +31,7 @@ def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, mini
 
 @dataclass(frozen=True)
 class ModelCfg:
-    task: str = opt("lm", "what the model learns", ("lm", "classify"))
+    task: str = opt("lm", "what the model learns", ("lm", "classify", "forecast"))
     cell: str = opt("lstm", "recurrent cell", ("rnn", "lstm", "gru"))
     layers: int = opt(2, "number of stacked recurrent layers", minimum=1)
     hidden: int = opt(200, "hidden units per layer and direction", minimum=1)
@@ -43,6 +43,17 @@ class ModelCfg:
     embeddings: str = opt("", "pretrained embedding matrix (.npy) to initialise the input embedding")
     freeze_embeddings: bool = opt(False, "keep the input embedding fixed: no gradient, no optimizer state")
     pooling: str = opt("last", "how a classifier summarises a sequence", ("last", "mean"))
+    embed_dropout: float = opt(0.0, "LM: drop whole words (rows of the embedding), one mask per batch (AWD-LSTM)",
+                               minimum=0, below=1)
+    locked_dropout: bool = opt(False, "dropout with one mask per sequence shared over time (variational), on inputs, "
+                                      "between layers and on outputs (AWD-LSTM)")
+    weight_drop: float = opt(0.0, "DropConnect on the hidden-to-hidden weights, one mask per batch shared by every "
+                                  "time step (AWD-LSTM; 0: off)", minimum=0, below=1)
+    target: str = opt("", "forecast: the columns to predict, comma-separated (empty: every column)")
+    covariates: str = opt("", "forecast: other columns read as past inputs, comma-separated (empty: none)")
+    horizon: int = opt(1, "forecast: steps predicted at once after the lookback window", minimum=1)
+    forecast_loss: str = opt("mse", "forecast loss (quantile: pinball loss over --quantiles)", ("mse", "mae", "quantile"))
+    quantiles: str = opt("0.1,0.5,0.9", "forecast: quantiles the quantile loss predicts, comma-separated, in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,16 @@ class TrainCfg:
     seed: int = opt(1111, "random seed", minimum=0)
     state_reset: float = opt(0.01, "LM: chance per stream and step that its carried state restarts from zero, so the "
                                    "model learns to start as evaluation and generation do (0: never)", minimum=0, below=1)
+    ar: float = opt(0.0, "LM: activation regularisation, ar x mean square of the last layer's dropped outputs",
+                    minimum=0)
+    tar: float = opt(0.0, "LM: temporal activation regularisation, tar x mean square change of the last layer's "
+                          "outputs from step to step", minimum=0)
+    variable_bptt: bool = opt(False, "LM: windows of random length around --bptt (AWD-LSTM), never longer; a short "
+                                     "window's loss counts as --bptt tokens, so it moves the weights less")
+    average: str = opt("off", "weight averaging: nt = NT-ASGD's trigger (average the weights once validation stops "
+                              "improving on the best but the last --nonmono); validation and inference use the mean",
+                       ("off", "nt"))
+    nonmono: int = opt(5, "validations the NT-ASGD trigger looks past (--average nt)", minimum=1)
     eval_every: int = opt(0, "validate every N steps as well as after each epoch (0: epochs only)", minimum=0)
     eval_batches: int = opt(0, "validate on at most this many batches (0: the whole split)", minimum=0)
     checkpoint_every: int = opt(200, "write a checkpoint every N steps (and at the end)", minimum=0)
@@ -70,6 +91,8 @@ class TrainCfg:
     max_length: int = opt(0, "longest sequence a classifier accepts (0: no limit)", minimum=0)
     too_long: str = opt("error", "what to do with a sequence over --max-length", ("error", "truncate"))
     class_weights: str = opt("", "classifier loss weights: 'balanced' or one number per class, comma-separated (empty: equal)")
+    lookback: int = opt(48, "forecast: past steps the model reads before each forecast", minimum=1)
+    season: int = opt(1, "forecast: season length for MASE and the seasonal-naive baseline (0 or 1: naive)", minimum=0)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,8 @@ def train(data_dir, out, resume, profile, tensorboard, nproc, as_json, **kwargs)
         result = f"valid perplexity {summary['valid_ppl']:.2f}"
     elif summary.get("valid_accuracy") is not None:
         result = f"valid accuracy {summary['valid_accuracy']:.2%}, macro-F1 {summary['valid_macro_f1']:.3f}"
+    elif summary.get("valid_mae") is not None:
+        result = f"valid loss {summary['valid_loss']:.4f}, MAE {summary['valid_mae']:.4g}"
     else:
         result = "no valid split"
     emit(summary, as_json, f"step {summary['step']}: {result}")
@@ -79,10 +81,11 @@ Examples:
 @click.argument("run_dir", type=click.Path())
 @click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid", show_default=True)
 @click.option("--data", "data_dir", default=None, help="data directory (default: the one the run trained on)")
-@click.option("--batch-size", type=click.IntRange(min=0), default=0, help="batch size (default: LM 10 streams, classifier the run's own)")
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, help="batch size (default: LM 10 streams, classifier and forecaster the run's own)")
 @json_flag
 def evaluate(run_dir, split, data_dir, batch_size, as_json) -> None:
-    """Perplexity of a language model, or accuracy and macro-F1 of a classifier, on a split."""
+    """Perplexity of a language model, accuracy and macro-F1 of a classifier, or a forecaster's rolling-origin
+    backtest (MAE, RMSE, sMAPE, MASE against naive and seasonal-naive forecasts), on a split."""
     from seqfit.engine.run_dir import load_run
 
     run = load_run(run_dir, data_dir=data_dir)

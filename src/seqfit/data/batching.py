@@ -54,11 +54,28 @@ class StreamBatches:
     def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of batch i, both (B, t) int64."""
         pos = i * self.bptt
-        t = min(self.bptt, self.stream_len - 1 - pos)
-        if t <= 0:
+        if pos >= self.stream_len - 1:
             raise IndexError(f"batch {i} out of range (epoch has {len(self)})")
+        return self.window(pos, self.bptt)
+
+    def window(self, pos: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of positions [pos, pos + t) of every stream (t: ``steps``, cut at the stream's end)."""
+        t = min(steps, self.stream_len - 1 - pos)
+        if t <= 0 or pos < 0:
+            raise IndexError(f"position {pos} is past the streams' end ({self.stream_len - 1})")
         window = torch.from_numpy(self.tokens.windows(self.starts + pos, t + 1).astype(np.int64))  # (B, t+1)
         return window[:, :-1], window[:, 1:]
+
+    def random_windows(self, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """(position, length) windows covering the streams, of random length around bptt (AWD-LSTM's rule:
+        bptt, or bptt / 2 one time in twenty, plus normal noise of sd 5; at least 5, at most bptt)."""
+        out, pos, end = [], 0, self.stream_len - 1
+        while pos < end:
+            base = self.bptt if rng.random() < 0.95 else self.bptt / 2
+            t = int(min(self.bptt, max(5, round(rng.normal(base, 5)))))
+            out.append((pos, min(t, end - pos)))
+            pos += t
+        return out
 
     def __iter__(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(start, len(self)):

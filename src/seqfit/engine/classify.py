@@ -30,6 +30,7 @@ from seqfit.engine.task import no_phase
 from seqfit.errors import SeqfitError
 from seqfit.memory.plan_classify import requested_classify_plan
 from seqfit.models.classifier import SequenceClassifier, build_classifier
+from seqfit.nn.regularisers import new_batch
 from seqfit.nn.timechunk import truncated_chunks
 
 __all__ = ["ClassifierTask", "class_weights", "check_split", "micro_backward", "evaluate_classifier", "sampler_for",
@@ -99,6 +100,7 @@ def batch_to_device(split: SequenceSplit, indices, max_length: int, device: torc
 def _truncated_backward(model: SequenceClassifier, x, lengths, y, *, k: int, weight, denom: int, precision):
     """Truncated BPTT over one micro-batch; returns (summed loss, logits (B, C) without grad)."""
     B, T = x.shape[:2]
+    new_batch(model)  # locked dropout: one mask for every chunk of this batch
     pooled, logits_all, loss_sum = None, torch.zeros(B, model.num_classes, device=x.device), 0.0
     for chunk in truncated_chunks(model.rnn, model.chunk_inputs(x), None, lengths, k, total=T,
                                   context=precision.autocast):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from seqfit.config import RunCfg
@@ -21,6 +23,7 @@ from seqfit.engine.evaluate import EVAL_STREAMS, evaluate_lm
 from seqfit.memory.estimate import DataInfo
 from seqfit.memory.requested import requested_plan
 from seqfit.models.build import build_model, count_parameters
+from seqfit.nn.regularisers import activation_regularisation
 from seqfit.nn.state import State, detach_state, reset_streams
 
 __all__ = ["LanguageModelTask", "slice_state", "cat_states"]
@@ -55,6 +58,7 @@ class LanguageModelTask:
         self.state: State | None = None  # carried across batches; None: zeros at the next batch
         self._new_states: list[State] = []
         self.steps_done = 0  # draws the streams whose state restarts (reset_streams)
+        self._windows: tuple[int, list] | None = None  # --variable-bptt: (epoch, its windows)
 
     @functools.cached_property
     def batches(self) -> StreamBatches:
@@ -78,14 +82,21 @@ class LanguageModelTask:
     def steps_per_epoch(self) -> int:
         return len(self.batches)
 
-    def epoch_groups(self, epoch: int) -> range:
-        return range(len(self.batches))  # the same streams every epoch
+    def epoch_groups(self, epoch: int) -> Sequence[int] | list[tuple[int, int]]:
+        """Batch numbers (fixed windows), or (position, length) windows drawn from (seed, epoch) alone."""
+        if not self.cfg.train.variable_bptt:
+            return range(len(self.batches))  # the same windows every epoch
+        if self._windows is None or self._windows[0] != epoch:
+            rng = np.random.default_rng([self.cfg.train.seed, epoch])
+            self._windows = (epoch, self.batches.random_windows(rng))
+        return self._windows[1]
 
     def probe_group(self, step: int) -> int:
         return step % len(self.batches)  # every batch is the same size
 
-    def micro_batches(self, group: int) -> list[tuple[torch.Tensor, torch.Tensor, slice]]:
-        return self.split_streams(*self.batches.batch(group))
+    def micro_batches(self, group) -> list[tuple[torch.Tensor, torch.Tensor, slice]]:
+        x, y = self.batches.batch(group) if isinstance(group, int) else self.batches.window(*group)
+        return self.split_streams(x, y)
 
     def split_streams(self, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, slice]]:
         """Inputs and targets (B, T) of one batch -> ``accumulate`` micro-batches of streams, on the device."""
@@ -98,6 +109,8 @@ class LanguageModelTask:
         return [(x[r], y[r], r) for r in rows]
 
     def denominator(self, micro) -> int:
+        if self.cfg.train.variable_bptt:  # as AWD-LSTM scales the learning rate by length / bptt
+            return sum(y.shape[0] for _, y, _ in micro) * self.plan["bptt"]
         return sum(y.numel() for _, y, _ in micro)
 
     # -- one micro-batch --
@@ -105,12 +118,18 @@ class LanguageModelTask:
         x, y, rows = micro
         if self.state is None:
             self.state = unwrap(model).init_state(self.plan["batch_size"], device=self.device)
+        t = self.cfg.train
         with phase("forward"), precision.autocast():
-            feats, s = model(x, slice_state(self.state, rows))  # (b, T, H); through DDP when there is one
+            if t.ar or t.tar:
+                feats, raw, s = model(x, slice_state(self.state, rows), with_raw=True)  # (b, T, H) each
+            else:
+                feats, s = model(x, slice_state(self.state, rows))  # (b, T, H); through DDP when there is one
         with phase("loss"), precision.autocast():
             loss = unwrap(model).head.loss(feats.reshape(-1, feats.shape[-1]), y.reshape(-1))
+            # AR/TAR are means over the micro-batch: times its tokens, they weigh as in AWD-LSTM once divided by denom
+            penalty = activation_regularisation(feats, raw, t.ar, t.tar) * y.numel() if t.ar or t.tar else 0.0
         with phase("backward"):
-            precision.backward(loss / denom)
+            precision.backward((loss + penalty) / denom)  # the logged loss leaves the penalty out
         self._new_states.append(detach_state(s))
         loss_sum = loss.item()
         del loss, feats  # frees this micro-batch's graph before the next one is built

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from pathlib import Path
 
-import torch
 
 from seqfit.atomic import write_text_atomic
 from seqfit.config import RunCfg
 from seqfit.device import resolve_device
 from seqfit.engine.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from seqfit.engine.rng import rng_state, seed_everything, set_rng_state
+from seqfit.engine.rng import rng_state
+from seqfit.engine.run_control import Silent, StopSignals, quiet, restore_rank_state, to_cpu
 from seqfit.engine.run_files import (
     budget_bytes,
     mean_throughput,
@@ -61,7 +60,7 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     s = Session.build(cfg, data_dir, warn=echo)  # checks data and options before anything is written
     task, t, dist = s.task, cfg.train, s.dist
     if not dist.main:
-        echo = _quiet
+        echo = quiet
     if budget and not resume:
         echo(plan_line)
     step, epoch, position = 0, 0, 0
@@ -72,7 +71,8 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
             s.schedule.load_state_dict(saved["schedule"])
             s.precision.load_state_dict(saved["precision"])
             step, epoch, position = saved["step"], saved["epoch"], saved["batch_index"]
-            _restore_rank_state(saved, task, dist, cfg, echo)
+            s.average.load_state_dict(saved.get("weight_average"))  # the raw weights back under the mean
+            restore_rank_state(saved, task, dist, cfg, echo)
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise SeqfitError(f"the checkpoint in {run_dir} is incomplete or from another run ({e!r})") from None
     dist.barrier()  # every rank has checked the run directory (and its checkpoint) before rank 0 writes to it
@@ -86,19 +86,21 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
 
     def checkpoint() -> None:
         mine = {**task.state_dict(), "rng": rng_state()}
-        ranks = dist.gather(_to_cpu(mine) if dist.enabled else mine)
+        ranks = dist.gather(to_cpu(mine) if dist.enabled else mine)
         if dist.main:
             per_rank = ranks[0] if not dist.enabled else {"ranks": ranks, "world_size": dist.world}
-            save_checkpoint(run_dir, s.module, {
-                "step": step, "epoch": epoch, "batch_index": position, **per_rank,
-                "optimizer": s.optimizer.state_dict(), "schedule": s.schedule.state_dict(),
-                "precision": s.precision.state_dict(), "plan": s.plan})
+            state = {"step": step, "epoch": epoch, "batch_index": position, **per_rank,
+                     "optimizer": s.optimizer.state_dict(), "schedule": s.schedule.state_dict(),
+                     "precision": s.precision.state_dict(), "plan": s.plan, "weight_average": s.average.state_dict()}
+            with s.average.swapped():  # the model file holds what inference should use
+                save_checkpoint(run_dir, s.module, state)
         dist.barrier()
 
     def validate(progress) -> dict | None:
         nonlocal window_start
         started = time.perf_counter()
-        result = task.validate(s.module, s.precision)  # every rank: the same numbers, no rank waits on another
+        with s.average.swapped():  # every rank: the same numbers, no rank waits on another
+            result = task.validate(s.module, s.precision)
         window_start += time.perf_counter() - started  # the throughput window counts training time only
         if result is not None:
             result["step"] = step
@@ -108,12 +110,12 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
         return result
 
     total_steps = s.total_steps()
-    log = MetricsLog(run_dir / "metrics.jsonl", append=resume, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None) if dist.main else _Silent()
+    log = MetricsLog(run_dir / "metrics.jsonl", append=resume, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None) if dist.main else Silent()
     profiler = PhaseProfiler(s.device) if profile else None
     sampler = MemorySampler(interval=0.05, keep_timeline=True)
-    progress = Progress(total_steps, desc="train", initial=step) if dist.main else _Silent()
+    progress = Progress(total_steps, desc="train", initial=step) if dist.main else Silent()
     watchdog = Watchdog(budget, sampler, s.device.type) if budget else None
-    stop = _StopSignals(echo)
+    stop = StopSignals(echo)
     over_budget, out_of_time, last_valid = None, False, None
     window: dict[str, float] = {}
     window_start = time.perf_counter()
@@ -129,6 +131,8 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     last_valid = validate(progress)
                     if last_valid is not None:
                         s.schedule.on_validation(last_valid["loss"])
+                        if s.average.on_validation(last_valid["loss"]):
+                            progress.write(f"step {step}: validation stopped improving; averaging the weights (NT-ASGD)")
                     continue
                 stats = s.step(groups[position], phase=profiler.phase if profiler else no_phase)
                 if profiler:
@@ -198,71 +202,3 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
         write_text_atomic(run_dir / "memory_timeline.json", json.dumps(sampler.timeline))
     dist.barrier()
     return summary
-
-
-def _quiet(*args, **kwargs) -> None:
-    """What a rank other than 0 says: nothing."""
-
-
-class _Silent:
-    """The metrics log and progress bar of a rank other than 0."""
-
-    n = 0
-
-    def write(self, *args, **kwargs) -> None:
-        pass
-
-    def update(self, n: int = 1, **postfix) -> None:
-        self.n += n
-
-    def close(self) -> None:
-        pass
-
-
-class _StopSignals:
-    """Ctrl-C and SIGTERM ask the run to stop after the step in flight (so every rank stops after the same
-    step, with a consistent checkpoint); a second Ctrl-C stops at once."""
-
-    def __init__(self, echo):
-        self.echo, self.requested, self._previous = echo, False, {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.echo("stopping after this step (a checkpoint follows); Ctrl-C again to stop at once")
-
-    def __enter__(self) -> "_StopSignals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-def _restore_rank_state(saved: dict, task, dist, cfg: RunCfg, echo) -> None:
-    """This rank's carried state and RNG from a checkpoint; restarted when the world size changed."""
-    if "ranks" in saved:
-        mine = saved["ranks"][dist.rank] if saved["world_size"] == dist.world else None
-    else:
-        mine = saved if dist.world == 1 else None
-    if mine is not None:
-        task.load_state_dict({**mine, "step": saved["step"]})
-        set_rng_state(mine["rng"])
-        return
-    echo(f"resuming {saved.get('world_size', 1)} processes' run with {dist.world}: data is re-sharded, carried "
-         "states restart from zero and random streams are re-seeded (the model, optimizer and step carry over)")
-    task.load_state_dict({"step": saved["step"]})
-    seed_everything(cfg.train.seed + 1_000_003 * (dist.rank + 1) + saved["step"])

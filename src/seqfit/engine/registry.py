@@ -9,12 +9,13 @@ import torch
 from seqfit.config import RunCfg
 from seqfit.engine.classify import ClassifierTask
 from seqfit.engine.distributed import Dist
+from seqfit.engine.forecast import ForecastTask
 from seqfit.engine.lm import LanguageModelTask
 from seqfit.engine.task import Task
 
 __all__ = ["TASKS", "make_task"]
 
-TASKS: dict[str, type] = {"lm": LanguageModelTask, "classify": ClassifierTask}
+TASKS: dict[str, type] = {"lm": LanguageModelTask, "classify": ClassifierTask, "forecast": ForecastTask}
 
 
 def make_task(cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()) -> Task:

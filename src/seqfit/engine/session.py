@@ -10,6 +10,7 @@ import torch
 
 from seqfit.config import RunCfg
 from seqfit.device import resolve_device
+from seqfit.engine.averaging import WeightAverage
 from seqfit.engine.distributed import Dist, setup, unwrap
 from seqfit.engine.registry import make_task
 from seqfit.engine.rng import seed_everything
@@ -31,6 +32,7 @@ class Session:
     precision: Precision
     schedule: Schedule
     dist: Dist
+    average: WeightAverage  # --average nt: NT-ASGD's running mean of the weights (inactive otherwise)
 
     @classmethod
     def build(cls, cfg: RunCfg, data_dir: Path, *, warn=None) -> "Session":
@@ -51,7 +53,8 @@ class Session:
         optimizer, lr = optimizer_for(cfg.train, module)
         total = cfg.train.max_steps or cfg.train.epochs * task.steps_per_epoch()
         schedule = make_schedule(cfg.train.schedule, optimizer, base_lr=lr, total_steps=total, warmup=cfg.train.warmup)
-        return cls(cfg, task, dist.wrap(module, device), optimizer, precision, schedule, dist)
+        average = WeightAverage(module, enabled=cfg.train.average == "nt", nonmono=cfg.train.nonmono)
+        return cls(cfg, task, dist.wrap(module, device), optimizer, precision, schedule, dist, average)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -70,5 +73,7 @@ class Session:
         return self.cfg.train.max_steps or self.cfg.train.epochs * self.task.steps_per_epoch()
 
     def step(self, group, phase: Phase = no_phase) -> dict[str, float]:
-        return train_step(self.task, self.model, group, precision=self.precision, optimizer=self.optimizer,
-                          clip=self.cfg.train.clip, phase=phase, dist=self.dist)
+        stats = train_step(self.task, self.model, group, precision=self.precision, optimizer=self.optimizer,
+                           clip=self.cfg.train.clip, phase=phase, dist=self.dist)
+        self.average.step()
+        return stats

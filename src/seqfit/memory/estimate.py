@@ -110,7 +110,8 @@ def static_bytes(cfg: RunCfg, data: DataInfo, loss: str) -> dict[str, int]:
     trainable = [s for _, s, t in shapes if t]
     return {"weights": F32 * sum(_numel(s) for _, s, _ in shapes),
             "gradients": F32 * sum(_numel(s) for s in trainable),
-            "optimizer_state": optimizer_state_bytes(cfg.train.optimizer, trainable, momentum=cfg.train.momentum),
+            "optimizer_state": optimizer_state_bytes(cfg.train.optimizer, trainable, momentum=cfg.train.momentum)
+            + (F32 * sum(_numel(s) for s in trainable) if cfg.train.average != "off" else 0),  # NT-ASGD's mean
             "parameters": sum(_numel(s) for _, s, _ in shapes),
             "largest_parameter": F32 * max(_numel(s) for s in trainable) if trainable else 0}
 

@@ -1,5 +1,5 @@
 """What the planner needs from each task, found by the task's name (--task): a task's planner is a module of
-this layer (plan_lm.py, plan_classify.py) with its own estimator, so the planner never imports the engine.
+this layer (plan_lm.py, plan_classify.py, plan_forecast.py) with its own estimator, so the planner never imports the engine.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from seqfit.config import RunCfg
 from seqfit.errors import SeqfitError
-from seqfit.memory import plan_classify, plan_lm
+from seqfit.memory import plan_classify, plan_forecast, plan_lm
 from seqfit.memory.constants import Constants
 from seqfit.memory.estimate import estimate
 from seqfit.memory.estimate_classify import estimate_classifier
@@ -41,6 +41,12 @@ PLANNERS: dict[str, TaskPlanner] = {
         candidates=plan_classify.classify_candidates, apply=plan_classify.apply_classify_plan,
         describe=plan_classify.describe_classify_plan, estimate=estimate_classifier,
         score=plan_classify.score_classify_plan),
+    "forecast": TaskPlanner(
+        data_info=plan_forecast.forecast_info_from_dir,
+        requested=lambda cfg, data, device: plan_forecast.requested_forecast_plan(cfg, device),
+        candidates=plan_forecast.forecast_candidates, apply=plan_forecast.apply_forecast_plan,
+        describe=plan_forecast.describe_forecast_plan, estimate=plan_forecast.estimate_forecaster,
+        score=plan_forecast.score_forecast_plan),
 }
 
 

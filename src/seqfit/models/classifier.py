@@ -26,6 +26,7 @@ from seqfit.config import ModelCfg, RunCfg
 from seqfit.errors import SeqfitError
 from seqfit.models.lm import load_embedding_matrix
 from seqfit.nn.recurrent import RecurrentStack, State, detach_state
+from seqfit.nn.regularisers import make_dropout, new_batch
 from seqfit.nn.timechunk import exact_forward, resolve_chunk
 from seqfit.nn.precision import widen
 
@@ -55,9 +56,11 @@ class SequenceClassifier(nn.Module):
         self.pooling = cfg.pooling
         self.checkpoint_time = checkpoint_time  # exact checkpointing every k steps (0: off, -1: ~sqrt(T))
         self.embedding = nn.Embedding(vocab_size, cfg.embed) if vocab_size else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop_in = make_dropout(cfg.dropout, cfg.locked_dropout)  # on the inputs
+        self.drop = nn.Dropout(cfg.dropout)  # on the pooled summary
         self.rnn = RecurrentStack(cfg.cell, cfg.embed if vocab_size else num_features, cfg.hidden, cfg.layers,
-                                  dropout=cfg.dropout, bidirectional=cfg.bidirectional, layer_norm=cfg.layer_norm)
+                                  dropout=cfg.dropout, bidirectional=cfg.bidirectional, layer_norm=cfg.layer_norm,
+                                  locked_dropout=cfg.locked_dropout, weight_drop=cfg.weight_drop)
         self.head = nn.Linear(self.rnn.output_size, num_classes)
         if self.embedding is not None:
             nn.init.uniform_(self.embedding.weight, -0.1, 0.1)  # as the language model
@@ -76,7 +79,7 @@ class SequenceClassifier(nn.Module):
         def inputs(start: int, stop: int) -> Tensor:
             piece = x[:, start:stop]
             v = self.embedding(piece) if self.embedding is not None else widen(piece)  # (B, k, I)
-            return self.drop(v)
+            return self.drop_in(v)
         return inputs
 
     def pool_contribution(self, out: Tensor, start: int, lengths: Tensor) -> Tensor:
@@ -103,6 +106,7 @@ class SequenceClassifier(nn.Module):
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Pooled summary (B, D) of right-padded x with valid lengths (B,)."""
         T = x.shape[1]
+        new_batch(self)  # a new batch: locked dropout draws its masks once, for every chunk of it
         inputs = self.chunk_inputs(x)
 
         def reduce(out: Tensor, start: int) -> Tensor:

@@ -16,6 +16,7 @@ from seqfit.config import ModelCfg
 from seqfit.errors import SeqfitError
 from seqfit.models.heads import make_output_head
 from seqfit.nn.recurrent import RecurrentStack, State
+from seqfit.nn.regularisers import embedding_dropout, make_dropout, new_batch
 
 __all__ = ["LanguageModel", "load_embedding_matrix"]
 
@@ -53,9 +54,12 @@ class LanguageModel(nn.Module):
         self.vocab_size = vocab_size
         self.checkpoint_time = checkpoint_time  # exact activation checkpointing every k steps (0: off)
         self.embedding = nn.Embedding(vocab_size, cfg.embed)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.embed_dropout = cfg.embed_dropout  # whole words, one mask per batch (0: off)
+        self.drop_in = make_dropout(cfg.dropout, cfg.locked_dropout)  # on the embeddings
+        self.drop = make_dropout(cfg.dropout, cfg.locked_dropout)  # on the last layer's outputs
         self.rnn = RecurrentStack(cfg.cell, cfg.embed, cfg.hidden, cfg.layers, dropout=cfg.dropout,
-                                  layer_norm=cfg.layer_norm)
+                                  layer_norm=cfg.layer_norm, locked_dropout=cfg.locked_dropout,
+                                  weight_drop=cfg.weight_drop)
         self.head = make_output_head(loss, cfg.hidden, vocab_size, counts=counts, chunk_tokens=loss_chunk,
                                      label_smoothing=label_smoothing,
                                      tied_embedding=self.embedding if cfg.tie_weights else None)
@@ -73,16 +77,19 @@ class LanguageModel(nn.Module):
     def init_state(self, batch_size: int, device=None) -> State:
         return self.rnn.init_state(batch_size, device=device)
 
-    def features(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """x (B, T) ids -> features (B, T, H) before the output layer, and the carried state."""
-        emb = self.drop(self.embedding(x))  # (B, T, E)
-        out, state = self.rnn(emb, state, checkpoint_time=self.checkpoint_time)  # (B, T, H)
-        return self.drop(out), _fp32_state(state)
+    def features(self, x: torch.Tensor, state: State | None = None, *, with_raw: bool = False):
+        """x (B, T) ids -> features (B, T, H) before the output layer, and the carried state; ``with_raw``:
+        (features, the last layer's outputs before dropout, state), for activation regularisation."""
+        new_batch(self)  # a new batch: locked dropout draws its masks once, for every chunk of it
+        emb = self.drop_in(embedding_dropout(self.embedding, x, self.embed_dropout, self.training))  # (B, T, E)
+        raw, state = self.rnn(emb, state, checkpoint_time=self.checkpoint_time)  # (B, T, H)
+        out = self.drop(raw)
+        return (out, raw, _fp32_state(state)) if with_raw else (out, _fp32_state(state))
 
-    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, x: torch.Tensor, state: State | None = None, *, with_raw: bool = False):
         """The same as features(): what a DistributedDataParallel wrapper calls. The output layer's loss
         (self.head.loss) is applied to the features outside, a chunk of rows at a time."""
-        return self.features(x, state)
+        return self.features(x, state, with_raw=with_raw)
 
     def nll(self, x: torch.Tensor, y: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Summed negative log-likelihood (no label smoothing), for perplexity."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seqfit.nn.regularisers import LockedDropout, WeightDropped, weight_drop_masks
 from seqfit.nn.state import State, detach_state
 from seqfit.nn.timechunk import direction_chunk, direction_state, exact_forward, join_states, resolve_chunk
 
@@ -23,7 +24,8 @@ CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 class RecurrentStack(nn.Module):
     def __init__(self, cell: str, input_size: int, hidden: int, layers: int, *, dropout: float = 0.0,
-                 bidirectional: bool = False, layer_norm: bool = False):
+                 bidirectional: bool = False, layer_norm: bool = False, locked_dropout: bool = False,
+                 weight_drop: float = 0.0):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}")
@@ -34,7 +36,23 @@ class RecurrentStack(nn.Module):
             CELLS[cell](input_size if i == 0 else self.output_size, hidden, batch_first=True, bidirectional=bidirectional)
             for i in range(layers))
         self.norms = nn.ModuleList(nn.LayerNorm(self.output_size) for _ in range(layers)) if layer_norm else None
-        self.dropout = nn.Dropout(dropout)
+        # locked: one mask per layer and batch, shared over time (its own module per layer: its own mask)
+        self.dropout = nn.Dropout(dropout) if not locked_dropout else None
+        self.locked = nn.ModuleList(LockedDropout(dropout) for _ in range(layers - 1)) if locked_dropout else None
+        self.weight_drop = weight_drop  # DropConnect on the hidden-to-hidden weights, one mask per batch (0: off)
+        self._weight_masks: list[dict] | None = None
+
+    def new_batch(self) -> None:
+        """Forget the weight-drop masks: the next batch draws its own (regularisers.new_batch calls this)."""
+        self._weight_masks = None
+
+    def _runnable(self) -> "RecurrentStack | _WithLayers":
+        """The stack as the runners see it: its own layers, or (weight drop, training) their dropped views."""
+        if not (self.training and self.weight_drop):
+            return self
+        if self._weight_masks is None:
+            self._weight_masks = [weight_drop_masks(layer, self.weight_drop) for layer in self.layers]
+        return _WithLayers(self, [WeightDropped(layer, m) for layer, m in zip(self.layers, self._weight_masks)])
 
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> State:
         def zeros():
@@ -46,7 +64,7 @@ class RecurrentStack(nn.Module):
         if self.norms is not None:
             out = self.norms[i](out)
         if i < self.num_layers - 1:
-            out = self.dropout(out)
+            out = self.dropout(out) if self.locked is None else self.locked[i](out)
         return out
 
     def forward(self, x: torch.Tensor, state: State | None = None,
@@ -59,26 +77,37 @@ class RecurrentStack(nn.Module):
         ``checkpoint_time`` k != 0 gives the same result with activations checkpointed every k steps
         (-1: about sqrt(T)); see seqfit.nn.timechunk.
         """
+        stack = self._runnable()
         if checkpoint_time:
             if resolve_chunk(checkpoint_time, x.shape[1]) < x.shape[1]:  # one chunk would only add a recompute
-                return exact_forward(self, x, state, lengths, checkpoint_time)
+                return exact_forward(stack, x, state, lengths, checkpoint_time)
         if lengths is not None and bool((lengths == x.shape[1]).all()):
             lengths = None  # no padding: the unpacked call is the same and, on CPU, takes the fused oneDNN kernel
         new_state: State = []
         out = x
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(stack.layers):
             s = None if state is None else state[i]
-            if lengths is not None:
-                out, s = self._valid_steps_only(layer, out, s, lengths.cpu())  # (B, T, H*dirs)
+            if lengths is not None or stack is not self:  # dropped weights: the fused kernel called with them
+                out, s = self._valid_steps_only(layer, out, s, None if lengths is None else lengths.cpu())
             else:
                 out, s = layer(out, s)  # (B, T, H*dirs)
             new_state.append(s)
             out = self.between_layers(i, out)
         return out, new_state
 
-    def _valid_steps_only(self, layer: nn.Module, x: torch.Tensor, s, lengths: torch.Tensor):
+    def _valid_steps_only(self, layer: nn.Module, x: torch.Tensor, s, lengths: torch.Tensor | None):
         """One layer over right-padded x (B, T, I), each row over its first lengths[b] steps, both directions."""
         if s is None:
             s = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)[0]
         outs, states = zip(*(direction_chunk(layer, d, x, lengths, direction_state(s, d)) for d in range(self.directions)))
         return torch.cat(outs, -1) if self.directions > 1 else outs[0], join_states(list(states))
+
+
+class _WithLayers:
+    """A stack whose layers are stood in for (weight-dropped views): what timechunk's runners take."""
+
+    def __init__(self, stack: RecurrentStack, layers: list):
+        self.stack, self.layers = stack, layers
+
+    def __getattr__(self, name: str):
+        return getattr(self.stack, name)

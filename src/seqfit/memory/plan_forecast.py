@@ -1,0 +1,189 @@
+"""The planner for forecasters (--task forecast): requested plan, candidates and a small memory estimate.
+
+A forecaster's step is small and regular: every window has the same length (--lookback), so the worst
+batch is simply micro-batch x lookback. The candidates vary only what leaves the gradients unchanged:
+
+    micro-batch      a divisor of the effective batch; the rest is accumulated
+    checkpointing    exact time-chunked checkpointing every k steps (none, or about sqrt(lookback)),
+                     unless --checkpoint-time is given
+
+What the estimate counts (estimate_forecaster), and what it leaves out:
+
+    weights, gradients, optimizer state   exact, from the parameter shapes (estimate.py's helpers)
+    activations                           micro-batch x kept steps x the cell's per-token bytes (the same
+                                          calibrated constants a classifier's unidirectional layer uses),
+                                          plus the float32 windows and the tiny head
+    data                                  the accumulated micro-batches' windows, (B, L, F) + (B, h, targets)
+
+It leaves out what a forecaster does not have (embeddings, vocabulary-sized logits) and does not model
+the quantile head separately (B x horizon x targets x quantiles floats: negligible beside the RNN).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqfit.config import RunCfg
+from seqfit.errors import SeqfitError
+from seqfit.memory.batch_split import split_effective_batch
+from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
+from seqfit.memory.estimate import F32, GATES, Replay, blas_buffers, chunk_len, dot, optimizer_scratch
+from seqfit.memory.throughput import classifier_step_seconds
+
+__all__ = ["ForecastInfo", "forecast_columns", "forecast_info_from_dir", "requested_forecast_plan",
+           "forecast_candidates", "apply_forecast_plan", "describe_forecast_plan", "estimate_forecaster",
+           "score_forecast_plan", "parse_quantiles", "forecaster_param_shapes"]
+
+
+@dataclass(frozen=True)
+class ForecastInfo:
+    """What the estimate needs to know about a series store and the columns a run reads."""
+
+    num_inputs: int  # targets + covariates
+    num_targets: int
+    train_rows: int = 0
+    vocab_size: int = 0  # none (api.plan reports it for every task)
+
+
+def _names(spec: str) -> list[str]:
+    return [c.strip() for c in spec.split(",") if c.strip()]
+
+
+def forecast_columns(cfg: RunCfg, columns: list[str]) -> tuple[list[str], list[str]]:
+    """(targets, covariates) the config names among the store's ``columns``; one line when one is missing."""
+    targets = _names(cfg.model.target) or list(columns)
+    covariates = _names(cfg.model.covariates)
+    for kind, names in (("--target", targets), ("--covariates", covariates)):
+        missing = [c for c in names if c not in columns]
+        if missing:
+            raise SeqfitError(f"{kind}: column(s) {', '.join(map(repr, missing))} not in the data "
+                              f"(it has: {', '.join(columns)})")
+    if overlap := sorted(set(targets) & set(covariates)):
+        raise SeqfitError(f"--covariates repeats target column(s) {', '.join(map(repr, overlap))}: "
+                          "a target's past is an input already")
+    if len(set(targets)) != len(targets) or len(set(covariates)) != len(covariates):
+        raise SeqfitError("--target and --covariates must not name a column twice")
+    return targets, covariates
+
+
+def parse_quantiles(spec: str) -> list[float]:
+    """"0.1,0.5,0.9" -> [0.1, 0.5, 0.9]: strictly increasing, each in (0, 1)."""
+    try:
+        qs = [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise SeqfitError(f"--quantiles must be comma-separated numbers in (0, 1), got {spec!r}") from None
+    if not qs or any(not 0 < q < 1 for q in qs) or any(b <= a for a, b in zip(qs, qs[1:])):
+        raise SeqfitError(f"--quantiles must be increasing numbers in (0, 1), got {spec!r}")
+    return qs
+
+
+def forecast_info_from_dir(cfg: RunCfg, data_dir: str | Path) -> ForecastInfo:
+    from seqfit.data.series import SeriesStore
+
+    store = SeriesStore(data_dir)
+    targets, covariates = forecast_columns(cfg, store.columns)
+    rows = store.meta["splits"].get("train", {}).get("rows", 0)
+    return ForecastInfo(num_inputs=len(targets) + len(covariates), num_targets=len(targets), train_rows=rows)
+
+
+def requested_forecast_plan(cfg: RunCfg, device: str) -> dict:
+    """The plan the config asks for as it stands (no budget)."""
+    mem, t, m = cfg.memory, cfg.train, cfg.model
+    if t.bptt:
+        raise SeqfitError("--bptt does not apply to forecasting (each window is backpropagated whole); "
+                          "use --checkpoint-time for long --lookback windows")
+    micro, accumulate = split_effective_batch(cfg)
+    quantiles = parse_quantiles(m.quantiles) if m.forecast_loss == "quantile" else []
+    return {"device": device, "precision": mem.precision, "micro_batch": micro, "max_tokens": 0,
+            "accumulate": accumulate, "mode": "exact" if mem.checkpoint_time else "full", "bptt": 0,
+            "checkpoint_time": mem.checkpoint_time, "optimizer": t.optimizer, "lookback": t.lookback,
+            "horizon": m.horizon, "loss": m.forecast_loss, "quantiles": quantiles}
+
+
+def forecast_candidates(cfg: RunCfg, data: ForecastInfo, device: str) -> list[dict]:
+    base = requested_forecast_plan(cfg, device)
+    eff = base["micro_batch"] * base["accumulate"]
+    micros = sorted((d for d in range(1, eff + 1) if eff % d == 0), reverse=True)
+    T = base["lookback"]
+    ks = [base["checkpoint_time"]] if base["checkpoint_time"] else [0] + ([math.ceil(math.sqrt(T))] if T >= 4 else [])
+    return [{**base, "micro_batch": b, "accumulate": eff // b, "checkpoint_time": k, "mode": "exact" if k else "full"}
+            for b in micros for k in ks]
+
+
+def apply_forecast_plan(cfg: RunCfg, plan: dict) -> RunCfg:
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, batch_size=plan["micro_batch"]),
+        memory=dataclasses.replace(cfg.memory, accumulate=plan["accumulate"], effective_batch=0,
+                                   checkpoint_time=plan["checkpoint_time"]))
+
+
+def describe_forecast_plan(plan: dict) -> str:
+    mode = f"checkpoint every {plan['checkpoint_time']} steps" if plan["mode"] == "exact" else "full BPTT"
+    return (f"micro-batch {plan['micro_batch']} x {plan['accumulate']} accumulated, lookback {plan['lookback']}, "
+            f"horizon {plan['horizon']}, {mode}, {plan['precision']}, {plan['optimizer']}")
+
+
+def forecaster_param_shapes(cfg: RunCfg, data: ForecastInfo) -> list[tuple[int, ...]]:
+    """Shapes of every parameter models.forecaster.Forecaster builds (all trainable)."""
+    m = cfg.model
+    g, H = GATES[m.cell], m.hidden
+    quantiles = len(parse_quantiles(m.quantiles)) if m.forecast_loss == "quantile" else 1
+    outputs = m.horizon * data.num_targets * quantiles
+    shapes: list[tuple[int, ...]] = []
+    for i in range(m.layers):
+        shapes += [(g * H, data.num_inputs if i == 0 else H), (g * H, H), (g * H,), (g * H,)]
+        if m.layer_norm:
+            shapes += [(H,), (H,)]
+    return shapes + [(outputs, H), (outputs,)]
+
+
+def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
+    """Predicted peak bytes of one forecaster step (see the module docstring for what is counted)."""
+    from seqfit.nn.optim import optimizer_state_bytes
+
+    m = cfg.model
+    b, T, acc = plan["micro_batch"], plan["lookback"], plan["accumulate"]
+    k = min(T, chunk_len(plan["checkpoint_time"], T)) if plan["mode"] == "exact" else T
+    shapes = forecaster_param_shapes(cfg, data)
+    n = sum(math.prod(s) for s in shapes)
+    sizes = {"weights": F32 * n, "gradients": F32 * n, "parameters": n,
+             "optimizer_state": optimizer_state_bytes(cfg.train.optimizer, shapes, momentum=cfg.train.momentum)}
+    coefs = consts.coefs(m.cell, plan["precision"])
+    g, H, L, F = GATES[m.cell], m.hidden, m.layers, data.num_inputs
+    inputs = [F if i == 0 else H for i in range(L)]
+
+    def feats(i: int, steps: int) -> tuple[int, int, int, int]:  # the calibrated constants' features
+        return (b * steps * H, b * steps * inputs[i], b * H, g * H * (inputs[i] + H))
+
+    def keep(i: int, steps: int) -> int:
+        """As estimate_classify's layer_keep (unidirectional): the kernel's state, plus the layer's output and
+        its dropout between layers (oneDNN's LSTM keeps its output among its own buffers, GRU/RNN do not)."""
+        out = 2 * F32 * b * steps * H if m.dropout and i < L - 1 else 0 if m.cell == "lstm" else F32 * b * steps * H
+        return dot(coefs.keep, feats(i, steps)) + out
+
+    window = F32 * b * (T * F + plan["horizon"] * data.num_targets)
+    runtime = consts.baseline + int(coefs.const) + blas_buffers(b * T, F, H, 1, g, "full", plan["device"], consts)
+    r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=acc * window)
+    states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H if k < T else 0
+    kept = states + sum(keep(i, k) for i in range(L))
+    r.now["gradients"] = sizes["gradients"] if acc > 1 else 0
+    r.moment("forward", activations=kept + max(dot(coefs.fwd, feats(i, k)) for i in range(L)))
+    r.moment("backward", activations=kept + max(dot(coefs.rise, feats(i, k)) for i in range(L)),
+             gradients=0 if acc > 1 else sizes["gradients"])
+    r.now.update(gradients=sizes["gradients"], activations=0,
+                 temporaries=optimizer_scratch(cfg, plan["device"], {**sizes, "largest_parameter": F32 * max(map(math.prod, shapes))}))
+    r.moment("optimizer")
+    return {"peak": r.peak, "parts": r.parts, "phase": r.phase, "phases": r.phases, "sizes": sizes,
+            "chunk_steps": k, "batch": (b, T, b * T)}
+
+
+def score_forecast_plan(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Constants) -> dict:
+    est = estimate_forecaster(cfg, data, plan, consts)
+    b, T, real = est["batch"]
+    seconds = classifier_step_seconds(dataclasses.replace(cfg.model, bidirectional=False), data.num_inputs, plan,
+                                      (b, T, real), consts)
+    return {**plan, "predicted_peak_bytes": est["peak"], "peak_phase": est["phase"],
+            "predicted_tokens_per_s": plan["accumulate"] * real / seconds, "_parts": est["parts"]}
