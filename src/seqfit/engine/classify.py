@@ -26,7 +26,7 @@ from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
 from seqfit.engine.distributed import Dist, unwrap
-from seqfit.engine.task import no_phase
+from seqfit.engine.task import NoCarriedState, no_phase
 from seqfit.errors import SeqfitError
 from seqfit.memory.plan_classify import requested_classify_plan
 from seqfit.models.classifier import SequenceClassifier, build_classifier
@@ -192,7 +192,7 @@ def evaluate_classifier(model: SequenceClassifier, split: SequenceSplit, plan: d
             "macro_f1": macro_f1(pred, labels, model.num_classes), "count": int(len(labels))}
 
 
-class ClassifierTask:
+class ClassifierTask(NoCarriedState):
     name = "classify"
 
     def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()):
@@ -268,18 +268,6 @@ class ClassifierTask:
     def backward(self, model, micro, *, denom: int, precision, phase) -> dict[str, float]:
         return micro_backward(model, micro, plan=self.plan, weight=self.weight, denom=denom, precision=precision,
                               phase=phase)
-
-    def end_step(self) -> None:
-        pass
-
-    def start_epoch(self) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     # -- metrics --
     def train_metrics(self, stats: dict) -> dict:

@@ -32,6 +32,7 @@ import torch
 from seqfit.config import RunCfg
 from seqfit.data.series import SeriesSplit, SeriesStore
 from seqfit.engine.distributed import Dist
+from seqfit.engine.task import NoCarriedState
 from seqfit.errors import SeqfitError
 from seqfit.memory.plan_forecast import forecast_columns, requested_forecast_plan
 from seqfit.models.forecaster import Forecaster
@@ -93,7 +94,7 @@ class _Errors:
                 "mase": float(mase.mean()) if np.isfinite(mase).all() else None}
 
 
-class ForecastTask:
+class ForecastTask(NoCarriedState):
     name = "forecast"
 
     def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()):
@@ -186,18 +187,6 @@ class ForecastTask:
         part = loss.item()
         del loss, pred  # frees this micro-batch's graph before the next one is built
         return {"loss_sum": part, "count": y.numel(), "tokens": x.shape[0] * x.shape[1]}
-
-    def end_step(self) -> None:
-        pass
-
-    def start_epoch(self) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     # -- metrics --
     def train_metrics(self, stats: dict) -> dict:

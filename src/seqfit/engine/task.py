@@ -30,7 +30,7 @@ from torch import nn
 
 from seqfit.config import RunCfg
 
-__all__ = ["Task", "Phase", "no_phase", "add_stats"]
+__all__ = ["Task", "Phase", "no_phase", "add_stats", "NoCarriedState"]
 
 Phase = Callable[[str], contextlib.AbstractContextManager]
 
@@ -100,3 +100,19 @@ class Task(Protocol):
 
     def summary(self, last_valid: dict | None) -> dict[str, Any]:
         """The task's keys of summary.json."""
+
+
+class NoCarriedState:
+    """The carried-state part of Task for tasks whose batches are independent (nothing flows between steps)."""
+
+    def end_step(self) -> None:
+        pass
+
+    def start_epoch(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
