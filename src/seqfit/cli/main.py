@@ -8,6 +8,7 @@ import sys
 import click
 
 from seqfit.version import __version__
+from seqfit.cli.detect_cmd import detect
 from seqfit.cli.inspect_cmd import profile, report
 from seqfit.cli.plan_cmd import plan
 from seqfit.cli.predict_cmd import predict
@@ -24,7 +25,7 @@ def cli() -> None:
     """Train RNN/LSTM/GRU models on data and models larger than your memory."""
 
 
-for command in (prepare, plan, train, evaluate, generate, predict, profile, report):
+for command in (prepare, plan, train, evaluate, generate, predict, detect, profile, report):
     cli.add_command(command)
 
 

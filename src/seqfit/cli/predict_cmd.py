@@ -78,20 +78,37 @@ def _open_input(source: Path, split_name: str, run):
 Examples:
   seqfit predict runs/rev data/rev                     # the test split of a prepared directory
   seqfit predict runs/rev data/rev --split valid --out valid-pred.csv
-  seqfit predict runs/rev reviews.txt --probs          # one text per line""")
+  seqfit predict runs/rev reviews.txt --probs          # one text per line
+  seqfit predict runs/sens data/sens --horizon 12 --out fc.parquet   # a forecast run: the next 12 rows""")
 @click.argument("run_dir", type=click.Path())
 @click.argument("input_path", metavar="INPUT", type=click.Path())
-@click.option("--split", "split_name", default="test", show_default=True, help="split of a prepared INPUT directory")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="CSV to write (default: RUN_DIR/predictions.csv)")
+@click.option("--split", "split_name", default=None,
+              help="split of a prepared INPUT directory (default test; a forecast: test, else valid, else train)")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="CSV to write, or Parquet for a forecast run's .parquet (default: RUN_DIR/predictions.csv)")
+@click.option("--horizon", type=click.IntRange(min=1), default=None,
+              help="forecast runs: rows ahead to forecast (default and most: the run's --horizon)")
 @click.option("--probs", is_flag=True, help="add one probability column per class")
 @click.option("--data", "data_dir", default=None, help="training data directory (default: the one the run trained on)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @json_flag
-def predict(run_dir, input_path, split_name, out, probs, data_dir, device, as_json) -> None:
-    """Predict classes with a trained classifier; writes index, predicted class and confidence as CSV."""
+def predict(run_dir, input_path, split_name, out, horizon, probs, data_dir, device, as_json) -> None:
+    """Predict classes with a trained classifier; writes index, predicted class and confidence as CSV.
+
+    \b
+    A forecast run (--task forecast) forecasts the --horizon rows after the end of the split of INPUT (a
+    prepared series directory): one row per series, time and step ahead, columns series (the split), time
+    (the --time-field's value extrapolated from its last spacing, else the row index in the split), step,
+    then each target's point forecast and, for quantile models, <target>_q<q> per quantile."""
     from seqfit.engine.classify import check_split, macro_f1, predict_classifier
     from seqfit.engine.run_dir import load_run
+    from seqfit.engine.run_files import read_run
 
+    if read_run(Path(run_dir))[0].model.task == "forecast":
+        return _predict_forecast(run_dir, input_path, split_name, out, horizon, data_dir, device, as_json)
+    if horizon is not None:
+        raise SeqfitError("--horizon applies to forecast runs only")
+    split_name = split_name or "test"
     run = load_run(run_dir, data_dir=data_dir, device=device, task="classify")
     split, remap = _open_input(Path(input_path), split_name, run)
     check_split(split, run.store, max_length=run.plan["max_length"], too_long=run.plan["too_long"],
@@ -128,3 +145,33 @@ def predict(run_dir, input_path, split_name, out, probs, data_dir, device, as_js
     if "accuracy" in result:
         human += f"; accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} on {result['labelled']:,} labelled"
     emit(result, as_json, human)
+
+
+def _predict_forecast(run_dir, input_path, split_name, out, horizon, data_dir, device, as_json) -> None:
+    from seqfit.engine.forecast_output import default_split, forecast_from_end, future_times, open_series, write_table
+    from seqfit.engine.run_dir import load_run
+
+    run = load_run(run_dir, data_dir=data_dir, device=device, task="forecast")
+    task = run.task
+    if horizon is not None and horizon > task.horizon:
+        raise SeqfitError(f"--horizon {horizon} is more than the run's --horizon {task.horizon}: the model forecasts "
+                          f"at most {task.horizon} rows ahead")
+    h = horizon or task.horizon
+    store = open_series(run, input_path)
+    name = default_split(store, split_name)
+    split = store.split(name)
+    pred = forecast_from_end(run, split, h)  # (h, T, Q)
+    steps = np.arange(1, h + 1)
+    point = task._point(pred)  # (h, T)
+    table: dict = {"series": [name] * h, "time": future_times(store.times(name), len(split) - 1, steps),
+                   "step": steps.astype(np.int64)}
+    for j, target in enumerate(task.targets):
+        table[target] = point[:, j].astype(np.float64)
+        for k, q in enumerate(task.quantiles):
+            table[f"{target}_q{q:g}"] = pred[:, j, k].astype(np.float64)
+    out = Path(out) if out else Path(run_dir) / "predictions.csv"
+    write_table(out, table)
+    result = {"predictions": str(out), "count": h, "split": name, "horizon": h, "targets": task.targets,
+              "origin_row": len(split) - 1}
+    emit(result, as_json, f"{h} forecast row(s) of {', '.join(task.targets)} from the end of the {name} split "
+                          f"written to {out}")

@@ -34,6 +34,7 @@ Examples:
   seqfit prepare pairs.jsonl --task seq2seq --text-field en --target-field de --out data/ende
   seqfit prepare ecg.jsonl --task classify --columns lead1,lead2 --label-field rhythm --out data/ecg  # list fields
   seqfit prepare sensors.parquet --task series --columns temp,load --nan ffill --dtype float16 --out data/sens
+  seqfit prepare load.csv --task series --columns load --time-field timestamp --out data/load
   seqfit prepare steps.csv --task classify --columns x,y,z --group-field id --label-field activity --out data/act
   seqfit prepare corpus.txt --embeddings glove.6B.100d.txt.gz --out data/corpus""")
 @click.argument("inputs", nargs=-1)
@@ -50,6 +51,7 @@ Examples:
 @click.option("--target-field", default="", help="field holding the target text (--task seq2seq; source: --text-field)")
 @click.option("--columns", multiple=True, callback=_columns, help="numeric columns, comma-separated (series; numeric classify)")
 @click.option("--group-field", default="", help="numeric classify: consecutive rows sharing this field form one sequence")
+@click.option("--time-field", default="", help="series: field of each row's time (numbers or ISO times), kept for predict/detect")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="storage of numeric values")
 @click.option("--nan", type=click.Choice(["error", "drop", "fill-zero", "ffill"]), default="error", show_default=True,
@@ -70,7 +72,7 @@ Examples:
 @click.option("--overwrite", is_flag=True, help="replace an existing data directory (only once the new one is complete)")
 @json_flag
 def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_field, label_field, target_field, columns,
-            group_field, dtype, nan, level, bpe_vocab, min_freq, max_vocab, lowercase, valid_fraction, pattern,
+            group_field, time_field, dtype, nan, level, bpe_vocab, min_freq, max_vocab, lowercase, valid_fraction, pattern,
             encoding_errors, shard_size, workers, embeddings, embeddings_dtype, seed, overwrite, as_json) -> None:
     """Stream text, JSONL, CSV/TSV or Parquet (.gz too) into a memory-mapped store in bounded memory."""
     from seqfit.data.prepare import PrepareOptions, prepare as run_prepare
@@ -78,7 +80,7 @@ def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_f
     meta = run_prepare(PrepareOptions(
         out=Path(out), inputs=tuple(inputs), train=tuple(train_files), valid=tuple(valid_files), test=tuple(test_files),
         task=task, fmt=fmt, text_field=text_field, label_field=label_field, target_field=target_field,
-        columns=columns, group_field=group_field,
+        columns=columns, group_field=group_field, time_field=time_field,
         dtype=dtype, nan=nan, level=level, bpe_vocab=bpe_vocab, min_freq=min_freq, max_vocab=max_vocab,
         lowercase=lowercase, valid_fraction=valid_fraction, pattern=pattern, encoding_errors=encoding_errors,
         shard_bytes=shard_size, workers=workers, embeddings=embeddings, embeddings_dtype=embeddings_dtype, seed=seed,

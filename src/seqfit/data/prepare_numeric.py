@@ -128,7 +128,8 @@ def prepare_numeric(opts) -> dict:
 
 def _series(sources: list[Source], columns: list[str], opts, stage: Path, stats: RunningStats) -> dict:
     fraction = mixed_fraction(opts)
-    fields = tuple(columns)
+    fields = tuple(columns) + ((opts.time_field,) if opts.time_field and opts.time_field not in columns else ())
+    times: dict[str, list] = {name: [] for name in SPLITS}
     mixed_rows = 0
     if fraction and any(s.split == "mixed" for s in sources):  # pass 1: where the held-out tail starts
         mixed_rows = sum(len(rows) for s in sources if s.split == "mixed" for _, rows, _ in _batches(s, fields, columns, opts))
@@ -136,21 +137,43 @@ def _series(sources: list[Source], columns: list[str], opts, stage: Path, stats:
     writers = {name: ShardWriter(stage, name, opts.dtype, shard_bytes=opts.shard_bytes, row=len(columns)) for name in SPLITS}
     dropped, seen_mixed = 0, 0
     for src in sources:
-        for _, rows, keep in _batches(src, fields, columns, opts):
+        for cols, rows, keep in _batches(src, fields, columns, opts):
             dropped += int((~keep).sum())
+            stamps = [v for v, k in zip(cols[opts.time_field], keep) if k] if opts.time_field else []
             if src.split != "mixed":
-                parts = [(src.split, rows)]
+                parts = [(src.split, rows, stamps)]
             else:
                 cut = int(np.clip(train_mixed - seen_mixed, 0, len(rows))) if fraction else len(rows)
-                parts = [("train", rows[:cut]), ("valid", rows[cut:])]
+                parts = [("train", rows[:cut], stamps[:cut]), ("valid", rows[cut:], stamps[cut:])]
                 seen_mixed += len(rows)
-            for split, part in parts:
+            for split, part, stamp in parts:
+                times[split].extend(stamp)
                 writers[split].write(part)
                 if split == "train":
                     stats.update(part)
     splits = {name: {"rows": w.total // len(columns), "tokens": w.total, "shards": w.close()} for name, w in writers.items()}
     report = {"rows": {k: v["rows"] for k, v in splits.items()}, "dropped_rows": dropped}
-    return {"kind": "series", "splits": splits, "report": report}
+    extra = {}
+    if opts.time_field:
+        for name, values in times.items():
+            if splits[name]["rows"]:
+                np.save(stage / f"{name}.time.npy", time_array(values), allow_pickle=False)
+        extra["time_field"] = opts.time_field
+    return {"kind": "series", "splits": splits, "report": report, **extra}
+
+
+def time_array(values: list) -> np.ndarray:
+    """A split's --time-field values: int64 or float64 when every value is a number, else ISO/str strings."""
+    def text(v) -> str:
+        return v.isoformat() if hasattr(v, "isoformat") else ("" if v is None else str(v))
+
+    try:
+        nums = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.array([text(v) for v in values], dtype=str)
+    if len(nums) and np.isfinite(nums).all() and (nums == np.round(nums)).all() and np.abs(nums).max() < 2 ** 53:
+        return nums.astype(np.int64)
+    return nums
 
 
 def _groups(src: Source, fields, columns, opts) -> Iterator[tuple[np.ndarray, object, str]]:

@@ -30,6 +30,7 @@ class PrepareOptions:
     target_field: str = ""  # field holding the target text (seq2seq: source/target pairs)
     columns: tuple[str, ...] = ()  # numeric columns (series; numeric classify)
     group_field: str = ""  # numeric classify: consecutive rows with one value form one sequence
+    time_field: str = ""  # series: field whose values (numbers or ISO times) are kept beside each split
     dtype: str = "float32"  # numeric storage: float32 | float16
     nan: str = "error"  # NaN/inf in numeric columns: error | drop | fill-zero | ffill
     level: str = "word"  # word | char | subword
@@ -71,6 +72,8 @@ def check_options(opts: PrepareOptions) -> None:
         raise SeqfitError(f"--seed must be >= 0, got {opts.seed}")
     if (opts.task == "seq2seq") != bool(opts.target_field):
         raise SeqfitError("source/target pairs need both --task seq2seq and --target-field (the target text's field)")
+    if opts.time_field and opts.task != "series":
+        raise SeqfitError("--time-field applies to --task series only")
     if opts.task == "seq2seq" and opts.columns:
         raise SeqfitError("--task seq2seq reads text pairs; --columns (numeric) does not apply")
 

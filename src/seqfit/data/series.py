@@ -7,6 +7,7 @@ Layout::
                    "stats": {column: {count, mean, std, min, max}},   # of the train split, float64
                    "splits": {"train": {"rows": N, "tokens": N*F, "shards": [...]}, ...}}
       train.bin   rows back to back, row-major (N, F), in shards cut at row boundaries
+      train.time.npy  with --time-field (meta "time_field"): each row's time, int64/float64 or strings
 
 Values are stored raw; ``read``/``windows`` normalise on the fly ((x - mean) / std) and return float32.
 """
@@ -71,6 +72,20 @@ class SeriesStore:
 
     def has_split(self, name: str) -> bool:
         return self.meta["splits"].get(name, {}).get("rows", 0) > 0
+
+    def times(self, name: str) -> np.ndarray | None:
+        """The split's --time-field values (one per row: int64, float64 or strings), or None without one."""
+        if not self.meta.get("time_field"):
+            return None
+        path = self.dir / f"{name}.time.npy"
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SeqfitError(f"{self.dir}: cannot read {path.name} ({e}); re-run `seqfit prepare`") from None
+        if len(values) != self.split(name).rows:
+            raise SeqfitError(f"{self.dir}: {path.name} holds {len(values)} times for {self.split(name).rows} rows; "
+                              "re-run `seqfit prepare`")
+        return values
 
     def split(self, name: str) -> SeriesSplit:
         if name not in self._splits:

@@ -1,0 +1,200 @@
+"""Forecasts out of a trained forecaster for `seqfit predict` and `seqfit detect`.
+
+* ``forecast_from_end``: the forecast of the next H rows from the last --lookback rows of a split (the
+  forecast origin is the split's end).
+* ``one_step``: every row t >= lookback of a split forecast one step ahead from rows t-L .. t-1 (the first
+  horizon step), for anomaly detection; ``robust_scores`` turns its errors into robust z-scores.
+
+DATA may be another prepared store than the one the run trained on: it must hold the same columns, and it
+is normalised with the run's train statistics (the ones the model learnt with).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import torch
+
+from seqfit.data.series import SeriesSplit, SeriesStore
+from seqfit.errors import SeqfitError
+
+__all__ = ["open_series", "default_split", "forecast_from_end", "one_step", "robust_scale", "future_times",
+           "write_table", "clean_rescore", "point_and_sigma", "MAD_SIGMA"]
+
+MAD_SIGMA = 1.4826  # MAD x this = the std of a normal distribution
+
+
+def open_series(run, data: str | Path) -> SeriesStore:
+    """DATA as a series store with the run's columns, normalised by the run's train statistics."""
+    data = Path(data)
+    if not (data / "meta.json").is_file():
+        raise SeqfitError(f"{data} is not a prepared data directory (no meta.json)")
+    store = SeriesStore(data)
+    if store.columns != run.store.columns:
+        raise SeqfitError(f"{data} holds columns {', '.join(store.columns)}; the run trained on "
+                          f"{', '.join(run.store.columns)}: prepare DATA with the same --columns")
+    store.mean, store.std = run.store.mean, run.store.std  # splits opened from here normalise as in training
+    return store
+
+
+def default_split(store: SeriesStore, name: str | None) -> str:
+    if name:
+        return name
+    return next((s for s in ("test", "valid", "train") if store.has_split(s)), "train")
+
+
+@torch.no_grad()
+def _forecast(task, model, split: SeriesSplit, starts: np.ndarray, precision, batch: int):
+    """Yield forecasts in original units (B, h, T, Q) from the L rows after each start."""
+    L = task.lookback
+    model.eval()
+    for i in range(0, len(starts), batch):
+        raw = split.windows(starts[i:i + batch], L, normalize=False)  # (B, L, F)
+        yield _on_raw(task, model, split, raw, precision)
+
+
+def _on_raw(task, model, split: SeriesSplit, raw: np.ndarray, precision) -> np.ndarray:
+    """Forecasts in original units (B, h, T, Q) of raw (unnormalised) windows (B, L, F)."""
+    mean, inv = split.mean[task.target_idx][:, None], split.scale[task.target_idx][:, None]  # (T, 1)
+    x = ((raw - split.mean) * split.scale)[:, :, task.input_idx]  # as SeriesSplit.read
+    with torch.no_grad(), precision.autocast():
+        pred = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(task.device)).float().cpu().numpy()
+    return pred / inv + mean
+
+
+def forecast_from_end(run, split: SeriesSplit, horizon: int) -> np.ndarray:
+    """(horizon, T, Q) forecasts, original units, of the rows after the split's last --lookback rows."""
+    task = run.task
+    if len(split) < task.lookback:
+        raise SeqfitError(f"the split has {len(split)} rows, fewer than the run's --lookback {task.lookback}")
+    starts = np.array([len(split) - task.lookback], dtype=np.int64)
+    (pred,) = list(_forecast(task, run.model, split, starts, run.precision, 1))
+    return pred[0, :horizon]
+
+
+def one_step(run, split: SeriesSplit, *, first: int = 0, batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows t = max(first, L) .. len-1, their values (N, T), one-step forecasts (N, T, Q)), original units."""
+    task = run.task
+    L = task.lookback
+    rows = np.arange(max(first, L), len(split), dtype=np.int64)
+    if not len(rows):
+        return rows, np.empty((0, len(task.target_idx))), np.empty((0, len(task.target_idx), 1))
+    preds = [p[:, 0] for p in _forecast(task, run.model, split, rows - L, run.precision, batch)]
+    values = _values(split, rows, task.target_idx)
+    return rows, values.astype(np.float64), np.concatenate(preds).astype(np.float64)
+
+
+def _values(split: SeriesSplit, rows: np.ndarray, idx: list[int], chunk: int = 1 << 16) -> np.ndarray:
+    """Raw target values of the contiguous rows (rows[0] .. rows[-1]), a chunk at a time."""
+    out = []
+    for s in range(int(rows[0]), int(rows[-1]) + 1, chunk):
+        n = min(chunk, int(rows[-1]) + 1 - s)
+        out.append(split.read(s, n, normalize=False)[:, idx])
+    return np.concatenate(out)
+
+
+def clean_rescore(run, split: SeriesSplit, rows: np.ndarray, values: np.ndarray, pred: np.ndarray, score_of,
+                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rescore so that an anomaly does not echo: a flagged point is replaced by its forecast in the windows of
+    the points after it (so the next point is not judged against a forecast made from the spike), unless
+    the next point is flagged in the same direction too, which makes it a lasting change (a level shift):
+    then the real values stand. ``score_of(values, pred)`` -> scores (N, T). Returns (pred, scores)."""
+    task = run.task
+    L, tgt = task.lookback, task.target_idx
+    pred, score = pred.copy(), score_of(values, pred)
+    replaced: dict[int, np.ndarray] = {}  # index into rows -> target values standing in for the real ones
+    lasting: set[int] = set()
+    sign0 = np.sign(values - task._point(pred))  # each point's error direction before any cleaning
+
+    def recompute(lo: int) -> None:  # rows lo .. lo + L - 1 from the current replacements
+        idx = np.arange(lo, min(lo + L, len(rows)))
+        if not len(idx):
+            return
+        raw = split.windows(rows[idx] - L, L, normalize=False)  # (B, L, F)
+        for k, v in replaced.items():  # rows are contiguous: row k sits at position k - j + L of window j
+            for j in np.flatnonzero((idx - L <= k) & (k < idx)):
+                raw[j, k - idx[j] + L, tgt] = v
+        pred[idx] = _on_raw(task, run.model, split, raw, run.precision)[:, 0]
+        score[idx] = score_of(values[idx], pred[idx])
+
+    i = 0
+    while i < len(rows):
+        if not (score[i] > threshold).any():
+            i += 1
+            continue
+        prev = i - 1
+        if prev in replaced and (np.sign(values[i] - task._point(pred[i:i + 1])[0]) == sign0[prev]).any():
+            del replaced[prev]  # two in a row, same direction: a lasting change, not a spike
+            lasting.add(prev)
+            recompute(prev + 1)
+            continue  # re-judge row i against the real values
+        if prev not in lasting and prev not in replaced:
+            replaced[i] = task._point(pred[i:i + 1])[0]
+            recompute(i + 1)
+        elif prev in lasting:
+            lasting.add(i)
+        i += 1
+    return pred, score
+
+
+def point_and_sigma(task, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(point forecasts (N, T), per-point sigma from the outer quantiles' band (N, T), or None)."""
+    point = task._point(pred)
+    qs = task.quantiles
+    if not qs:
+        return point, None
+    z = NormalDist().inv_cdf(qs[-1]) - NormalDist().inv_cdf(qs[0])
+    return point, np.maximum(pred[..., -1] - pred[..., 0], 0) / z
+
+
+def robust_scale(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column (centre, scale) of one-step errors (N, T): the median, and 1.4826 x MAD (tiny floor)."""
+    centre = np.median(errors, 0)
+    mad = np.median(np.abs(errors - centre), 0) * MAD_SIGMA
+    floor = 1e-9 * np.maximum(1.0, np.abs(errors).max(0) if len(errors) else 1.0)
+    return centre, np.maximum(mad, floor)
+
+
+def future_times(times: np.ndarray | None, origin: int, steps: np.ndarray) -> list:
+    """Times of rows origin + steps: extrapolated from the last spacing of numeric or ISO times, else the
+    row index within the split."""
+    if times is not None and origin >= 0:
+        last = times[origin]
+        prev = times[origin - 1] if origin >= 1 else None
+        if times.dtype.kind in "if":
+            step = (last - prev) if prev is not None else 1
+            return [(last + k * step).item() for k in steps]
+        try:
+            t1 = np.datetime64(str(last))
+            dt = t1 - np.datetime64(str(prev)) if prev is not None else None
+        except ValueError:
+            t1 = None
+        if t1 is not None and dt is not None:
+            return [str(t1 + int(k) * dt) for k in steps]
+    return [int(origin + k) for k in steps]
+
+
+def write_table(path: Path, columns: dict[str, list | np.ndarray]) -> None:
+    """Columns to CSV, or to Parquet when the name ends .parquet/.pq; atomically."""
+    from seqfit.atomic import atomic_path
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            if path.suffix.lower() in (".parquet", ".pq"):
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.write_table(pa.table({k: (v if isinstance(v, np.ndarray) else list(v)) for k, v in columns.items()}), tmp)
+            else:
+                import csv
+
+                with open(tmp, "w", newline="", encoding="utf-8") as f:
+                    w = csv.writer(f)
+                    w.writerow(list(columns))
+                    cols = [v.tolist() if isinstance(v, np.ndarray) else list(v) for v in columns.values()]
+                    w.writerows(zip(*cols))
+    except OSError as e:
+        raise SeqfitError(f"cannot write {path}: {e.strerror}") from None
