@@ -142,3 +142,16 @@ def test_bad_arguments_raise():
     sched = make_schedule("cosine", _opt(), base_lr=1.0, total_steps=10)
     with pytest.raises(SeqfitError, match="--schedule cosine"):
         make_schedule("plateau", _opt(), base_lr=1.0, total_steps=10).load_state_dict(sched.state_dict())
+
+
+def test_plateau_stops_annealing_at_its_floor():
+    import torch
+
+    from seqfit.engine.schedule import MIN_PLATEAU_SCALE, make_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_schedule("plateau", opt, base_lr=1.0, total_steps=10)
+    sched.on_validation(1.0)
+    for _ in range(300):  # a short series: hundreds of epochs without improvement
+        sched.on_validation(2.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(MIN_PLATEAU_SCALE) and MIN_PLATEAU_SCALE > 1e-4

@@ -3,7 +3,9 @@
     constant   shape = 1
     plateau    shape = 1; `on_validation` divides plateau_scale by anneal_factor whenever the
                validation loss fails to beat the best so far (the word_language_model recipe:
-               `lr /= 4.0` when val loss does not improve, pytorch/examples main.py)
+               `lr /= 4.0` when val loss does not improve, pytorch/examples main.py), down to
+               MIN_PLATEAU_SCALE: with epochs of a few steps (a short series) the recipe's
+               unbounded division drove the lr to 1e-149, which is a stopped run, not a schedule
     cosine     shape = 0.5 * (1 + cos(pi * progress)), progress running 0 -> 1 from the end of
                warm-up to total_steps, then held at 0 (Loshchilov & Hutter, arXiv:1608.03983)
 
@@ -35,6 +37,7 @@ from seqfit.errors import SeqfitError
 __all__ = ["SCHEDULES", "Schedule", "make_schedule"]
 
 SCHEDULES = ("constant", "plateau", "cosine")
+MIN_PLATEAU_SCALE = 4.0 ** -6  # at most six annealings of x1/4: lr never below base_lr / 4096
 
 
 class Schedule:
@@ -83,8 +86,8 @@ class Schedule:
         """Plateau: anneal when val loss did not improve on the best so far; others ignore it."""
         if val_loss < self.best:
             self.best = val_loss
-        elif self.name == "plateau":
-            self.scale /= self.anneal_factor
+        elif self.name == "plateau" and self.scale > MIN_PLATEAU_SCALE:
+            self.scale = max(self.scale / self.anneal_factor, MIN_PLATEAU_SCALE)
             self._apply()
 
     def state_dict(self) -> dict:
