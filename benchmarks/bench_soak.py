@@ -49,19 +49,24 @@ def run(quick: bool = False, minutes: float = 0.0) -> dict:
 
 
 def analyze(out: Path) -> dict:
-    """Drift of a finished run's memory readings (RUN/metrics.jsonl, one line a step)."""
+    """Drift of a finished run's memory readings (RUN/metrics.jsonl, one line a step). A reading lands anywhere
+    inside a step, so single readings swing by a step's working set: the drift is taken from each minute's
+    highest and lowest reading (the step's peak and the floor between steps), after the warm-up."""
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip()]
     train = [r for r in records if r.get("kind") == "train"]
-    times = [r["time"] - train[0]["time"] for r in train]  # seconds since the first step
-    after = len(train) // 10
-    anon = [r["anon"] / MB for r in train[after:]]
-    rss = [r["rss"] / MB for r in train[after:]]
-    hours = [t / 3600 for t in times[after:]]
-    return {"steps": len(train), "warmup_steps": after,
-              "rows": [{"series": "anonymous", "first_mb": anon[0], "last_mb": anon[-1], "max_mb": max(anon),
-                        "spread_mb": max(anon) - min(anon), "slope_mb_per_hour": _slope(hours, anon)},
-                       {"series": "resident", "first_mb": rss[0], "last_mb": rss[-1], "max_mb": max(rss),
-                        "spread_mb": max(rss) - min(rss), "slope_mb_per_hour": _slope(hours, rss)}]}
+    t0 = train[0]["time"]
+    minutes: dict[int, list[dict]] = {}
+    for r in train:
+        minutes.setdefault(int((r["time"] - t0) // 60), []).append(r)
+    keys = sorted(minutes)[max(1, len(minutes) // 10):]  # warm-up: the first tenth (at least a minute)
+    rows = []
+    for series in ("anon", "rss"):
+        for kind, pick in (("peak", max), ("floor", min)):
+            ys = [pick(r[series] for r in minutes[k]) / MB for k in keys]
+            rows.append({"series": f"{'anonymous' if series == 'anon' else 'resident'} {kind}", "first_mb": ys[0],
+                         "last_mb": ys[-1], "max_mb": max(ys), "spread_mb": max(ys) - min(ys),
+                         "slope_mb_per_hour": _slope([k / 60 for k in keys], ys)})
+    return {"steps": len(train), "warmup_minutes": keys[0], "rows": rows}
 
 
 if __name__ == "__main__":

@@ -92,3 +92,19 @@ def test_tensorboard_gets_scalars(tmp_path):
         for record in RECORDS:
             log.write(record)
     assert any((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_memory_timeline_stays_bounded_and_keeps_its_peak(monkeypatch):
+    from seqfit.measure import memory
+
+    sampler = memory.MemorySampler(keep_timeline=True)
+    sampler.max_points = 100
+    readings = iter(memory.MemoryReading(rss=i, anon=(10**9 if i == 4321 else i % 50), file=0)
+                    for i in range(10_000))
+    monkeypatch.setattr(memory, "read_memory", lambda: next(readings))
+    for _ in range(10_000):
+        sampler.sample()
+    assert len(sampler.timeline) < 100
+    assert max(p[2] for p in sampler.timeline) == 10**9  # the spike survives the merging
+    times = [p[0] for p in sampler.timeline]
+    assert times == sorted(times)
