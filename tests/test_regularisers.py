@@ -14,6 +14,17 @@ from seqfit.nn.recurrent import RecurrentStack
 from seqfit.nn.regularisers import LockedDropout, activation_regularisation, embedding_dropout, new_batch
 
 
+def assert_same_gradients(plain: LanguageModel, chunked: LanguageModel, x: torch.Tensor, *, seed: int) -> None:
+    """Both models' gradients of the same loss, with the same random masks drawn, agree."""
+    grads = []
+    for model in (plain, chunked):
+        torch.manual_seed(seed)
+        model(x)[0].pow(2).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_off_by_default():
     model = LanguageModel(ModelCfg(), 50)
     assert not any(isinstance(m, LockedDropout) for m in model.modules())
@@ -41,14 +52,7 @@ def test_locked_dropout_with_exact_checkpointing_has_the_plain_gradients():
     chunked = copy.deepcopy(plain)
     chunked.checkpoint_time = 4
     x = torch.randint(0, 40, (3, 17))
-    grads = []
-    for model in (plain, chunked):
-        torch.manual_seed(5)
-        feats, _ = model(x)
-        feats.pow(2).sum().backward()
-        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert_same_gradients(plain, chunked, x, seed=5)
 
 
 @pytest.mark.parametrize("cell, bidirectional", [("lstm", False), ("gru", True)])
@@ -79,13 +83,7 @@ def test_weight_drop_with_exact_checkpointing_has_the_plain_gradients():
     chunked = copy.deepcopy(plain)
     chunked.checkpoint_time = 5
     x = torch.randint(0, 30, (2, 23))
-    grads = []
-    for model in (plain, chunked):
-        torch.manual_seed(7)
-        model(x)[0].pow(2).sum().backward()
-        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert_same_gradients(plain, chunked, x, seed=7)
 
 
 def test_embedding_dropout_drops_whole_words():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from seqfit.config import RunCfg
 
-__all__ = ["effective_batch", "split_effective_batch"]
+__all__ = ["effective_batch", "split_effective_batch", "apply_batch_plan"]
 
 
 def effective_batch(cfg: RunCfg) -> int:
@@ -24,3 +26,11 @@ def split_effective_batch(cfg: RunCfg) -> tuple[int, int]:
         return micro, cfg.memory.accumulate
     micro = max(d for d in range(1, min(micro, eff) + 1) if eff % d == 0)
     return micro, eff // micro
+
+
+def apply_batch_plan(cfg: RunCfg, plan: dict) -> RunCfg:
+    """The config whose requested plan has ``plan``'s micro-batch, accumulation and checkpointing."""
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, batch_size=plan["micro_batch"]),
+        memory=dataclasses.replace(cfg.memory, accumulate=plan["accumulate"], effective_batch=0,
+                                   checkpoint_time=plan["checkpoint_time"]))

@@ -10,7 +10,6 @@ run to find out), over the switches that leave a classifier's gradients unchange
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from seqfit.config import RunCfg
 from seqfit.errors import SeqfitError
-from seqfit.memory.batch_split import split_effective_batch
+from seqfit.memory.batch_split import apply_batch_plan, split_effective_batch
 from seqfit.memory.constants import Constants
 from seqfit.memory.estimate_classify import (
     SequenceInfo,
@@ -79,11 +78,7 @@ def classify_candidates(cfg: RunCfg, data: SequenceInfo, device: str) -> list[di
     return out
 
 
-def apply_classify_plan(cfg: RunCfg, plan: dict) -> RunCfg:
-    return dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, batch_size=plan["micro_batch"]),
-        memory=dataclasses.replace(cfg.memory, accumulate=plan["accumulate"], effective_batch=0,
-                                   checkpoint_time=plan["checkpoint_time"]))
+apply_classify_plan = apply_batch_plan  # micro-batch, accumulation and checkpointing: all the planner varies
 
 
 def describe_classify_plan(plan: dict) -> str:

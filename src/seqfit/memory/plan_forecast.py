@@ -28,7 +28,7 @@ from pathlib import Path
 
 from seqfit.config import RunCfg
 from seqfit.errors import SeqfitError
-from seqfit.memory.batch_split import split_effective_batch
+from seqfit.memory.batch_split import apply_batch_plan, split_effective_batch
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 from seqfit.memory.estimate import F32, GATES, Replay, blas_buffers, chunk_len, dot, optimizer_scratch
 from seqfit.memory.throughput import classifier_step_seconds
@@ -113,11 +113,7 @@ def forecast_candidates(cfg: RunCfg, data: ForecastInfo, device: str) -> list[di
             for b in micros for k in ks]
 
 
-def apply_forecast_plan(cfg: RunCfg, plan: dict) -> RunCfg:
-    return dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, batch_size=plan["micro_batch"]),
-        memory=dataclasses.replace(cfg.memory, accumulate=plan["accumulate"], effective_batch=0,
-                                   checkpoint_time=plan["checkpoint_time"]))
+apply_forecast_plan = apply_batch_plan  # micro-batch, accumulation and checkpointing: all the planner varies
 
 
 def describe_forecast_plan(plan: dict) -> str:
