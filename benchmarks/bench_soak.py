@@ -69,6 +69,32 @@ def analyze(out: Path) -> dict:
     return {"steps": len(train), "warmup_minutes": keys[0], "rows": rows}
 
 
+def plot(out: Path, png: Path) -> Path:
+    """Anonymous memory at every step, with each minute's peak and floor and the warm-up cut-off marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in (json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if l.strip())
+             if r.get("kind") == "train"]
+    t0 = train[0]["time"]
+    xs, ys = [(r["time"] - t0) / 60 for r in train], [r["anon"] / MB for r in train]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.plot(xs, ys, ".", markersize=2, alpha=0.5, label="anonymous resident memory, each step")
+    summary = analyze(out)
+    ax.axvline(summary["warmup_minutes"], color="grey", linestyle="--", label="end of warm-up")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("MiB")
+    floor = next(r for r in summary["rows"] if r["series"] == "anonymous floor")
+    ax.set_title(f"soak: {summary['steps']} steps, floor drift {floor['slope_mb_per_hour']:+.1f} MB/h after warm-up")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 minutes")
@@ -77,3 +103,5 @@ if __name__ == "__main__":
     result = run(quick=args.quick, minutes=args.minutes)
     print_table(result)
     print(f"-> {write_result(result)}")
+    png = Path(__file__).parent / "results" / f"soak-{result['minutes']:g}min.png"
+    print(f"-> {plot(WORK / 'soak' / 'run', png)}")

@@ -21,6 +21,9 @@ LM = ["--layers", "1", "--hidden", "24", "--embed", "16", "--bptt", "10", "--opt
 CLASSIFY = ["--task", "classify", "--layers", "1", "--hidden", "16", "--embed", "8", "--pooling", "mean",
             "--optimizer", "sgd", "--lr", "0.5", "--log-every", "4", "--checkpoint-every", "100"]
 
+SEQ2SEQ = ["--task", "seq2seq", "--layers", "1", "--hidden", "16", "--embed", "8", "--bidirectional",
+           "--optimizer", "sgd", "--lr", "0.5", "--log-every", "4", "--checkpoint-every", "100"]
+
 
 def seqfit(*args, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "seqfit", *map(str, args)], capture_output=True, text=True, env=ENV,
@@ -48,10 +51,16 @@ def stores(tmp_path_factory):
     (tmp / "valid.jsonl").write_text("\n".join(lines[:40]) + "\n")
     seqfit("prepare", "--train", tmp / "train.jsonl", "--valid", tmp / "valid.jsonl", "--task", "classify",
            "--label-field", "label", "--out", tmp / "cls")
+    pairs = [json.dumps({"src": " ".join("abcdef"[(i * k) % 6] for k in range(3 + i % 7)),
+                         "tgt": " ".join("abcdef"[(i * k) % 6] for k in range(3 + i % 7))[::-1]}) for i in range(160)]
+    (tmp / "pairs.jsonl").write_text("\n".join(pairs) + "\n")
+    (tmp / "pairs-valid.jsonl").write_text("\n".join(pairs[:40]) + "\n")
+    seqfit("prepare", "--train", tmp / "pairs.jsonl", "--valid", tmp / "pairs-valid.jsonl", "--task", "seq2seq",
+           "--text-field", "src", "--target-field", "tgt", "--out", tmp / "s2s")
     return tmp
 
 
-@pytest.mark.parametrize("task, flags", [("lm", LM), ("cls", CLASSIFY)])
+@pytest.mark.parametrize("task, flags", [("lm", LM), ("cls", CLASSIFY), ("s2s", SEQ2SEQ)])
 def test_two_ranks_of_batch_b_equal_one_process_of_batch_2b(stores, tmp_path, task, flags):
     data = stores / task
     seqfit("train", data, "--out", tmp_path / "one", *flags, "--batch-size", "8", "--dropout", "0", "--max-steps", "12")

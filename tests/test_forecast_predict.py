@@ -111,6 +111,7 @@ def _precision_recall(path: Path) -> tuple[float, float, dict]:
     assert lines[0] == ["series", "time", "value", "forecast", "score", "anomaly"]
     rows = lines[1:]
     assert len(rows) == TEST - 48  # every test row after the first lookback
+    assert {r[0] for r in rows} == {"test"}  # a store of one series: named after the split, as predict names it
     times = np.array([int(r[1]) for r in rows])
     flagged = set(((times[[r[5] == "1" for r in rows]] - 1000) // 10 - TRAIN - VALID).tolist())  # test row numbers
     positives = set(SPIKES.tolist()) | set(range(SHIFT_AT, SHIFT_AT + SHIFT_POSITIVES))

@@ -1,4 +1,5 @@
-"""The Python face of the `seqfit` commands: seqfit.prepare, seqfit.plan, seqfit.estimate and seqfit.train.
+"""The Python face of the `seqfit` commands: seqfit.prepare, seqfit.plan, seqfit.estimate, seqfit.train and
+seqfit.translate.
 
 Options are config keys, as in a TOML file or as flags without the dashes (``hidden=650``,
 ``batch_size=64``, ``budget="4GB"``, ``task="classify"``); ``config`` is a TOML file they override.
@@ -7,18 +8,23 @@ Each returns the dict its command prints with ``--json``.
     >>> report = seqfit.plan("data/wiki", hidden=650, batch_size=64, bptt=70, budget="2GB")
     >>> report["predicted_peak_bytes"], report["plan"]["micro_batch"]
     >>> summary = seqfit.train("data/wiki", "runs/wiki", hidden=650, budget="2GB", max_steps=500)
+    >>> list(seqfit.translate("runs/dates", ["3 March 1998", "1998/03/04"], beam=5))
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 from seqfit.config import from_dict, from_options, lm_bptt, load_toml
 from seqfit.errors import SeqfitError
 
-__all__ = ["prepare", "plan", "estimate", "train"]
+__all__ = ["prepare", "plan", "estimate", "train", "translate", "TRANSLATE_BLOCK_BATCHES"]
+
+TRANSLATE_BLOCK_BATCHES = 32  # translate reads (and length-sorts) this many batches of lines at a time
 
 
 def prepare(*inputs: str | Path, out: str | Path, **options: Any) -> dict:
@@ -121,6 +127,41 @@ def train(data_dir: str | Path, out: str | Path, *, config: str | Path | None = 
         teardown()  # under torchrun: leave the process group (a no-op alone)
 
 
+def translate(run_dir: str | Path, lines: Iterable[str], *, beam: int = 5, length_penalty: float = 1.0,
+              max_ratio: float = 2.0, batch_size: int = 64, data_dir: str | Path | None = None,
+              device: str = "auto") -> Iterator[str]:
+    """Decode source texts with a trained encoder-decoder (`seqfit translate`), one output per input, in order.
+
+    Lines are tokenized as the training data was and read ``batch_size`` x 32 at a time (length-sorted into
+    batches), so a long iterable streams through in bounded memory; an empty line decodes to ""."""
+    from seqfit.data.subword import TOKENIZER_FILE
+    from seqfit.data.tokenize import make_tokenizer
+    from seqfit.engine.run_dir import load_run
+    from seqfit.engine.seq2seq import Decoding, decode_sequences, ids_to_text
+
+    run = load_run(run_dir, data_dir=data_dir, device=device, task="seq2seq")
+    vocab, target = run.store.vocab, run.store.target_vocab
+    subword = run.store.dir / TOKENIZER_FILE if vocab.level == "subword" else None
+    tokenize = make_tokenizer(vocab.level, lowercase=vocab.lowercase, subword=subword)
+    decoding = Decoding(beam=beam, length_penalty=length_penalty, max_ratio=max_ratio, batch_size=batch_size)
+    limit = run.plan["max_length"] or None
+    block: list[str] = []
+
+    def decode(block: list[str]) -> Iterator[str]:
+        seqs = [np.asarray(vocab.encode(tokenize(line)), dtype=np.int64)[:limit] for line in block]
+        hyps = decode_sequences(run.model, seqs, eos=run.task.eos, decoding=decoding, device=run.device,
+                                precision=run.precision)
+        return (ids_to_text(target, h) for h in hyps)
+
+    for line in lines:
+        block.append(line)
+        if len(block) == batch_size * TRANSLATE_BLOCK_BATCHES:
+            yield from decode(block)
+            block = []
+    if block:
+        yield from decode(block)
+
+
 def _verify(cfg, data_dir, data, steps: int, predicted: int, echo) -> dict:
     from seqfit.memory.batch_split import effective_batch
     from seqfit.memory.probe import measure_run
@@ -138,6 +179,11 @@ def _verify(cfg, data_dir, data, steps: int, predicted: int, echo) -> dict:
         from seqfit.memory.estimate_classify import worst_batch
 
         tokens = worst_batch(measured["plan"], data)[2] * measured["plan"]["accumulate"]
+    elif cfg.model.task == "seq2seq":  # the probe trains on the largest batches: target tokens
+        from seqfit.memory.estimate_seq2seq import worst_pair_batch
+
+        rows, _, target = worst_pair_batch(measured["plan"], data)
+        tokens = rows * (target + 1) * measured["plan"]["accumulate"]
     elif cfg.model.task == "forecast":  # every window is --lookback steps
         tokens = effective_batch(cfg) * cfg.train.lookback
     else:

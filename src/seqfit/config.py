@@ -31,14 +31,15 @@ def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, mini
 
 @dataclass(frozen=True)
 class ModelCfg:
-    task: str = opt("lm", "what the model learns", ("lm", "classify", "forecast"))
+    task: str = opt("lm", "what the model learns", ("lm", "classify", "forecast", "seq2seq"))
     cell: str = opt("lstm", "recurrent cell", ("rnn", "lstm", "gru"))
     layers: int = opt(2, "number of stacked recurrent layers", minimum=1)
     hidden: int = opt(200, "hidden units per layer and direction", minimum=1)
     embed: int = opt(200, "embedding size", minimum=1)
     dropout: float = opt(0.2, "dropout on embeddings, between layers and before the output", minimum=0, below=1)
-    tie_weights: bool = opt(False, "share the input embedding with the output layer (LM; needs embed == hidden)")
-    bidirectional: bool = opt(False, "run each layer in both directions (classification)")
+    tie_weights: bool = opt(False, "share the input embedding with the output layer (LM, seq2seq decoder; needs embed == hidden)")
+    bidirectional: bool = opt(False, "run each layer in both directions (classification; the seq2seq encoder, "
+                                              "whose two directions split --hidden)")
     layer_norm: bool = opt(False, "layer norm on each layer's output")
     embeddings: str = opt("", "pretrained embedding matrix (.npy) to initialise the input embedding")
     freeze_embeddings: bool = opt(False, "keep the input embedding fixed: no gradient, no optimizer state")
@@ -54,6 +55,11 @@ class ModelCfg:
     horizon: int = opt(1, "forecast: steps predicted at once after the lookback window", minimum=1)
     forecast_loss: str = opt("mse", "forecast loss (quantile: pinball loss over --quantiles)", ("mse", "mae", "quantile"))
     quantiles: str = opt("0.1,0.5,0.9", "forecast: quantiles the quantile loss predicts, comma-separated, in (0, 1)")
+    attention: str = opt("general", "seq2seq: the decoder's attention score (Luong dot or general, Bahdanau additive)",
+                         ("dot", "general", "additive"))
+    input_feed: bool = opt(True, "seq2seq: feed each step's attentional output into the next decoder step (Luong); "
+                                 "off, the decoder runs as one fused call over the target")
+    share_embeddings: bool = opt(False, "seq2seq: one embedding for source and target (needs one vocabulary)")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class TrainCfg:
     epochs: int = opt(1, "passes over the training split (ignored when --max-steps is set)", minimum=1)
     max_steps: int = opt(0, "stop after this many optimizer steps (0: run --epochs)", minimum=0)
     max_minutes: float = opt(0.0, "stop (with a checkpoint) after this many minutes of training (0: no limit)", minimum=0)
+    max_cpu_minutes: float = opt(0.0, "stop (with a checkpoint) after this many CPU minutes of training, all of the "
+                                      "process's threads counted (time.process_time; a fair budget on a shared "
+                                      "machine; 0: no limit)", minimum=0)
     lr: float = opt(0.0, "learning rate (0: the optimizer's usual one: sgd 20, adam/adamw 0.001, adafactor 0.01)", minimum=0)
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam", "adamw", "adafactor"))
     momentum: float = opt(0.0, "SGD momentum", minimum=0)
@@ -93,6 +102,12 @@ class TrainCfg:
     class_weights: str = opt("", "classifier loss weights: 'balanced' or one number per class, comma-separated (empty: equal)")
     lookback: int = opt(48, "forecast: past steps the model reads before each forecast", minimum=1)
     season: int = opt(1, "forecast: season length for MASE and the seasonal-naive baseline (0 or 1: naive)", minimum=0)
+    series_weight: str = opt("length", "forecast, a store of many series: length = every window once an epoch (a series "
+                                       "drawn in proportion to its windows), equal = every series equally often "
+                                       "(windows drawn with replacement)", ("length", "equal"))
+    normalize: str = opt("global", "forecast: what normalises a window: global = the train split's mean/std per column, "
+                                   "series = each series' own (train split), window = the lookback's own",
+                         ("global", "series", "window"))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from seqfit.errors import SeqfitError
 
 __all__ = ["detect"]
 
-CALIBRATION_ROWS = 5000  # rows of the train split's tail that set the error scale when DATA has no valid split
+CALIBRATION_ROWS = 5000  # rows of the train split's tail (shared by its series) that set the error scale without a valid split
 
 
 @click.command(epilog="""\b
@@ -32,15 +32,16 @@ def detect(run_dir, data, out, split_name, threshold, data_dir, device, as_json)
     """Flag anomalies in a series with a trained forecaster (--task forecast).
 
     \b
-    Each row t >= --lookback of the split is forecast one step ahead from the --lookback rows before it.
-    score = |error - m| / (1.4826 x MAD): the error against the model's own error scale, m and MAD the
-    median and median absolute deviation of its one-step errors on DATA's valid split (else the last
-    5,000 rows of the train split). A quantile model first divides each error by the point's own predicted
+    Each row t of each series of the split, from its row --lookback on, is forecast one step ahead from the
+    --lookback rows before it. score = |error - m| / (1.4826 x MAD): the error against the model's own error
+    scale, m and MAD the median and median absolute deviation of its one-step errors on DATA's valid split
+    (else the last 5,000 rows of the train split, shared among its series). A quantile model first divides each error by the point's own predicted
     spread, sigma = (q_hi - q_lo) / (z(q_hi) - z(q_lo)) of its outer quantiles, then scales the same way
     (so a band too narrow or too wide everywhere is corrected). anomaly = score > --threshold
-    (default 4: about 1 in 16,000 normal points). Writes one row per scored point and target: series (the
-    target column), time (the --time-field's value, else the row index in the split), value, forecast,
-    score, anomaly (0/1). A flagged point is replaced by its forecast in the windows after it, so a spike is
+    (default 4: about 1 in 16,000 normal points). Writes one row per scored point (and target): series (its
+    --group-field value; a store of one series: the split's name, as predict writes), then target (the
+    column, only when the run has several), time (the --time-field's value, else the row index in the
+    series' part of the split), value, forecast, score, anomaly (0/1). A flagged point is replaced by its forecast in the windows after it, so a spike is
     not flagged twice; two flags in a row in one direction count as a lasting change (the real values stand)."""
     from seqfit.engine.forecast_output import (clean_rescore, default_split, one_step, open_series, point_and_sigma,
                                                robust_scale, write_table)
@@ -53,17 +54,17 @@ def detect(run_dir, data, out, split_name, threshold, data_dir, device, as_json)
     store = open_series(run, data)
     name = default_split(store, split_name)
     split = store.split(name)
-    rows, values, pred = one_step(run, split)
+    rows, series, values, pred = one_step(run, split)
     if not len(rows):
-        raise SeqfitError(f"the {name} split has {len(split)} rows, no more than --lookback {task.lookback}: "
-                          "nothing to score")
+        raise SeqfitError(f"the {name} split has {len(split)} rows, no more than --lookback {task.lookback}"
+                          + (" in each series" if split.num_series > 1 else "") + ": nothing to score")
     quantile = bool(task.quantiles)
-    if name != "valid" and store.has_split("valid") and len(store.split("valid")) > task.lookback:
-        _, cv, cp = one_step(run, store.split("valid"))
-        calib = "valid split"
-    else:
+    valid = store.split("valid") if name != "valid" and store.has_split("valid") else None
+    _, _, cv, cp = one_step(run, valid) if valid is not None else (None, None, [], None)
+    calib = "valid split"
+    if not len(cv):
         train = store.split("train")
-        _, cv, cp = one_step(run, train, first=len(train) - CALIBRATION_ROWS)
+        _, _, cv, cp = one_step(run, train, tail=-(-CALIBRATION_ROWS // train.num_series))
         calib = "train split's tail"
         if not len(cv):
             cv, cp, calib = values, pred, f"{name} split itself"
@@ -77,17 +78,22 @@ def detect(run_dir, data, out, split_name, threshold, data_dir, device, as_json)
 
     def score_of(v, p):
         return np.abs(raw_score(v, p) - centre) / scale
-    pred, score = clean_rescore(run, split, rows, values, pred, score_of, threshold)
+    bounds = np.searchsorted(series, np.arange(split.num_series + 1))  # each series' points: one contiguous run
+    cleaned = [clean_rescore(run, split, rows[a:b], values[a:b], pred[a:b], score_of, threshold)
+               for a, b in zip(bounds[:-1], bounds[1:]) if a < b]
+    pred, score = np.concatenate([c[0] for c in cleaned]), np.concatenate([c[1] for c in cleaned])
     point = task._point(pred)
     flagged = score > threshold
     times = store.times(name)
-    when = times[rows] if times is not None else rows
+    when = times[rows] if times is not None else rows - split.offsets[series]
     T = len(task.targets)
-    table = {"series": np.repeat(np.asarray(task.targets, dtype=str)[None], len(rows), 0).ravel(),
-             "time": np.repeat(when, T), "value": values.ravel(), "forecast": point.ravel(), "score": score.ravel(),
-             "anomaly": flagged.ravel().astype(np.int64)}
+    table = {"series": np.repeat(np.asarray(split.names, dtype=str)[series], T)}
+    if T > 1:
+        table["target"] = np.tile(np.asarray(task.targets, dtype=str), len(rows))
+    table |= {"time": np.repeat(when, T), "value": values.ravel(), "forecast": point.ravel(), "score": score.ravel(),
+              "anomaly": flagged.ravel().astype(np.int64)}
     write_table(Path(out), table)
-    result = {"out": str(out), "split": name, "scored": int(score.size), "anomalies": int(flagged.sum()),
+    result = {"out": str(out), "split": name, "series": split.num_series, "scored": int(score.size), "anomalies": int(flagged.sum()),
               "threshold": threshold, "scale_from": calib}
     emit(result, as_json, f"{score.size:,} points scored in the {name} split, {int(flagged.sum()):,} anomalies flagged "
                           f"(score > {threshold:g}, error scale from the {calib}); written to {out}")

@@ -14,6 +14,7 @@ from seqfit.cli.plan_cmd import plan
 from seqfit.cli.predict_cmd import predict
 from seqfit.cli.prepare_cmd import prepare
 from seqfit.cli.train_cmd import evaluate, generate, train
+from seqfit.cli.translate_cmd import translate
 from seqfit.errors import EXIT_ERROR, SeqfitError
 
 __all__ = ["main", "cli"]
@@ -25,7 +26,7 @@ def cli() -> None:
     """Train RNN/LSTM/GRU models on data and models larger than your memory."""
 
 
-for command in (prepare, plan, train, evaluate, generate, predict, detect, profile, report):
+for command in (prepare, plan, train, evaluate, generate, predict, detect, translate, profile, report):
     cli.add_command(command)
 
 

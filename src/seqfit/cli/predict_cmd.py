@@ -96,9 +96,10 @@ def predict(run_dir, input_path, split_name, out, horizon, probs, data_dir, devi
     """Predict classes with a trained classifier; writes index, predicted class and confidence as CSV.
 
     \b
-    A forecast run (--task forecast) forecasts the --horizon rows after the end of the split of INPUT (a
-    prepared series directory): one row per series, time and step ahead, columns series (the split), time
-    (the --time-field's value extrapolated from its last spacing, else the row index in the split), step,
+    A forecast run (--task forecast) forecasts the --horizon rows after the end of each series in the split
+    of INPUT (a prepared series directory): one row per series, time and step ahead, columns series (its
+    --group-field value; a store of one series: the split's name), time (the --time-field's value
+    extrapolated from the series' last spacing, else the row index in the series' part of the split), step,
     then each target's point forecast and, for quantile models, <target>_q<q> per quantile."""
     from seqfit.engine.classify import check_split, macro_f1, predict_classifier
     from seqfit.engine.run_dir import load_run
@@ -160,18 +161,21 @@ def _predict_forecast(run_dir, input_path, split_name, out, horizon, data_dir, d
     store = open_series(run, input_path)
     name = default_split(store, split_name)
     split = store.split(name)
-    pred = forecast_from_end(run, split, h)  # (h, T, Q)
-    steps = np.arange(1, h + 1)
-    point = task._point(pred)  # (h, T)
-    table: dict = {"series": [name] * h, "time": future_times(store.times(name), len(split) - 1, steps),
-                   "step": steps.astype(np.int64)}
+    pred = forecast_from_end(run, split, h)  # (S, h, T, Q)
+    S, steps, times = len(pred), np.arange(1, h + 1), store.times(name)
+    point = task._point(pred.reshape(S * h, *pred.shape[2:]))  # (S * h, T): series-major
+    when = []
+    for first, end in zip(split.offsets[:-1].tolist(), split.offsets[1:].tolist()):
+        when += future_times(None if times is None else times[first:end], end - first - 1, steps)
+    table: dict = {"series": np.repeat(np.asarray(split.names, dtype=str), h), "time": when,
+                   "step": np.tile(steps, S).astype(np.int64)}
     for j, target in enumerate(task.targets):
         table[target] = point[:, j].astype(np.float64)
         for k, q in enumerate(task.quantiles):
-            table[f"{target}_q{q:g}"] = pred[:, j, k].astype(np.float64)
+            table[f"{target}_q{q:g}"] = pred[:, :, j, k].reshape(-1).astype(np.float64)
     out = Path(out) if out else Path(run_dir) / "predictions.csv"
     write_table(out, table)
-    result = {"predictions": str(out), "count": h, "split": name, "horizon": h, "targets": task.targets,
-              "origin_row": len(split) - 1}
-    emit(result, as_json, f"{h} forecast row(s) of {', '.join(task.targets)} from the end of the {name} split "
-                          f"written to {out}")
+    result = {"predictions": str(out), "count": S * h, "series": S, "split": name, "horizon": h,
+              "targets": task.targets, "origin_row": int(split.offsets[1]) - 1 if S == 1 else None}
+    emit(result, as_json, f"{S * h:,} forecast row(s) of {', '.join(task.targets)} ({h} steps of {S:,} series) from "
+                          f"the end of the {name} split written to {out}")

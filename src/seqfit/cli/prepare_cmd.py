@@ -35,6 +35,7 @@ Examples:
   seqfit prepare ecg.jsonl --task classify --columns lead1,lead2 --label-field rhythm --out data/ecg  # list fields
   seqfit prepare sensors.parquet --task series --columns temp,load --nan ffill --dtype float16 --out data/sens
   seqfit prepare load.csv --task series --columns load --time-field timestamp --out data/load
+  seqfit prepare stores.csv --task series --group-field store --columns sales,price --out data/stores  # many series
   seqfit prepare steps.csv --task classify --columns x,y,z --group-field id --label-field activity --out data/act
   seqfit prepare corpus.txt --embeddings glove.6B.100d.txt.gz --out data/corpus""")
 @click.argument("inputs", nargs=-1)
@@ -49,8 +50,10 @@ Examples:
 @click.option("--text-field", default="text", show_default=True, help="JSONL/CSV/Parquet field holding the text")
 @click.option("--label-field", default="", help="field holding the class (--task classify)")
 @click.option("--target-field", default="", help="field holding the target text (--task seq2seq; source: --text-field)")
+@click.option("--separate-vocab", is_flag=True, help="seq2seq: a source and a target vocabulary (default: one shared)")
 @click.option("--columns", multiple=True, callback=_columns, help="numeric columns, comma-separated (series; numeric classify)")
-@click.option("--group-field", default="", help="numeric classify: consecutive rows sharing this field form one sequence")
+@click.option("--group-field", default="", help="numeric classify: consecutive rows sharing this field form one sequence; "
+              "series: one series per value (long format, each series' rows consecutive)")
 @click.option("--time-field", default="", help="series: field of each row's time (numbers or ISO times), kept for predict/detect")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="storage of numeric values")
@@ -71,7 +74,8 @@ Examples:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="seed of random rows for words without vectors, and of which records a class holds out")
 @click.option("--overwrite", is_flag=True, help="replace an existing data directory (only once the new one is complete)")
 @json_flag
-def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_field, label_field, target_field, columns,
+def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_field, label_field, target_field,
+            separate_vocab, columns,
             group_field, time_field, dtype, nan, level, bpe_vocab, min_freq, max_vocab, lowercase, valid_fraction, pattern,
             encoding_errors, shard_size, workers, embeddings, embeddings_dtype, seed, overwrite, as_json) -> None:
     """Stream text, JSONL, CSV/TSV or Parquet (.gz too) into a memory-mapped store in bounded memory."""
@@ -80,7 +84,7 @@ def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_f
     meta = run_prepare(PrepareOptions(
         out=Path(out), inputs=tuple(inputs), train=tuple(train_files), valid=tuple(valid_files), test=tuple(test_files),
         task=task, fmt=fmt, text_field=text_field, label_field=label_field, target_field=target_field,
-        columns=columns, group_field=group_field, time_field=time_field,
+        separate_vocab=separate_vocab, columns=columns, group_field=group_field, time_field=time_field,
         dtype=dtype, nan=nan, level=level, bpe_vocab=bpe_vocab, min_freq=min_freq, max_vocab=max_vocab,
         lowercase=lowercase, valid_fraction=valid_fraction, pattern=pattern, encoding_errors=encoding_errors,
         shard_bytes=shard_size, workers=workers, embeddings=embeddings, embeddings_dtype=embeddings_dtype, seed=seed,
@@ -90,11 +94,14 @@ def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_f
     if meta["kind"] == "series":
         rows = ", ".join(f"{k} {v:,}" for k, v in r["rows"].items() if v)
         human = (f"{out}: {sum(r['rows'].values()):,} rows x {len(meta['columns'])} columns ({rows}; {meta['dtype']}); "
-                 f"{r['dropped_rows']:,} dropped; {r['seconds']:.1f}s")
+                 + (f"{max(r['series'].values()):,} series; " if "series" in r else "")
+                 + f"{r['dropped_rows']:,} dropped; {r['seconds']:.1f}s")
     elif meta["kind"] == "sequences":
         seqs = ", ".join(f"{k} {v:,}" for k, v in r["sequences"].items() if v)
         human = f"{out}: {sum(r['sequences'].values()):,} sequences ({seqs})"
-        human += (f", {r['target_tokens']:,} target tokens" if "target_tokens" in r
+        human += (f", {r['target_tokens']:,} target tokens"
+                  + (f" (target vocabulary {r['target_vocab_size']:,})" if "target_vocab_size" in r else "")
+                  if "target_tokens" in r
                   else f", {len(meta['label_names'])} classes")
         if "vocab_size" in r:
             human += (f"; {r['tokens']:,} tokens, vocabulary {r['vocab_size']:,}; coverage {r['coverage']:.2%}, "

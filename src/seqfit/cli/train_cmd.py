@@ -9,6 +9,7 @@ import click
 
 from seqfit.cli.common import emit, json_flag, say
 from seqfit.cli.flags import config_options, flag_name, flat_options, pop_config_flags
+from seqfit.cli.translate_cmd import decoding_from, decoding_options
 
 __all__ = ["train", "evaluate", "generate"]
 
@@ -46,7 +47,9 @@ def train(data_dir, out, resume, profile, tensorboard, nproc, as_json, **kwargs)
                            echo=say, **options)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # rank 0 reports for the group
-    if summary.get("valid_ppl") is not None:
+    if summary.get("valid_exact_match") is not None:
+        result = f"valid perplexity {summary['valid_ppl']:.2f}, exact match {summary['valid_exact_match']:.1%} (greedy)"
+    elif summary.get("valid_ppl") is not None:
         result = f"valid perplexity {summary['valid_ppl']:.2f}"
     elif summary.get("valid_accuracy") is not None:
         result = f"valid accuracy {summary['valid_accuracy']:.2%}, macro-F1 {summary['valid_macro_f1']:.3f}"
@@ -77,19 +80,23 @@ def _flags(options: dict) -> list[str]:
 @click.command(epilog="""\b
 Examples:
   seqfit evaluate runs/wiki
-  seqfit evaluate runs/wiki --split test --json""")
+  seqfit evaluate runs/wiki --split test --json
+  seqfit evaluate runs/dates --split test --beam 5 --json     # seq2seq: bleu, chrf, exact_match""")
 @click.argument("run_dir", type=click.Path())
 @click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid", show_default=True)
 @click.option("--data", "data_dir", default=None, help="data directory (default: the one the run trained on)")
 @click.option("--batch-size", type=click.IntRange(min=0), default=0, help="batch size (default: LM 10 streams, classifier and forecaster the run's own)")
+@decoding_options
 @json_flag
-def evaluate(run_dir, split, data_dir, batch_size, as_json) -> None:
-    """Perplexity of a language model, accuracy and macro-F1 of a classifier, or a forecaster's rolling-origin
-    backtest (MAE, RMSE, sMAPE, MASE against naive and seasonal-naive forecasts), on a split."""
+def evaluate(run_dir, split, data_dir, batch_size, beam, length_penalty, max_ratio, as_json) -> None:
+    """Perplexity of a language model, accuracy and macro-F1 of a classifier, a forecaster's rolling-origin
+    backtest (MAE, RMSE, sMAPE, MASE against naive and seasonal-naive forecasts), or an encoder-decoder's
+    perplexity, BLEU, chrF (sacrebleu) and exact match of its decodes, on a split."""
     from seqfit.engine.run_dir import load_run
 
     run = load_run(run_dir, data_dir=data_dir)
-    result, human = run.task.evaluate_split(run.model, split, run.precision, batch_size=batch_size, warn=say)
+    extra = {"decoding": decoding_from(beam, length_penalty, max_ratio, batch_size)} if run.cfg.model.task == "seq2seq" else {}
+    result, human = run.task.evaluate_split(run.model, split, run.precision, batch_size=batch_size, warn=say, **extra)
     emit({"split": split, "task": run.cfg.model.task, **result}, as_json, f"{split}: {human}")
 
 

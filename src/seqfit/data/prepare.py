@@ -28,7 +28,7 @@ from seqfit.data.parallel import default_workers, ordered_map
 from seqfit.data.prepare_options import TASKS, PrepareOptions, check_options, check_out, sort_labels
 from seqfit.data.readers import LineError, ReadOptions, read_records
 from seqfit.data.readers.text import read_document
-from seqfit.data.sequences import SequenceWriter
+from seqfit.data.sequences import TARGET_VOCAB_FILE, SequenceWriter
 from seqfit.data.shards import ShardWriter
 from seqfit.data.sources import (SPLITS, Source, _class_files, check_not_empty, mixed_fraction, plan_chunks,
                                  resolve_sources, source_bytes)
@@ -106,11 +106,13 @@ class _Pass1:
     labels: dict  # label -> provisional id, first-seen order
     label_counts: Counter
     sizes: dict  # split -> {"ids": n, "lengths": n, "labels": n}
+    target_counts: np.ndarray | None = None  # --separate-vocab: global id -> count among targets (counts: sources)
 
 
 def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass1:
     types: dict[str, int] = {}
     counts = np.zeros(1 << 16, dtype=np.int64)
+    target_counts = np.zeros(1 << 16, dtype=np.int64) if opts.separate_vocab else None
     labels: dict[str, int] = {}
     label_counts: Counter = Counter()
     files = {(split, kind): open(stage / f".{split}.{kind}.tmp", "wb") for split in SPLITS for kind in _TMP}
@@ -127,8 +129,15 @@ def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass
         for chunk, res in _ordered(tokenize_chunk, plan_chunks(sources, task, opts, fraction), workers, (task,)):
             lut = np.fromiter((types.setdefault(t, len(types)) for t in res.types), dtype=np.int64, count=len(res.types))
             if len(types) > len(counts):
-                counts = np.concatenate([counts, np.zeros(max(len(types), 2 * len(counts)) - len(counts), np.int64)])
-            counts[lut] += np.bincount(res.ids, minlength=len(lut))  # lut is one-to-one: no repeated index
+                grow = np.zeros(max(len(types), 2 * len(counts)) - len(counts), np.int64)
+                counts = np.concatenate([counts, grow])
+                target_counts = None if target_counts is None else np.concatenate([target_counts, grow])
+            if target_counts is None:
+                counts[lut] += np.bincount(res.ids, minlength=len(lut))  # lut is one-to-one: no repeated index
+            else:  # each record's source ids, then its target's
+                is_target = _target_mask(res.lengths, res.target_lengths)
+                counts[lut] += np.bincount(res.ids[~is_target], minlength=len(lut))
+                target_counts[lut] += np.bincount(res.ids[is_target], minlength=len(lut))
             ids = lut.astype(np.uint32)[res.ids]  # global ids, (n_tokens,)
             n = len(res.lengths)
             label_ids = None
@@ -156,7 +165,13 @@ def _tokenize_pass(sources, task, opts, fraction, workers, stage: Path) -> _Pass
     finally:
         for f in files.values():
             f.close()
-    return _Pass1(types, counts[:len(types)], labels, label_counts, sizes)
+    return _Pass1(types, counts[:len(types)], labels, label_counts, sizes,
+                  None if target_counts is None else target_counts[:len(types)])
+
+
+def _target_mask(lengths: np.ndarray, target_lengths: np.ndarray) -> np.ndarray:
+    """Records' ids laid out source, target, source, target, ...: True where an id belongs to a target."""
+    return np.repeat(np.tile([False, True], len(lengths)), np.stack([lengths, target_lengths], 1).ravel())
 
 
 def _read_tmp(stage: Path, split: str, kind: str, start: int, count: int) -> np.ndarray:
@@ -186,20 +201,18 @@ def prepare_text(opts: PrepareOptions) -> dict:
     try:
         with staged_directory(out, overwrite=opts.overwrite) as stage:
             p1 = _tokenize_pass(sources, task, opts, fraction, workers, stage)
-            if p1.counts.sum() == 0:
+            if p1.counts.sum() + (0 if p1.target_counts is None else p1.target_counts.sum()) == 0:
                 raise SeqfitError("the input holds no text (empty files)")
             if task.kind != "classify" and len(p1.types) == 1:
                 raise SeqfitError("the input holds only blank lines")
             if task.kind == "classify" and len(p1.labels) < 2:
                 raise SeqfitError(f"classification needs at least 2 classes, found {len(p1.labels)} "
                                   f"({', '.join(p1.labels) or 'none'})")
-            counts = Counter(dict(zip(p1.types, p1.counts.tolist())))  # first-seen order: vocabulary ties
-            vocab, vocab_report = build_vocab(counts, level=opts.level, min_freq=opts.min_freq,
-                                              max_size=opts.max_vocab, lowercase=opts.lowercase)
-            del counts
-            dtype = smallest_uint_dtype(len(vocab))
-            get, unk = vocab.index.get, vocab.unk_id
-            remap = np.fromiter((get(t, unk) for t in p1.types), dtype=dtype, count=len(p1.types))  # global id -> id
+            vocab, vocab_report = _vocab(p1.types, p1.counts, opts)
+            target_vocab = None if p1.target_counts is None else _vocab(p1.types, p1.target_counts, opts)[0]
+            dtype = smallest_uint_dtype(max(len(vocab), len(target_vocab or vocab)))
+            remap = _remap(p1.types, vocab, dtype)  # global id -> id
+            target_remap = None if target_vocab is None else _remap(p1.types, target_vocab, dtype)
             label_names = sort_labels(p1.labels)
             if task.kind == "lm":
                 splits = _write_stream(stage, p1, remap, dtype, opts)
@@ -207,10 +220,12 @@ def prepare_text(opts: PrepareOptions) -> dict:
                 position = {name: i for i, name in enumerate(label_names)}
                 label_remap = np.array([position[x] for x in p1.labels], dtype=np.int64)
                 splits = _write_sequences(stage, p1, remap, label_remap if task.kind == "classify" else None, dtype, opts,
-                                          pairs=task.kind == "seq2seq")
+                                          pairs=task.kind == "seq2seq", target_remap=target_remap)
             _remove_tmp(stage)
             vocab_text = vocab.to_json()
             (stage / "vocab.json").write_text(vocab_text, encoding="utf-8")
+            if target_vocab is not None:
+                (stage / TARGET_VOCAB_FILE).write_text(target_vocab.to_json(), encoding="utf-8")
             if task.subword_json:
                 (stage / "tokenizer.json").write_text(task.subword_json, encoding="utf-8")
             meta = {
@@ -228,6 +243,9 @@ def prepare_text(opts: PrepareOptions) -> dict:
                 meta["report"]["sequences"] = {k: v["sequences"] for k, v in splits.items()}
             if task.kind == "classify":
                 meta["report"]["label_counts"] = {name: p1.label_counts[name] for name in label_names}
+            if target_vocab is not None:
+                meta.update(target_vocab_size=len(target_vocab), target_vocab_hash=target_vocab.hash())
+                meta["report"]["target_vocab_size"] = len(target_vocab)
             if task.kind == "seq2seq":
                 meta["report"]["target_tokens"] = sum(v["target"]["tokens"] for v in splits.values() if v["target"])
             if opts.embeddings:
@@ -253,8 +271,19 @@ def _write_stream(stage: Path, p1: _Pass1, remap: np.ndarray, dtype, opts) -> di
     return splits
 
 
+def _vocab(types: dict, counts: np.ndarray, opts):
+    """(Vocab, report) of tokens counted in first-seen order (the order breaks frequency ties)."""
+    return build_vocab(Counter(dict(zip(types, counts.tolist()))), level=opts.level, min_freq=opts.min_freq,
+                       max_size=opts.max_vocab, lowercase=opts.lowercase)
+
+
+def _remap(types: dict, vocab, dtype) -> np.ndarray:
+    get, unk = vocab.index.get, vocab.unk_id
+    return np.fromiter((get(t, unk) for t in types), dtype=dtype, count=len(types))
+
+
 def _write_sequences(stage: Path, p1: _Pass1, remap: np.ndarray, label_remap: np.ndarray | None, dtype, opts, *,
-                     pairs: bool = False) -> dict:
+                     pairs: bool = False, target_remap: np.ndarray | None = None) -> dict:
     """Rewrite pass 1's ids as sequences (+ labels, or + targets: pass 1 wrote each record's source ids, then its target's)."""
     splits = {}
     for split in SPLITS:
@@ -272,9 +301,10 @@ def _write_sequences(stage: Path, p1: _Pass1, remap: np.ndarray, label_remap: np
                 continue
             target_lengths = _read_tmp(stage, split, "target_lengths", lo, count)
             total = int(lengths.sum() + target_lengths.sum())
-            ids = remap[_read_tmp(stage, split, "ids", pos, total)]
+            ids = _read_tmp(stage, split, "ids", pos, total)  # global ids
             pos += total
-            is_target = np.repeat(np.tile([False, True], count), np.stack([lengths, target_lengths], 1).ravel())
-            writer.add(ids[~is_target], lengths, labels, ids[is_target], target_lengths)
+            is_target = _target_mask(lengths, target_lengths)
+            writer.add(remap[ids[~is_target]], lengths, labels, (remap if target_remap is None else target_remap)[ids[is_target]],
+                       target_lengths)
         splits[split] = writer.close()
     return splits

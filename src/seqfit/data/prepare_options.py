@@ -28,8 +28,9 @@ class PrepareOptions:
     text_field: str = "text"  # JSONL/CSV/Parquet field holding the text
     label_field: str = ""  # field holding the class (classify)
     target_field: str = ""  # field holding the target text (seq2seq: source/target pairs)
+    separate_vocab: bool = False  # seq2seq: a source and a target vocabulary (default: one for both sides)
     columns: tuple[str, ...] = ()  # numeric columns (series; numeric classify)
-    group_field: str = ""  # numeric classify: consecutive rows with one value form one sequence
+    group_field: str = ""  # numeric classify: consecutive rows with one value form one sequence; series: one series
     time_field: str = ""  # series: field whose values (numbers or ISO times) are kept beside each split
     dtype: str = "float32"  # numeric storage: float32 | float16
     nan: str = "error"  # NaN/inf in numeric columns: error | drop | fill-zero | ffill
@@ -74,6 +75,8 @@ def check_options(opts: PrepareOptions) -> None:
         raise SeqfitError("source/target pairs need both --task seq2seq and --target-field (the target text's field)")
     if opts.time_field and opts.task != "series":
         raise SeqfitError("--time-field applies to --task series only")
+    if opts.separate_vocab and opts.task != "seq2seq":
+        raise SeqfitError("--separate-vocab applies to --task seq2seq (a source and a target vocabulary)")
     if opts.task == "seq2seq" and opts.columns:
         raise SeqfitError("--task seq2seq reads text pairs; --columns (numeric) does not apply")
 

@@ -28,9 +28,10 @@ from seqfit.data.store import TokenArray, meta_errors, read_meta
 from seqfit.data.vocab import Vocab
 from seqfit.errors import SeqfitError
 
-__all__ = ["SequenceStore", "SequenceSplit", "SequenceWriter", "pad_batch"]
+__all__ = ["SequenceStore", "SequenceSplit", "SequenceWriter", "pad_batch", "TARGET_VOCAB_FILE"]
 
 _HINT = "re-run `seqfit prepare` to rebuild it"
+TARGET_VOCAB_FILE = "target_vocab.json"  # --separate-vocab: the targets' own vocabulary (vocab.json: the sources')
 _NO_SPLIT = 1 << 62  # side arrays (offsets, labels) stay in one file
 
 
@@ -133,6 +134,13 @@ class SequenceSplit:
         """int64 length of every sequence, from the offsets alone (8 bytes per sequence)."""
         return np.diff(np.asarray(self.offsets))
 
+    @cached_property
+    def target_lengths(self) -> np.ndarray:
+        """int64 length of every target sequence (source/target pairs)."""
+        if self._target is None:
+            raise SeqfitError(f"split {self.name!r} has no target sequences")
+        return np.diff(np.asarray(self._target[1]))
+
     def _read(self, data: TokenArray, offsets, i: int) -> np.ndarray:
         if not -len(self) <= i < len(self):
             raise IndexError(f"sequence {i} out of range ({len(self)} in {self.name!r})")
@@ -186,17 +194,24 @@ class SequenceStore:
             self.columns: list[str] = [str(c) for c in self.meta.get("columns", [])]
         self.vocab: Vocab | None = None
         if not self.num_features:
-            path = self.dir / "vocab.json"
-            if not path.is_file():
-                raise SeqfitError(f"{self.dir} has no vocab.json; {_HINT}")
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
-            if hashlib.sha256(text.encode()).hexdigest() != self.meta.get("vocab_hash"):
-                raise SeqfitError(f"{path} does not match the sequences in {self.dir} (vocabulary hash differs); {_HINT}")
-            self.vocab = Vocab.load(path)
+            self.vocab = self._vocab("vocab.json", "vocab_hash")
+        # source/target pairs share one vocabulary, unless prepared with --separate-vocab
+        self.target_vocab: Vocab | None = self.vocab
+        if self.meta.get("target_vocab_hash"):
+            self.target_vocab = self._vocab(TARGET_VOCAB_FILE, "target_vocab_hash")
         self._splits: dict[str, SequenceSplit] = {}
+
+    def _vocab(self, name: str, hash_key: str) -> Vocab:
+        path = self.dir / name
+        if not path.is_file():
+            raise SeqfitError(f"{self.dir} has no {name}; {_HINT}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
+        if hashlib.sha256(text.encode()).hexdigest() != self.meta.get(hash_key):
+            raise SeqfitError(f"{path} does not match the sequences in {self.dir} (vocabulary hash differs); {_HINT}")
+        return Vocab.load(path)
 
     @property
     def split_names(self) -> list[str]:

@@ -6,20 +6,25 @@ Windows are index arithmetic over the memory-mapped split, never materialised::
     row        s ......... s+L-1 | s+L ...... s+L+h-1
                [ lookback: inputs ] [ horizon: targets ]      one window = its start s
 
-A split is one series: `seqfit prepare` writes a split's input files back to back in time order and keeps
-no boundaries, and the valid split is the held-out tail of the same series. So a window never spans two
-splits, and the valid split's first window starts at its own row 0 (its first L rows are context only).
+A split is one series (`seqfit prepare` writes a split's input files back to back in time order), or many
+(--group-field at prepare: row offsets per series); the valid split is the held-out tail of each series.
+Windows are numbered series by series (seqfit.data.window_index), so a window never spans two series or
+two splits, and a series' first window in the valid split starts at its own first row there (its first L
+rows are context only). Every series must hold L + h train rows; in valid, shorter series are skipped.
 
-Training draws every valid start 0 .. rows-L-h once per epoch, in an order drawn from a generator seeded by
-(--seed, epoch) alone: epoch_groups(epoch) is a pure function, so a resumed run is bit-exact. Values are
-normalised per column with the train split's mean and std (meta.json), the loss is taken in normalised
+Training draws every valid start once per epoch (--series-weight length; or every series equally often,
+--series-weight equal) in an order computed on demand from (--seed, epoch) alone (seqfit.data.window_sampler:
+no per-window array, whatever the number of series): epoch_groups(epoch) is a pure function, so a resumed
+run is bit-exact. Values are normalised per column (--normalize, seqfit.data.series_norm: the train split's
+mean and std over every series, each series' own, or each window's lookback's), the loss is taken in normalised
 units (mse, mae, or the pinball loss averaged over --quantiles) and reported metrics in original units.
 Validation takes the same loss, and the MAE in original units, over fixed valid windows: one every
 horizon rows, or at most --eval-batches batches of them evenly spaced.
 
-`seqfit evaluate` runs a rolling-origin backtest: origins every --horizon rows over the split, the model
-against the naive and seasonal-naive forecasts on the same windows; MASE divides by the train split's
-in-sample seasonal-naive MAE (season --season; 0 or 1: the naive forecast).
+`seqfit evaluate` runs a rolling-origin backtest: origins every --horizon rows over each series of the split,
+the model against the naive and seasonal-naive forecasts on the same windows; MASE divides by the train
+split's in-sample seasonal-naive MAE (season --season; 0 or 1: the naive forecast), pooled over the series
+(differences taken within each series), so MASE compares errors summed over every series.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import torch
 
 from seqfit.config import RunCfg
 from seqfit.data.series import SeriesSplit, SeriesStore
+from seqfit.data.series_norm import WindowNorm
+from seqfit.data.window_sampler import EpochWindows
 from seqfit.engine.distributed import Dist
 from seqfit.engine.task import NoCarriedState
 from seqfit.errors import SeqfitError
@@ -60,14 +67,15 @@ def forecast_loss(pred: torch.Tensor, y: torch.Tensor, kind: str, quantiles: tor
 
 def seasonal_scale(split: SeriesSplit, columns: list[int], season: int) -> np.ndarray:
     """Per column, the in-sample MAE of the seasonal-naive forecast y[t - m] over ``split`` (original units),
-    read a chunk at a time; MASE divides by it (Hyndman & Koehler 2006)."""
-    m, rows = max(1, season), len(split)
+    within each series, read a chunk at a time; MASE divides by it (Hyndman & Koehler 2006)."""
+    m = max(1, season)
     total, count = np.zeros(len(columns)), 0
-    for start in range(m, rows, SCALE_CHUNK):
-        n = min(SCALE_CHUNK, rows - start)
-        part = split.read(start - m, n + m, normalize=False)[:, columns].astype(np.float64)  # (n + m, T)
-        total += np.abs(part[m:] - part[:-m]).sum(0)
-        count += n
+    for first, end in zip(split.offsets[:-1].tolist(), split.offsets[1:].tolist()):
+        for start in range(first + m, end, SCALE_CHUNK):
+            n = min(SCALE_CHUNK, end - start)
+            part = split.read(start - m, n + m, normalize=False)[:, columns].astype(np.float64)  # (n + m, T)
+            total += np.abs(part[m:] - part[:-m]).sum(0)
+            count += n
     return total / max(1, count)
 
 
@@ -111,21 +119,40 @@ class ForecastTask(NoCarriedState):
         self.quantiles = self.plan["quantiles"]
         self.train_split = self.store.split("train")
         self.valid = self.store.split("valid") if self.store.has_split("valid") else None
-        self.starts = len(self.train_split) - self.lookback - self.horizon + 1  # valid window starts: 0 .. starts-1
-        self._epoch_groups: tuple[int, list] | None = None
+        self.index = self.train_split.window_index(self.lookback + self.horizon)  # where windows start, per series
+        self.starts = self.index.count  # windows of the train split
+        self._epoch_groups: EpochWindows | None = None
+        self._norms: dict[int, WindowNorm] = {}
+
+    def norm(self, split: SeriesSplit) -> WindowNorm:
+        """How ``split``'s windows are normalised (--normalize), against this run's train split."""
+        if id(split) not in self._norms:
+            self._norms[id(split)] = WindowNorm(self.cfg.train.normalize, split, self.train_split)
+        return self._norms[id(split)]
 
     def check_data(self, warn) -> None:
         L, h, rows = self.lookback, self.horizon, len(self.train_split)
+        short = np.flatnonzero(self.index.lengths < L + h)
+        if len(short) and self.train_split.num_series > 1:
+            i = int(short[0])
+            more = f" (and {len(short) - 1} more of {self.train_split.num_series})" if len(short) > 1 else ""
+            raise SeqfitError(f"series {self.train_split.names[i]!r}{more} has {int(self.index.lengths[i])} train rows, "
+                              f"fewer than --lookback {L} + --horizon {h} = {L + h}: shorten them, or leave short "
+                              "series out of the data")
         if self.starts < 1:
             raise SeqfitError(f"--lookback {L} + --horizon {h} needs {L + h} rows; the train split has {rows}: "
                               "shorten them or add data")
         if self.cfg.train.season > L:
             raise SeqfitError(f"--season {self.cfg.train.season} is longer than --lookback {L}: the seasonal-naive "
                               "baseline reads the last season from the lookback window; raise --lookback")
-        if self.valid is not None and len(self.valid) < L + h:
-            warn(f"warning: the valid split has {len(self.valid)} rows, fewer than --lookback + --horizon = {L + h}; "
-                 "no validation")
+        valid = self.valid.window_index(L + h) if self.valid is not None else None
+        if valid is not None and valid.count == 0:
+            warn(f"warning: the valid split has {len(self.valid)} rows, fewer than --lookback + --horizon = {L + h}"
+                 + (" in each series" if self.valid.num_series > 1 else "") + "; no validation")
             self.valid = None
+        elif valid is not None and (skipped := int((valid.counts == 0).sum())):
+            warn(f"warning: {skipped} of {self.valid.num_series} series have fewer than --lookback + --horizon = "
+                 f"{L + h} valid rows; they are not validated")
 
     def build_model(self) -> Forecaster:
         return Forecaster(self.cfg.model, num_inputs=len(self.input_idx), num_targets=len(self.targets),
@@ -133,35 +160,35 @@ class ForecastTask(NoCarriedState):
                           checkpoint_time=self.plan["checkpoint_time"])
 
     def describe(self, model) -> str:
-        plan = self.plan
+        plan, S = self.plan, self.train_split.num_series
         return (f"{plan['device']} {plan['precision']}, lookback {self.lookback} -> horizon {self.horizon} of "
                 f"{', '.join(self.targets)}" + (f" (covariates {', '.join(self.covariates)})" if self.covariates else "")
-                + f", {plan['loss']} loss, batch {plan['micro_batch']} x {plan['accumulate']}, "
+                + f", {self.cfg.train.normalize} normalisation, {plan['loss']} loss, batch {plan['micro_batch']} x {plan['accumulate']}, "
                 + (f"checkpoint every {plan['checkpoint_time']} steps, " if plan["checkpoint_time"] else "")
-                + f"{self.starts:,} windows, {sum(p.numel() for p in model.parameters()):,} parameters")
+                + f"{self.starts:,} windows" + (f" of {S:,} series" if S > 1 else "")
+                + f", {sum(p.numel() for p in model.parameters()):,} parameters")
 
     # -- data --
     def steps_per_epoch(self) -> int:
         return len(self.epoch_groups(0))
 
-    def epoch_groups(self, epoch: int) -> list[list[np.ndarray]]:
-        """Every window start once, shuffled by (seed, epoch) alone; this rank's share of each batch of
-        micro-batch x ranks windows, ``accumulate`` batches to a step."""
-        if self._epoch_groups is None or self._epoch_groups[0] != epoch:
-            order = np.random.default_rng([self.cfg.train.seed, epoch]).permutation(self.starts)
-            rank, world = self.dist.rank, self.dist.world
-            size, n = self.plan["micro_batch"] * world, self.plan["accumulate"]
-            batches = [order[i:i + size][rank::world] for i in range(0, len(order), size)
-                       if len(order[i:i + size]) >= world]
-            self._epoch_groups = (epoch, [batches[i:i + n] for i in range(0, len(batches), n)])
-        return self._epoch_groups[1]
+    def epoch_groups(self, epoch: int) -> EpochWindows:
+        """Every window start once (or every series equally often), shuffled by (seed, epoch) alone; this
+        rank's share of each batch of micro-batch x ranks windows, ``accumulate`` batches to a step."""
+        if self._epoch_groups is None or self._epoch_groups.epoch != epoch:
+            self._epoch_groups = EpochWindows(self.index, seed=self.cfg.train.seed, epoch=epoch,
+                                              micro=self.plan["micro_batch"], accumulate=self.plan["accumulate"],
+                                              rank=self.dist.rank, world=self.dist.world,
+                                              weight=self.cfg.train.series_weight)
+        return self._epoch_groups
 
     def probe_group(self, step: int) -> list[np.ndarray]:
         """Every window has the same length: any full group is a peak one."""
         return self.epoch_groups(0)[0]
 
     def _batch(self, split: SeriesSplit, starts) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = window_rows(split, starts, self.lookback + self.horizon)  # (B, L + h, F)
+        raw = window_rows(split, starts, self.lookback + self.horizon, normalize=False)  # (B, L + h, F)
+        rows, _, _ = self.norm(split).apply(starts, raw, self.lookback)
         x = rows[:, :self.lookback][:, :, self.input_idx]  # (B, L, inputs)
         y = rows[:, self.lookback:][:, :, self.target_idx]  # (B, h, T)
         return (torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True),
@@ -193,18 +220,27 @@ class ForecastTask(NoCarriedState):
         return {"loss": stats["loss_sum"] / stats["count"]}
 
     @torch.no_grad()
+    def forecast_raw(self, model, split: SeriesSplit, starts, raw: np.ndarray, precision):
+        """Forecasts of raw windows (B, >= L, F) starting at ``starts``: (normalised (B, h, T, Q) tensor, original
+        units (B, h, T, Q), the normalised rows (B, n, F)), de-normalised with the statistics that normalised them."""
+        rows, mean, scale = self.norm(split).apply(starts, raw, self.lookback)
+        x = rows[:, :self.lookback][:, :, self.input_idx]  # (B, L, inputs)
+        with precision.autocast():
+            pred = model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu()
+        t = self.target_idx
+        return pred, pred.numpy() / scale[:, :, t, None] + mean[:, :, t, None], rows  # (B|1, 1, T, 1) broadcast
+
+    @torch.no_grad()
     def _predict(self, model, split: SeriesSplit, starts: np.ndarray, precision, batch: int):
-        """Yield (normalised forecasts (B, h, T, Q), the same in original units, raw rows (B, L + h, F))."""
+        """Yield (normalised forecasts (B, h, T, Q), the same in original units, raw rows (B, L + h, F), the rows
+        normalised (B, L + h, F))."""
         was_training = model.training
         model.eval()
-        mean, scale = split.mean[self.target_idx][:, None], split.scale[self.target_idx][:, None]  # (T, 1)
         try:
             for i in range(0, len(starts), batch):
                 raw = window_rows(split, starts[i:i + batch], self.lookback + self.horizon, normalize=False)
-                x = ((raw[:, :self.lookback] - split.mean) * split.scale)[:, :, self.input_idx]  # as SeriesSplit.read
-                with precision.autocast():
-                    pred = model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu()
-                yield pred, pred.numpy() / scale + mean, raw
+                norm, pred, rows = self.forecast_raw(model, split, starts[i:i + batch], raw, precision)
+                yield norm, pred, raw, rows
         finally:
             model.train(was_training)
 
@@ -217,19 +253,19 @@ class ForecastTask(NoCarriedState):
     def validate(self, model, precision) -> dict | None:
         if self.valid is None:
             return None
-        n = len(self.valid) - self.lookback - self.horizon + 1
-        B = self.plan["micro_batch"]
+        span, B = self.lookback + self.horizon, self.plan["micro_batch"]
         if self.cfg.train.eval_batches:  # fixed, evenly spaced: at most --eval-batches batches
-            starts = np.unique(np.linspace(0, n - 1, min(n, self.cfg.train.eval_batches * B)).round().astype(np.int64))
-        else:  # a window every horizon rows, as the backtest: every row of the split forecast once
-            starts = np.arange(0, n, self.horizon, dtype=np.int64)
-        scale = self.valid.scale[self.target_idx]
+            index = self.valid.window_index(span)
+            n = index.count
+            starts = index.starts(np.unique(np.linspace(0, n - 1, min(n, self.cfg.train.eval_batches * B)).round()))
+        else:  # a window every horizon rows of each series, as the backtest: every row forecast once
+            starts = self.valid.window_index(span, self.horizon).all_starts()
         loss, abs_err, count = 0.0, 0.0, 0
         q = self._quantiles()
         q = None if q is None else q.cpu()
-        for norm, pred, raw in self._predict(model, self.valid, starts, precision, B):
+        for norm, pred, raw, rows in self._predict(model, self.valid, starts, precision, B):
             y = raw[:, self.lookback:][:, :, self.target_idx]  # (B, h, T) original units
-            y_n = torch.from_numpy((y - self.valid.mean[self.target_idx]) * scale)  # as SeriesSplit.read
+            y_n = torch.from_numpy(np.ascontiguousarray(rows[:, self.lookback:][:, :, self.target_idx]))
             loss += forecast_loss(norm, y_n, self.plan["loss"], q).item()
             abs_err += float(np.abs(self._point(pred) - y).sum())
             count += y.size
@@ -241,9 +277,10 @@ class ForecastTask(NoCarriedState):
     def evaluate_split(self, model, split: str, precision, *, batch_size: int = 0, warn=None) -> tuple[dict, str]:
         """`seqfit evaluate`: the rolling-origin backtest of ``split`` (see backtest)."""
         part = self.store.split(split)
-        if len(part) < self.lookback + self.horizon:
+        if part.window_index(self.lookback + self.horizon).count == 0:
             raise SeqfitError(f"the {split} split has {len(part)} rows, fewer than --lookback + --horizon = "
-                              f"{self.lookback + self.horizon}: nothing to backtest")
+                              f"{self.lookback + self.horizon}" + (" in each series" if part.num_series > 1 else "")
+                              + ": nothing to backtest")
         result = backtest(self, model, part, precision, batch=batch_size or self.plan["micro_batch"])
         b = result["baselines"]
         mase = lambda r: "n/a" if r["mase"] is None else f"{r['mase']:.3f}"
@@ -259,19 +296,19 @@ class ForecastTask(NoCarriedState):
 
 
 def backtest(task: ForecastTask, model, split: SeriesSplit, precision, *, batch: int) -> dict:
-    """Rolling origin over ``split``: origins every horizon rows (windows starting at 0, h, 2h, ...); the
-    model and the naive / seasonal-naive forecasts on the same windows, in original units. sMAPE is in
+    """Rolling origin over ``split``: origins every horizon rows of each series (windows starting at its rows 0,
+    h, 2h, ...); the model and the naive / seasonal-naive forecasts on the same windows, in original units. sMAPE is in
     percent (0-200); MASE divides each target's MAE by its train split seasonal-naive MAE, then averages
     over targets. Quantile models add the outer quantiles' interval coverage and the mean pinball loss."""
     L, h, tgt = task.lookback, task.horizon, task.target_idx
     m = max(1, task.cfg.train.season)
-    starts = np.arange(0, len(split) - L - h + 1, h, dtype=np.int64)
+    starts = split.window_index(L + h, h).all_starts()
     scale = seasonal_scale(task.train_split, tgt, m)
     model_err, naive, seasonal = _Errors(len(tgt)), _Errors(len(tgt)), _Errors(len(tgt))
     qs = np.asarray(task.quantiles)
     covered, pinball = 0, 0.0
     season_rows = L - m + np.arange(h) % m  # row of the lookback that step j of the horizon repeats
-    for _, pred, raw in task._predict(model, split, starts, precision, batch):
+    for _, pred, raw, _ in task._predict(model, split, starts, precision, batch):
         y = raw[:, L:][:, :, tgt].astype(np.float64)  # (B, h, T)
         past = raw[:, :L][:, :, tgt].astype(np.float64)  # (B, L, T)
         model_err.add(task._point(pred).astype(np.float64), y)

@@ -1,12 +1,15 @@
 """Forecasts out of a trained forecaster for `seqfit predict` and `seqfit detect`.
 
-* ``forecast_from_end``: the forecast of the next H rows from the last --lookback rows of a split (the
-  forecast origin is the split's end).
-* ``one_step``: every row t >= lookback of a split forecast one step ahead from rows t-L .. t-1 (the first
-  horizon step), for anomaly detection; ``robust_scores`` turns its errors into robust z-scores.
+* ``forecast_from_end``: the forecast of the next H rows of each series from its last --lookback rows in a
+  split (the forecast origin is the series' end in the split).
+* ``one_step``: every row t of each series from its row L on forecast one step ahead from rows t-L .. t-1
+  (the first horizon step), for anomaly detection; ``robust_scale`` turns its errors into robust z-scores.
+
+A split holds one series or many (seqfit.data.series); windows never reach across two.
 
 DATA may be another prepared store than the one the run trained on: it must hold the same columns, and it
-is normalised with the run's train statistics (the ones the model learnt with).
+is normalised as the run was (--normalize: the run's train statistics, each series' train statistics by
+name, or each window's own; seqfit.data.series_norm), and forecasts de-normalised with the same.
 """
 
 from __future__ import annotations
@@ -52,38 +55,43 @@ def _forecast(task, model, split: SeriesSplit, starts: np.ndarray, precision, ba
     model.eval()
     for i in range(0, len(starts), batch):
         raw = split.windows(starts[i:i + batch], L, normalize=False)  # (B, L, F)
-        yield _on_raw(task, model, split, raw, precision)
+        yield _on_raw(task, model, split, starts[i:i + batch], raw, precision)
 
 
-def _on_raw(task, model, split: SeriesSplit, raw: np.ndarray, precision) -> np.ndarray:
-    """Forecasts in original units (B, h, T, Q) of raw (unnormalised) windows (B, L, F)."""
-    mean, inv = split.mean[task.target_idx][:, None], split.scale[task.target_idx][:, None]  # (T, 1)
-    x = ((raw - split.mean) * split.scale)[:, :, task.input_idx]  # as SeriesSplit.read
-    with torch.no_grad(), precision.autocast():
-        pred = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(task.device)).float().cpu().numpy()
-    return pred / inv + mean
+def _on_raw(task, model, split: SeriesSplit, starts, raw: np.ndarray, precision) -> np.ndarray:
+    """Forecasts in original units (B, h, T, Q) of raw (unnormalised) windows (B, L, F) starting at ``starts``."""
+    return task.forecast_raw(model, split, starts, raw, precision)[1]
 
 
-def forecast_from_end(run, split: SeriesSplit, horizon: int) -> np.ndarray:
-    """(horizon, T, Q) forecasts, original units, of the rows after the split's last --lookback rows."""
+def forecast_from_end(run, split: SeriesSplit, horizon: int, *, batch: int = 256) -> np.ndarray:
+    """(series, horizon, T, Q) forecasts, original units, of the rows after each series' last --lookback rows."""
     task = run.task
-    if len(split) < task.lookback:
-        raise SeqfitError(f"the split has {len(split)} rows, fewer than the run's --lookback {task.lookback}")
-    starts = np.array([len(split) - task.lookback], dtype=np.int64)
-    (pred,) = list(_forecast(task, run.model, split, starts, run.precision, 1))
-    return pred[0, :horizon]
+    lengths = np.diff(split.offsets)
+    if (short := np.flatnonzero(lengths < task.lookback)).size:
+        i = int(short[0])
+        who = f"series {split.names[i]!r} has" if split.num_series > 1 else "the split has"
+        more = f" (and {len(short) - 1} more series)" if len(short) > 1 else ""
+        raise SeqfitError(f"{who} {int(lengths[i])} rows in the {split.name} split{more}, fewer than the run's "
+                          f"--lookback {task.lookback}")
+    starts = split.offsets[1:] - task.lookback
+    return np.concatenate(list(_forecast(task, run.model, split, starts, run.precision, batch)))[:, :horizon]
 
 
-def one_step(run, split: SeriesSplit, *, first: int = 0, batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows t = max(first, L) .. len-1, their values (N, T), one-step forecasts (N, T, Q)), original units."""
+def one_step(run, split: SeriesSplit, *, tail: int = 0, batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows t (split-wide) of each series from its row L on, or of its last ``tail`` rows only; the series of
+    each; their values (N, T); one-step forecasts (N, T, Q)), original units."""
     task = run.task
     L = task.lookback
-    rows = np.arange(max(first, L), len(split), dtype=np.int64)
+    parts = []
+    for first, end in zip(split.offsets[:-1].tolist(), split.offsets[1:].tolist()):
+        parts.append(np.arange(max(first + L, end - tail) if tail else first + L, end, dtype=np.int64))
+    rows = np.concatenate(parts)
+    series = np.repeat(np.arange(len(parts)), [len(r) for r in parts])
     if not len(rows):
-        return rows, np.empty((0, len(task.target_idx))), np.empty((0, len(task.target_idx), 1))
+        return rows, series, np.empty((0, len(task.target_idx))), np.empty((0, len(task.target_idx), 1))
     preds = [p[:, 0] for p in _forecast(task, run.model, split, rows - L, run.precision, batch)]
-    values = _values(split, rows, task.target_idx)
-    return rows, values.astype(np.float64), np.concatenate(preds).astype(np.float64)
+    values = np.concatenate([_values(split, r, task.target_idx) for r in parts if len(r)])
+    return rows, series, values.astype(np.float64), np.concatenate(preds).astype(np.float64)
 
 
 def _values(split: SeriesSplit, rows: np.ndarray, idx: list[int], chunk: int = 1 << 16) -> np.ndarray:
@@ -97,7 +105,7 @@ def _values(split: SeriesSplit, rows: np.ndarray, idx: list[int], chunk: int = 1
 
 def clean_rescore(run, split: SeriesSplit, rows: np.ndarray, values: np.ndarray, pred: np.ndarray, score_of,
                   threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rescore so that an anomaly does not echo: a flagged point is replaced by its forecast in the windows of
+    """Rescore the contiguous ``rows`` of one series so that an anomaly does not echo: a flagged point is replaced by its forecast in the windows of
     the points after it (so the next point is not judged against a forecast made from the spike), unless
     the next point is flagged in the same direction too, which makes it a lasting change (a level shift):
     then the real values stand. ``score_of(values, pred)`` -> scores (N, T). Returns (pred, scores)."""
@@ -116,7 +124,7 @@ def clean_rescore(run, split: SeriesSplit, rows: np.ndarray, values: np.ndarray,
         for k, v in replaced.items():  # rows are contiguous: row k sits at position k - j + L of window j
             for j in np.flatnonzero((idx - L <= k) & (k < idx)):
                 raw[j, k - idx[j] + L, tgt] = v
-        pred[idx] = _on_raw(task, run.model, split, raw, run.precision)[:, 0]
+        pred[idx] = _on_raw(task, run.model, split, rows[idx] - L, raw, run.precision)[:, 0]
         score[idx] = score_of(values[idx], pred[idx])
 
     i = 0
@@ -158,8 +166,8 @@ def robust_scale(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def future_times(times: np.ndarray | None, origin: int, steps: np.ndarray) -> list:
-    """Times of rows origin + steps: extrapolated from the last spacing of numeric or ISO times, else the
-    row index within the split."""
+    """Times of rows origin + steps of one series (``times``: its rows' times): extrapolated from the last
+    spacing of numeric or ISO times, else the row index within the series' part of the split."""
     if times is not None and origin >= 0:
         last = times[origin]
         prev = times[origin - 1] if origin >= 1 else None

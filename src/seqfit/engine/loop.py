@@ -120,6 +120,10 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     window: dict[str, float] = {}
     window_start = time.perf_counter()
     deadline = time.monotonic() + t.max_minutes * 60 if t.max_minutes else math.inf
+    # CPU time of the whole process (every thread, validation too) from here on: on a machine that other jobs
+    # share, a run gets the same work done in its budget however long the wall clock takes
+    cpu_deadline = time.process_time() + t.max_cpu_minutes * 60 if t.max_cpu_minutes else math.inf
+    out_of_cpu = False
     s.model.train()
     try:
         with sampler, stop:
@@ -145,12 +149,14 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                 except MemoryBudgetExceeded as e:
                     over_budget = e
                 # every rank stops after the same step: a signal, the budget or the clock on any of them
-                stopping, over_anywhere, out_of_time = dist.any(stop.requested, over_budget is not None,
-                                                                time.monotonic() > deadline)
+                stopping, over_anywhere, out_of_time, out_of_cpu = dist.any(
+                    stop.requested, over_budget is not None, time.monotonic() > deadline,
+                    time.process_time() > cpu_deadline)
                 if not math.isfinite(stats["loss_sum"]):
                     raise SeqfitError(f"the loss became {stats['loss_sum']} at step {step}: lower --lr or use --clip")
                 add_stats(window, {k: v for k, v in stats.items() if k != "stepped"})
-                if step % t.log_every == 0 or step == total_steps or out_of_time or stopping or over_anywhere:
+                if (step % t.log_every == 0 or step == total_steps or out_of_time or out_of_cpu or stopping
+                        or over_anywhere):
                     keys = sorted(window)
                     window = dict(zip(keys, dist.sum([window[k] for k in keys])))  # the whole batch's numbers
                     rate = window["tokens"] / (time.perf_counter() - window_start)
@@ -172,6 +178,9 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                     checkpoint()
                 if out_of_time:
                     progress.write(f"--max-minutes {t.max_minutes:g} reached at step {step}")
+                    break
+                if out_of_cpu:
+                    progress.write(f"--max-cpu-minutes {t.max_cpu_minutes:g} reached at step {step}")
                     break
     finally:
         progress.close()

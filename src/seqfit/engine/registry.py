@@ -11,11 +11,13 @@ from seqfit.engine.classify import ClassifierTask
 from seqfit.engine.distributed import Dist
 from seqfit.engine.forecast import ForecastTask
 from seqfit.engine.lm import LanguageModelTask
+from seqfit.engine.seq2seq import Seq2SeqTask
 from seqfit.engine.task import Task
 
 __all__ = ["TASKS", "make_task"]
 
-TASKS: dict[str, type] = {"lm": LanguageModelTask, "classify": ClassifierTask, "forecast": ForecastTask}
+TASKS: dict[str, type] = {"lm": LanguageModelTask, "classify": ClassifierTask, "forecast": ForecastTask,
+                        "seq2seq": Seq2SeqTask}
 
 
 def make_task(cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()) -> Task:

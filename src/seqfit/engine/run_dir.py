@@ -38,7 +38,8 @@ def load_run(run_dir: str | Path, *, data_dir: str | Path | None = None, device:
     run_dir = Path(run_dir)
     cfg, plan, info = read_run(run_dir)
     if task is not None and cfg.model.task != task:
-        what = {"lm": "a language model", "classify": "a classifier"}.get(task, f"a {task!r} model")
+        what = {"lm": "a language model", "classify": "a classifier", "seq2seq": "an encoder-decoder (seq2seq)"}.get(
+            task, f"a {task!r} model")
         raise SeqfitError(f"{run_dir} holds a {cfg.model.task!r} model, not {what}")
     dev = resolve_device(device)
     t = make_task(cfg, Path(data_dir or info["data_dir"]), dev)

@@ -1,4 +1,4 @@
-"""PNG plots of a run: memory over time, loss, throughput.
+"""PNG plots of a run: memory over time, loss, throughput, a forecaster's forecasts.
 
 Figures are built with matplotlib's object API on the Agg canvas, never pyplot: no display is
 needed and no global backend is switched under whoever imported us.
@@ -16,7 +16,7 @@ from matplotlib.ticker import FuncFormatter
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["plot_memory_timeline", "plot_loss", "plot_throughput", "timeline_columns"]
+__all__ = ["plot_memory_timeline", "plot_loss", "plot_throughput", "plot_forecast", "timeline_columns"]
 
 _SIZE = (8.0, 4.2)  # inches; at 110 dpi about 880x460 px, legible embedded in a report
 _DPI = 110
@@ -187,3 +187,37 @@ def plot_throughput(records: Sequence[dict], path: Path | str, *, title: str = "
     ax.legend(loc="lower right", fontsize="small", framealpha=0.9)
     ax.set_title(title or "throughput")
     return _save(fig, path)
+
+
+def plot_forecast(history_x: Sequence, history: Any, future_x: Sequence, point: Any, path: Path | str, *,
+                  lower: Any = None, upper: Any = None, targets: Sequence[str] = ("y",), band: str = "",
+                  title: str = "") -> dict[str, Any]:
+    """One series: its history (n, T), the point forecast (h, T) and, when given, the interval lower..upper
+    (h, T), one panel per target. Returns what was drawn, read back from the figure's lines: {"path",
+    "history", "forecast" (lists of T arrays), "lower", "upper"}, so a test can check the pixels' data."""
+    import numpy as np
+
+    history, point = np.asarray(history, dtype=np.float64), np.asarray(point, dtype=np.float64)
+    T = point.shape[1]
+    fig = Figure(figsize=(_SIZE[0], max(_SIZE[1], 2.6 * T)), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(T, 1, squeeze=False)[:, 0]
+    drawn: dict[str, Any] = {"history": [], "forecast": [], "lower": [], "upper": []}
+    for j, ax in enumerate(axes):
+        (h_line,) = ax.plot(history_x, history[:, j], color="tab:blue", lw=1.2, label="history")
+        # join the forecast to the last observed point so the eye reads one curve (the join is not a forecast)
+        ax.plot([history_x[-1], future_x[0]], [history[-1, j], point[0, j]], color="tab:orange", lw=1, ls=":")
+        (f_line,) = ax.plot(future_x, point[:, j], "o-", color="tab:orange", lw=1.5, ms=3, label="forecast")
+        drawn["history"].append(np.asarray(h_line.get_ydata(), dtype=np.float64))
+        drawn["forecast"].append(np.asarray(f_line.get_ydata(), dtype=np.float64))
+        if lower is not None and upper is not None:
+            lo, hi = np.asarray(lower, dtype=np.float64)[:, j], np.asarray(upper, dtype=np.float64)[:, j]
+            ax.fill_between(future_x, lo, hi, color="tab:orange", alpha=0.25, lw=0, label=band or "interval")
+            drawn["lower"].append(lo)
+            drawn["upper"].append(hi)
+        ax.set_ylabel(targets[j] if j < len(targets) else f"target {j}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small", framealpha=0.9)
+    axes[0].set_title(title or "forecast")
+    drawn["path"] = _save(fig, path)
+    return drawn

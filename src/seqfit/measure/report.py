@@ -321,13 +321,14 @@ def _render_html(title: str, sections: list[_Section], plots: list[tuple[str, Pa
     return "\n".join(out)
 
 
-def build_report(run_dir: Path | str, *, fmt: str = "md") -> Path:
-    """Write RUN_DIR/report.md (or report.html) and RUN_DIR/plots/*.png; returns the report's path."""
+def build_report(run_dir: Path | str, *, fmt: str = "md", extra_plots: list[tuple[str, Path]] = ()) -> Path:
+    """Write RUN_DIR/report.md (or report.html) and RUN_DIR/plots/*.png; returns the report's path.
+    ``extra_plots``: (caption, path) of plots drawn elsewhere (a forecast run's forecasts), shown after the others."""
     if fmt not in ("md", "html"):
         raise SeqfitError(f"report format must be md or html, got {fmt!r}")
     run = load_run(run_dir)
     sections = [s for s in (_summary(run), _config(run), _plan(run), _memory(run), _throughput(run), _final(run)) if s]
-    plots = _plots(run)
+    plots = _plots(run) + list(extra_plots)
     title = f"seqfit run report: {run.run_dir.resolve().name}"
     render = _render_md if fmt == "md" else _render_html
     path = run.run_dir / f"report.{fmt}"

@@ -36,7 +36,7 @@ from seqfit.memory.allocator import MMAP_THRESHOLD
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 
 __all__ = ["DataInfo", "PARTS", "GATES", "F32", "param_shapes", "static_bytes", "estimate", "chunk_len",
-           "phase_predictions", "Replay", "dot", "blas_buffers", "optimizer_scratch"]
+           "phase_predictions", "Replay", "dot", "blas_buffers", "optimizer_scratch", "head_bytes"]
 
 PARTS = ("baseline", "weights", "gradients", "optimizer_state", "activations", "output_loss", "data", "temporaries")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -155,7 +155,7 @@ def dot(c: tuple[float, ...], f: tuple[float, ...]) -> int:
     return int(sum(a * b for a, b in zip(c, f)))
 
 
-def _head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk: int, counts) -> dict[str, int]:
+def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk: int, counts) -> dict[str, int]:
     """Vocabulary-sized buffers of the output layer for n tokens: kept for backward, and each phase's extra."""
     bf16 = precision != "fp32"
     if loss == "full" and precision == "bf16":
@@ -220,7 +220,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     out_b = 2 if bf16 and m.cell != "gru" else F32  # autocast runs LSTM/RNN in bf16; GRU's output stays fp32
     g = GATES[m.cell]
     layer_params = [g * H * ((E if i == 0 else H) + H) for i in range(L)]
-    head = _head_bytes(loss, n, V, H, plan["precision"], chunk, data.counts)
+    head = head_bytes(loss, n, V, H, plan["precision"], chunk, data.counts)
     # Native GRU/RNN kernels allocate a few (b, H) tensors per time step. Below the allocator's mmap
     # threshold they come from the heap, whose holes stay resident: the forward's scratch between the
     # saved tensors stays, and what backward frees is not returned before the step ends.

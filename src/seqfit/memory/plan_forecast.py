@@ -13,7 +13,11 @@ What the estimate counts (estimate_forecaster), and what it leaves out:
     activations                           micro-batch x kept steps x the cell's per-token bytes (the same
                                           calibrated constants a classifier's unidirectional layer uses),
                                           plus the float32 windows and the tiny head
-    data                                  the accumulated micro-batches' windows, (B, L, F) + (B, h, targets)
+    data                                  the accumulated micro-batches' windows, (B, L, F) + (B, h, targets),
+                                          and the window index: five int64 per series (offsets, lengths,
+                                          window counts and firsts, the sampler's non-empty list); never
+                                          anything per window or per row, so 2,000 series of 50,000 rows
+                                          cost what one series does, plus 80 KB
 
 It leaves out what a forecaster does not have (embeddings, vocabulary-sized logits) and does not model
 the quantile head separately (B x horizon x targets x quantiles floats: negligible beside the RNN).
@@ -37,6 +41,8 @@ __all__ = ["ForecastInfo", "forecast_columns", "forecast_info_from_dir", "reques
            "forecast_candidates", "apply_forecast_plan", "describe_forecast_plan", "estimate_forecaster",
            "score_forecast_plan", "parse_quantiles", "forecaster_param_shapes"]
 
+INDEX_BYTES_PER_SERIES = 5 * 8  # int64 offsets, lengths, window counts, window firsts, sampler's non-empty series
+
 
 @dataclass(frozen=True)
 class ForecastInfo:
@@ -45,6 +51,7 @@ class ForecastInfo:
     num_inputs: int  # targets + covariates
     num_targets: int
     train_rows: int = 0
+    series: int = 1  # series in the train split (a store prepared with --group-field holds many)
     vocab_size: int = 0  # none (api.plan reports it for every task)
 
 
@@ -85,8 +92,9 @@ def forecast_info_from_dir(cfg: RunCfg, data_dir: str | Path) -> ForecastInfo:
 
     store = SeriesStore(data_dir)
     targets, covariates = forecast_columns(cfg, store.columns)
-    rows = store.meta["splits"].get("train", {}).get("rows", 0)
-    return ForecastInfo(num_inputs=len(targets) + len(covariates), num_targets=len(targets), train_rows=rows)
+    train = store.meta["splits"].get("train", {})
+    return ForecastInfo(num_inputs=len(targets) + len(covariates), num_targets=len(targets),
+                        train_rows=train.get("rows", 0), series=int(train.get("series", 1)))
 
 
 def requested_forecast_plan(cfg: RunCfg, device: str) -> dict:
@@ -161,8 +169,9 @@ def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Con
         return dot(coefs.keep, feats(i, steps)) + out
 
     window = F32 * b * (T * F + plan["horizon"] * data.num_targets)
+    index = INDEX_BYTES_PER_SERIES * (data.series + 1)  # data.window_index + data.window_sampler
     runtime = consts.baseline + int(coefs.const) + blas_buffers(b * T, F, H, 1, g, "full", plan["device"], consts)
-    r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=acc * window)
+    r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=acc * window + index)
     states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H if k < T else 0
     kept = states + sum(keep(i, k) for i in range(L))
     r.now["gradients"] = sizes["gradients"] if acc > 1 else 0

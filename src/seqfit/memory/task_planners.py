@@ -1,5 +1,5 @@
 """What the planner needs from each task, found by the task's name (--task): a task's planner is a module of
-this layer (plan_lm.py, plan_classify.py, plan_forecast.py) with its own estimator, so the planner never imports the engine.
+this layer (plan_lm.py, plan_classify.py, plan_forecast.py, plan_seq2seq.py) with its own estimator, so the planner never imports the engine.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from typing import Any, Callable
 
 from seqfit.config import RunCfg
 from seqfit.errors import SeqfitError
-from seqfit.memory import plan_classify, plan_forecast, plan_lm
+from seqfit.memory import plan_classify, plan_forecast, plan_lm, plan_seq2seq
 from seqfit.memory.constants import Constants
 from seqfit.memory.estimate import estimate
 from seqfit.memory.estimate_classify import estimate_classifier
+from seqfit.memory.estimate_seq2seq import estimate_seq2seq
 from seqfit.memory.requested import requested_plan
 
 __all__ = ["TaskPlanner", "PLANNERS", "planner_for"]
@@ -47,6 +48,11 @@ PLANNERS: dict[str, TaskPlanner] = {
         candidates=plan_forecast.forecast_candidates, apply=plan_forecast.apply_forecast_plan,
         describe=plan_forecast.describe_forecast_plan, estimate=plan_forecast.estimate_forecaster,
         score=plan_forecast.score_forecast_plan),
+    "seq2seq": TaskPlanner(
+        data_info=plan_seq2seq.pair_info_from_dir,
+        requested=plan_seq2seq.requested_for_data, candidates=plan_seq2seq.seq2seq_candidates,
+        apply=plan_seq2seq.apply_seq2seq_plan, describe=plan_seq2seq.describe_seq2seq_plan,
+        estimate=estimate_seq2seq, score=plan_seq2seq.score_seq2seq_plan),
 }
 
 

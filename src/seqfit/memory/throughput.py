@@ -21,7 +21,7 @@ from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 from seqfit.memory.estimate import GATES, chunk_len
 from seqfit.nn.chunked_loss import default_chunk_tokens
 
-__all__ = ["step_seconds", "tokens_per_second", "classifier_step_seconds"]
+__all__ = ["step_seconds", "tokens_per_second", "classifier_step_seconds", "seq2seq_step_seconds"]
 
 
 def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> float:
@@ -63,3 +63,28 @@ def classifier_step_seconds(model: ModelCfg, inputs: int, plan: dict, batch: tup
     if plan["mode"] == "exact" and chunk_len(plan["checkpoint_time"], T) < T:
         rnn *= 4 / 3
     return plan["accumulate"] * rnn
+
+
+def seq2seq_step_seconds(model: ModelCfg, data, plan: dict, batch: tuple[int, int, int],
+                         consts: Constants = DEFAULT_CONSTANTS) -> float:
+    """Predicted seconds for one optimizer step of an encoder-decoder plan over its largest batch (rows, source
+    steps, target steps; memory.estimate_seq2seq.worst_pair_batch): encoder and decoder matmuls, attention,
+    the output layer over the target tokens; input feeding steps the decoder one call per target step."""
+    b, S, T = batch
+    T1 = T + 1
+    g, H, E, L = GATES[model.cell], model.hidden, model.embed, model.layers
+    dirs = 2 if model.bidirectional else 1
+    He = H // dirs
+    enc = sum(dirs * g * He * ((E if i == 0 else H) + He) for i in range(L)) * b * S
+    dec_in = E + (H if model.input_feed else 0)
+    dec = sum(g * H * ((dec_in if i == 0 else H) + H) for i in range(L)) * b * T1
+    att = b * T1 * S * H * (2 if model.attention != "additive" else 3) + b * T1 * 2 * H * H
+    efficiency = b / (b + consts.batch_half)
+    flops = 3 * 2 * (enc + dec + att) / efficiency + 3 * 2 * b * T1 * H * data.tgt_vocab
+    calls = S * dirs * L + (T1 * (L + 6) if model.input_feed else T1 * L)
+    seconds = flops * consts.seconds_per_flop + calls * consts.seconds_per_call
+    if plan["mode"] == "exact" and chunk_len(plan["checkpoint_time"], max(S, T1)) < max(S, T1):
+        seconds *= 4 / 3
+    if plan["loss"] == "chunked":
+        seconds += 2 * b * T1 * H * data.tgt_vocab * consts.seconds_per_flop  # each chunk's logits again
+    return plan["accumulate"] * seconds

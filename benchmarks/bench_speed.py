@@ -1,0 +1,212 @@
+"""Training speed against the machine's ceilings (issue 18): tokens/s, model FLOP/s as a % of the measured
+matrix-product ceiling of the run's precision, and where a step's time goes.
+
+Rows, each in a fresh child process, on synthetic stores (seqfit.memory.synthetic: Zipf-distributed ids,
+no download), timed by `seqfit profile --time`'s machinery (engine/time_run.py) after one warm-up step:
+
+    lm 1x256    LSTM 1 x 256, embed 128, V = 10k, batch 32 x 100, Adam
+    lm 2x200    LSTM 2 x 200, V = 18k, batch 20 x 35, SGD (the WikiText-2 recipe's shape)
+    lm 2x650    LSTM 2 x 650, V = 18k, batch 64 x 200, SGD
+    cls full    classifier, LSTM 1 x 64 (embed 64), batch 32 x 16,000, full BPTT
+    cls exact   the same, exact checkpointing every ~sqrt(T) steps
+    bare lstm   torch.nn.LSTM(64, 64) forward + backward of the classifier's shape (input gradients too, as
+                the classifier's embedding needs them): the floor the classifier rows are read against
+
+bf16 rows run where the ceilings found native bf16 products (otherwise the ceilings say why not).
+Model FLOPs: recurrent and output matrix products, forward and backward (measure/flops.py).
+``--quick`` shrinks every shape (a smoke test: its numbers say nothing about the issue's targets).
+Timings on a shared machine are noise; rerun on a quiet one.
+
+    python benchmarks/bench_speed.py [--quick] [--threads N]   # JSON: benchmarks/results/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import WORK, print_table, run_child, write_result  # noqa: E402
+
+# name: (layers, hidden, embed, vocab, batch, bptt, optimizer)
+LM_ROWS = {
+    "lm 1x256": (1, 256, 128, 10_000, 32, 100, "adam"),
+    "lm 2x200": (2, 200, 200, 18_000, 20, 35, "sgd"),
+    "lm 2x650": (2, 650, 650, 18_000, 64, 200, "sgd"),
+}
+QUICK_LM_ROWS = {
+    "lm 1x256": (1, 64, 32, 1_000, 8, 20, "adam"),
+    "lm 2x200": (2, 64, 64, 2_000, 8, 20, "sgd"),
+    "lm 2x650": (2, 128, 128, 2_000, 8, 40, "sgd"),
+}
+CLS = {"hidden": 64, "embed": 64, "vocab": 256, "classes": 4, "batch": 32, "T": 16_000}
+QUICK_CLS = {**CLS, "batch": 4, "T": 1_000}
+
+
+def child(spec: dict) -> dict:
+    """One row in this process: the timed steps' report (or the bare LSTM's seconds)."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    if spec["kind"] == "bare":
+        return _bare_lstm(spec)
+    from seqfit.config import RunCfg, merge
+    from seqfit.engine.time_run import time_report, time_steps
+    from seqfit.measure.ceilings import load_ceilings
+
+    cfg = merge(RunCfg(), spec["cfg"])
+    session, prof, stats = time_steps(cfg, Path(spec["data"]), spec["steps"], spec["warmup"])
+    report = time_report(session, prof, stats, load_ceilings(session.device.type))
+    phases = report["phases"]
+    return {"seconds": phases["step"]["seconds"], "tokens_per_second": report["tokens_per_second"],
+            "achieved_flops": report["achieved_flops"], "fraction": report["fraction_of_ceiling"],
+            "ceiling": report["ceiling"], "phases": phases}
+
+
+def _bare_lstm(spec: dict) -> dict:
+    import time
+
+    import torch
+
+    c = spec["cls"]
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(c["embed"], c["hidden"], batch_first=True)
+    x = torch.randn(c["batch"], c["T"], c["embed"], requires_grad=True)  # (B, T, E)
+    times = []
+    for _ in range(spec["warmup"] + spec["steps"]):
+        t0 = time.perf_counter()
+        out, _ = lstm(x)  # (B, T, H)
+        out[:, -1].sum().backward()  # the last step, as the classifier's "last" pooling
+        times.append(time.perf_counter() - t0)
+        lstm.zero_grad(set_to_none=True)
+        x.grad = None
+    return {"seconds": sum(times[spec["warmup"]:]) / spec["steps"]}
+
+
+_CHILD = "import json, sys; sys.path.insert(0, {here!r}); import bench_speed; print(json.dumps(bench_speed.child(json.loads(sys.argv[1]))))"
+
+
+def _lm_store(vocab: int, batch: int, bptt: int, steps: int) -> Path:
+    from seqfit.memory.synthetic import write_synthetic_store
+
+    tokens = batch * (bptt * (steps + 2) + 1)
+    out = WORK / f"speed-lm-v{vocab}-{tokens}"
+    return out if (out / "meta.json").is_file() else write_synthetic_store(out, vocab, tokens)
+
+
+def _cls_store(c: dict) -> Path:
+    from seqfit.memory.synthetic import write_synthetic_sequences
+
+    out = WORK / f"speed-cls-{c['batch']}x{c['T']}"
+    if (out / "meta.json").is_file():
+        return out
+    return write_synthetic_sequences(out, [c["T"]] * c["batch"], vocab_size=c["vocab"], num_classes=c["classes"])
+
+
+def _row(name: str, precision: str, out: dict) -> dict:
+    ph = out["phases"]
+    row = {"row": name, "prec": precision, "tok/s": round(out["tokens_per_second"]),
+           "ms/step": round(out["seconds"] * 1000, 1),
+           "GFLOP/s": round(out["achieved_flops"] / 1e9, 2) if out["achieved_flops"] else None,
+           "%ceil": round(100 * out["fraction"], 1) if out["fraction"] is not None else None,
+           "ceiling": out["ceiling"]["path"] if out["ceiling"] else None}
+    for phase, col in (("data", "data%"), ("forward", "fwd%"), ("loss", "loss%"), ("backward", "bwd%"),
+                       ("optimizer", "opt%"), ("other", "other%")):
+        if phase in ph:
+            row[col] = round(100 * ph[phase]["share"])
+    parts = {f"{p}.{label}": v["share"] for p in ("forward", "backward") for label, v in ph.get(p, {}).get("parts", {}).items()}
+    if parts:  # a language model's split: recurrent (forward + backward) and output (loss + its backward)
+        row["rec%"] = round(100 * (parts.get("forward.recurrent", 0) + parts.get("backward.recurrent", 0)))
+        row["out%"] = round(100 * (ph["loss"]["share"] + parts.get("backward.output", 0)))
+    row["sys%"] = round(100 * ph["step"]["system_s"] / max(ph["step"]["seconds"], 1e-12))
+    row["minflt"] = ph["step"]["minflt"]
+    return row
+
+
+def run(quick: bool = False, threads: int = 0) -> dict:
+    import torch
+
+    from seqfit.measure.ceilings import best_ceiling, load_ceilings
+
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)  # the ceilings are cached per thread count: the children use the same
+    ceilings = load_ceilings("cpu", echo=lambda s: print(s, file=sys.stderr, flush=True))
+    precisions = ["fp32"] + (["bf16"] if best_ceiling(ceilings, "bf16") else [])
+    steps, warmup = (2, 1) if quick else (3, 1)
+    rows, seconds = [], {}
+    here = str(HERE)
+
+    def go(spec: dict) -> dict | None:
+        try:
+            return run_child(_CHILD.format(here=here), json.dumps({**spec, "threads": threads, "steps": steps,
+                                                                    "warmup": warmup}), timeout=3600)
+        except Exception as e:  # a failed (or killed) row is a row, not a crash
+            rows.append({"row": spec.get("name", "?"), "status": f"failed: {str(e).splitlines()[0][:80]}"})
+            return None
+
+    for name, (layers, hidden, embed, vocab, batch, bptt, opt) in (QUICK_LM_ROWS if quick else LM_ROWS).items():
+        data = _lm_store(vocab, batch, bptt, steps + warmup)
+        for precision in precisions:
+            cfg = {"model": {"cell": "lstm", "layers": layers, "hidden": hidden, "embed": embed, "dropout": 0.0},
+                   "train": {"batch_size": batch, "bptt": bptt, "optimizer": opt},
+                   "memory": {"device": "cpu", "precision": precision, "loss": "full"}}
+            out = go({"kind": "run", "name": name, "cfg": cfg, "data": str(data)})
+            if out:
+                rows.append(_row(f"{name} ({layers}x{hidden} V={vocab} {batch}x{bptt} {opt})", precision, out))
+                print(f"{name} {precision}: {rows[-1]['tok/s']} tok/s", file=sys.stderr, flush=True)
+    c = QUICK_CLS if quick else CLS
+    data = _cls_store(c)
+    bare = go({"kind": "bare", "name": "bare lstm", "cls": c})
+    if bare:
+        seconds["bare"] = bare["seconds"]
+        rows.append({"row": f"bare nn.LSTM {c['embed']}->{c['hidden']} {c['batch']}x{c['T']}", "prec": "fp32",
+                     "tok/s": round(c["batch"] * c["T"] / bare["seconds"]), "ms/step": round(bare["seconds"] * 1000, 1)})
+    for mode, k in (("full", 0), ("exact", -1)):
+        for precision in precisions:
+            cfg = {"model": {"task": "classify", "cell": "lstm", "layers": 1, "hidden": c["hidden"], "embed": c["embed"],
+                             "dropout": 0.0},
+                   "train": {"batch_size": c["batch"], "optimizer": "sgd"},
+                   "memory": {"device": "cpu", "precision": precision, "checkpoint_time": k}}
+            out = go({"kind": "run", "name": f"cls {mode}", "cfg": cfg, "data": str(data)})
+            if out:
+                row = _row(f"cls {mode} (1x{c['hidden']} {c['batch']}x{c['T']}"
+                           + (", k~sqrt(T)" if k else "") + ")", precision, out)
+                if "bare" in seconds:
+                    row["x bare"] = round(out["seconds"] / seconds["bare"], 2)
+                seconds[f"cls {mode} {precision}"] = out["seconds"]
+                rows.append(row)
+    return {"name": "speed-quick" if quick else "speed", "rows": rows, "ceilings": ceilings,
+            "summary": _summary(rows, ceilings, seconds, quick),
+            "note": f"{threads} threads; % of the ceiling of the row's precision"
+                    + ("; QUICK shapes: a smoke test, not the issue's rows" if quick else "")}
+
+
+def _summary(rows: list[dict], ceilings: dict, seconds: dict, quick: bool) -> dict:
+    g = ceilings["gflops"]
+    out = {"ceilings GFLOP/s": ", ".join(f"{k} {v:,.0f}" for k, v in g.items()) or "none",
+           **{f"no {k}": why for k, why in ceilings.get("skipped", {}).items()}}
+    lm = [r for r in rows if r["row"].startswith("lm") and r.get("%ceil") is not None]
+    if lm:
+        out["LM rows >= 50% of ceiling (target)"] = all(r["%ceil"] >= 50 for r in lm)
+    ratios = [v / seconds["bare"] for k, v in seconds.items() if k.startswith("cls") and "bare" in seconds]
+    if ratios:
+        out["classifier <= 1.2x bare nn.LSTM (target)"] = all(r <= 1.2 for r in ratios)
+    if quick:
+        out["caution"] = "quick shapes: the targets are for the full rows"
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small shapes: a smoke test")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's, all cores)")
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    result = run(quick=args.quick, threads=args.threads)
+    print_table(result)
+    print(f"-> {write_result(result)}")

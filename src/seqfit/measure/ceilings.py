@@ -1,0 +1,173 @@
+"""The matrix-product ceilings of this machine, measured once and cached: what a step's FLOP/s is read against.
+
+What a CPU's arithmetic units can give depends on the library as much as on the chip: on an AMD EPYC
+(Zen 5) MKL's fp32 GEMM runs its AVX2 path (~200 GFLOP/s on 2 cores) where oneDNN uses AVX-512 (~435),
+and bf16 runs ~2x fp32 with AVX512-BF16 (~6x with AMX) but is emulated, ~100x slower, without them
+(issue 18). So each path is timed here rather than guessed from the vendor:
+
+    cpu   fp32_mkl     torch.mm on fp32 tensors
+          fp32_onednn  torch._C._nn.mkldnn_linear on .to_mkldnn() tensors (where this build has oneDNN)
+          bf16         torch.mm on bf16 tensors -- only where a short check finds bf16 no slower than fp32;
+                       otherwise left out, and ``skipped`` says why
+    cuda  fp32, bf16, fp16   torch.mm
+
+Each is the best of a few products of SIZE^3 after a warm-up (a few seconds in all). The result is
+cached in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit, beside the memory calibration) as
+ceilings-<torch>-<device>-<hash>.json, the hash over what decides the numbers: CPU (or GPU) model, the
+CPU flags for AVX-512/bf16/AMX, torch's version and the thread count. ``refresh=True`` measures again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from seqfit.atomic import write_text_atomic
+from seqfit.measure.machine import cpu_flags, cpu_model
+
+__all__ = ["cache_dir", "ceilings_key", "ceilings_path", "load_ceilings", "measure_ceilings", "best_ceiling"]
+
+CPU_SIZE, CUDA_SIZE = 2048, 8192
+BF16_CHECK_SIZE = 512  # the emulation check: bf16 vs fp32 at this size
+BF16_MIN_RATIO = 0.9  # bf16 slower than this times fp32 is emulated (native runs it 2-6x faster)
+
+
+def cache_dir() -> Path:
+    # The same place as seqfit.memory.calibrate's cache (measure sits below memory, so it is not imported).
+    return Path(os.environ.get("SEQFIT_CACHE_DIR") or Path.home() / ".cache" / "seqfit")
+
+
+def ceilings_key(device: str = "cpu") -> dict:
+    """What the ceilings depend on: a cache written under another key is measured again."""
+    import torch
+
+    key = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device == "cuda":
+        key["gpu"] = torch.cuda.get_device_name()
+    else:
+        key |= {"cpu": cpu_model(), "flags": cpu_flags(), "capability": torch.backends.cpu.get_cpu_capability()}
+    return key
+
+
+def ceilings_path(key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / f"ceilings-{key['torch']}-{key['device']}-{digest}.json"
+
+
+def load_ceilings(device: str = "cpu", *, refresh: bool = False, echo: Callable[[str], None] | None = None) -> dict:
+    """{"key", "gflops": {path: GFLOP/s}, "skipped": {path: why}, "size", "seconds"}: cached, or measured now."""
+    key = ceilings_key(device)
+    path = ceilings_path(key)
+    if not refresh:
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return cached
+        except (OSError, ValueError):
+            pass
+    if echo:
+        echo(f"measuring matrix-product ceilings ({device}, {key['threads']} threads; cached in {path})")
+    result = {"key": key, **measure_ceilings(device)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(result, indent=1))
+    return result
+
+
+def best_ceiling(ceilings: dict, precision: str) -> tuple[str, float] | None:
+    """(path, GFLOP/s) of the fastest measured path for ``precision`` (fp32, bf16, fp16); None if none was."""
+    gflops = ceilings.get("gflops", {})
+    found = [(name, v) for name, v in gflops.items() if name == precision or name.startswith(precision + "_")]
+    return max(found, key=lambda item: item[1]) if found else None
+
+
+def measure_ceilings(device: str = "cpu") -> dict:
+    """Time each path of ``device`` now (seconds; see the module docstring)."""
+    import torch
+
+    started = time.perf_counter()
+    gflops, skipped = {}, {}
+    if device == "cuda":
+        size = CUDA_SIZE
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+            a, b = (torch.randn(size, size, device="cuda", dtype=dtype) for _ in range(2))  # (n, n) each
+            gflops[name] = _best_gflops(lambda: torch.mm(a, b), size, repeats=10, sync=torch.cuda.synchronize)
+            del a, b
+    else:
+        size = CPU_SIZE
+        a, b = torch.randn(size, size), torch.randn(size, size)  # (n, n) fp32
+        gflops["fp32_mkl"] = _best_gflops(lambda: torch.mm(a, b), size)
+        onednn = _onednn_linear(a, b)
+        if onednn is None:
+            skipped["fp32_onednn"] = "this torch build has no oneDNN linear (torch._C._nn.mkldnn_linear)"
+        else:
+            gflops["fp32_onednn"] = _best_gflops(onednn, size)
+        why = _bf16_emulated()
+        if why:
+            skipped["bf16"] = why
+        else:
+            a16, b16 = a.bfloat16(), b.bfloat16()
+            gflops["bf16"] = _best_gflops(lambda: torch.mm(a16, b16), size)
+    return {"gflops": {k: round(v, 1) for k, v in gflops.items()}, "skipped": skipped, "size": size,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _best_gflops(run: Callable[[], object], size: int, *, repeats: int = 3, budget_s: float = 2.0,
+                 sync: Callable[[], None] | None = None) -> float:
+    """Best GFLOP/s of ``run`` (one size^3 product) over up to ``repeats`` timed calls after a warm-up (the
+    first call picks and caches a kernel); fewer calls once ``budget_s`` is spent."""
+    run()
+    if sync:
+        sync()
+    best, spent = float("inf"), 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        if sync:
+            sync()
+        took = time.perf_counter() - t0
+        best, spent = min(best, took), spent + took
+        if spent > budget_s:
+            break
+    return 2 * size**3 / best / 1e9
+
+
+def _onednn_linear(a, b) -> Callable[[], object] | None:
+    """a @ b through oneDNN's inner product (weight given as (out, in), so b transposed), or None."""
+    import torch
+
+    linear = getattr(torch._C._nn, "mkldnn_linear", None)
+    if linear is None or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        x, w = a.to_mkldnn(), b.t().contiguous().to_mkldnn()  # (n, n) each, oneDNN layout
+        linear(x, w, None)  # builds once: a build without the primitive raises here
+    except (RuntimeError, AttributeError):
+        return None
+    return lambda: linear(x, w, None)
+
+
+def _bf16_emulated() -> str:
+    """Why bf16 products are not timed here ("" when the CPU runs them natively).
+
+    PyTorch's fused bf16 recurrent kernels need AVX-512 (seqfit.nn.precision.cpu_bf16_rnn_supported), and
+    a bf16 product slower than fp32 is emulated; either rules bf16 out. Without avx512_bf16 or AMX but
+    with AVX-512, oneDNN converts on the fly: timed, and kept when no slower than fp32.
+    """
+    import torch
+
+    from seqfit.nn.precision import cpu_bf16_rnn_supported
+
+    if not cpu_bf16_rnn_supported():
+        return "no bf16 recurrent kernels on this CPU (oneDNN needs AVX-512): bf16 would be emulated"
+    n = BF16_CHECK_SIZE
+    a = torch.randn(n, n)
+    fp32 = _best_gflops(lambda: torch.mm(a, a), n, repeats=2)
+    a16 = a.bfloat16()
+    bf16 = _best_gflops(lambda: torch.mm(a16, a16), n, repeats=2)
+    if bf16 < BF16_MIN_RATIO * fp32:
+        return f"bf16 products emulated: {bf16:.0f} GFLOP/s vs fp32 {fp32:.0f} at {n}^3"
+    return ""

@@ -1,0 +1,137 @@
+"""The time profile: model FLOPs by hand, the ceilings cache, `seqfit profile --time`, and hooks that change nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from seqfit.config import ModelCfg
+from seqfit.engine.time_run import part_hooks
+from seqfit.measure import ceilings as ceilings_mod
+from seqfit.measure.ceilings import best_ceiling, load_ceilings
+from seqfit.measure.flops import classifier_step_flops, lm_step_flops, recurrent_flops, step_flops
+from seqfit.measure.profile import PHASES
+from seqfit.measure.time_profile import TimeProfiler
+from seqfit.models.lm import LanguageModel
+
+FAKE = {"gflops": {"fp32_mkl": 10.0, "fp32_onednn": 20.0}, "skipped": {"bf16": "test"}, "size": 8, "seconds": 0.0}
+
+
+def test_flops_match_a_hand_count():
+    # LSTM, 2 layers, H = 3, E = 2, V = 5, 7 tokens. Per token: layer 1 multiplies [x; h] (2 + 3) by a
+    # 5 x 12 matrix: 2 * 5 * 12 = 120; layer 2 (3 + 3) x 12: 144; the output 3 x 5: 2 * 15 = 30.
+    assert recurrent_flops("lstm", 2, 3, 2, tokens=1) == 120 + 144
+    assert lm_step_flops(cell="lstm", layers=2, hidden=3, embed=2, vocab=5, tokens=7) == 3 * 7 * (120 + 144 + 30)
+    # GRU (3 gates), bidirectional, 1 layer, H = 4, 6 features, 3 classes; 10 real tokens in 2 sequences:
+    # per token 2 directions * 2 * 12 * (6 + 4) = 480; per sequence the head reads 2 * 4: 2 * 8 * 3 = 48.
+    assert classifier_step_flops(cell="gru", layers=1, hidden=4, input_size=6, classes=3, tokens=10, sequences=2,
+                                 directions=2) == 3 * (10 * 480 + 2 * 48)
+    # a second bidirectional layer reads both directions: input 2 * 4
+    assert recurrent_flops("rnn", 6, 4, 2, tokens=1, directions=2) == 2 * 2 * 4 * (6 + 4) + 2 * 2 * 4 * (8 + 4)
+
+
+def test_step_flops_reads_the_sizes_off_the_model():
+    cfg = ModelCfg(cell="gru", layers=2, hidden=12, embed=6, dropout=0.0)
+    model = LanguageModel(cfg, vocab_size=50)
+    want = lm_step_flops(cell="gru", layers=2, hidden=12, embed=6, vocab=50, tokens=40)
+    assert step_flops("lm", model, {"tokens": 40}) == want
+    assert step_flops("seq2seq", torch.nn.Linear(2, 2), {"tokens": 40}) is None
+
+
+def test_ceilings_are_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(ceilings_mod, "measure_ceilings", lambda device="cpu": calls.append(device) or dict(FAKE))
+    first = load_ceilings("cpu")
+    again = load_ceilings("cpu")
+    assert len(calls) == 1 and first == again
+    files = list(tmp_path.glob("ceilings-*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["key"]["threads"] == torch.get_num_threads()
+    load_ceilings("cpu", refresh=True)  # --recalibrate
+    assert len(calls) == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # another thread count is another machine as far as GEMM goes
+    try:
+        load_ceilings("cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 3 and len(list(tmp_path.glob("ceilings-*.json"))) == 2
+    assert best_ceiling(first, "fp32") == ("fp32_onednn", 20.0)
+    assert best_ceiling(first, "bf16") is None
+
+
+def test_page_faults_and_cpu_time_land_in_their_phase():
+    prof = TimeProfiler("cpu")
+    with prof.step():
+        with prof.phase("forward"):
+            t = torch.ones(16 << 20, dtype=torch.uint8)  # 16 MiB of fresh pages, each touched
+            del t
+        with prof.phase("loss"):
+            pass
+    rows = prof.table()
+    assert rows["forward"]["minflt"] > 0
+    for row in rows.values():
+        assert isinstance(row["minflt"], int) and row["minflt"] >= 0 and isinstance(row["majflt"], int)
+        assert row["seconds"] >= 0 and row["user_s"] >= 0 and row["system_s"] >= 0
+    assert rows["forward"]["seconds"] + rows["loss"]["seconds"] <= rows["step"]["seconds"]
+
+
+def test_part_hooks_change_no_gradient():
+    cfg = ModelCfg(cell="lstm", layers=2, hidden=8, embed=4, dropout=0.0)
+    x, y = torch.randint(0, 20, (3, 5)), torch.randint(0, 20, (15,))
+
+    def grads(hooked: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = LanguageModel(cfg, vocab_size=20)
+        prof = TimeProfiler("cpu")
+        handles = part_hooks(model, prof) if hooked else []
+        with prof.step():
+            with prof.phase("forward"):
+                feats, _ = model(x)  # (3, 5, 8)
+            with prof.phase("backward"):
+                model.head.loss(feats.reshape(-1, 8), y).backward()
+        for h in handles:
+            h.remove()
+        if hooked:
+            table = prof.table()
+            assert set(table["forward"]["parts"]) == {"other", "embedding", "recurrent"}
+            assert set(table["backward"]["parts"]) == {"output", "recurrent", "embedding"}
+        return [p.grad.clone() for p in model.parameters()]
+
+    for a, b in zip(grads(False), grads(True)):
+        assert torch.equal(a, b)
+
+
+def test_profile_time_json_reports_every_phase(cli, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(ceilings_mod, "measure_ceilings", lambda device="cpu": dict(FAKE))
+    code, out, err = cli("profile", data_dir, "--time", "--json", "--steps", "2", "--layers", "1", "--hidden", "16",
+                         "--embed", "8", "--batch-size", "4", "--bptt", "8", "--device", "cpu", "--loss", "full")
+    assert code == 0, err
+    report = json.loads(out)
+    phases = report["phases"]
+    assert set(PHASES) <= set(phases) and {"other", "step"} <= set(phases)
+    for name, row in phases.items():
+        for r in [row, *row.get("parts", {}).values()]:
+            assert r["seconds"] >= 0 and r["user_s"] >= 0 and r["system_s"] >= 0, name
+            assert isinstance(r["minflt"], int) and r["minflt"] >= 0, name
+            assert isinstance(r["majflt"], int) and r["majflt"] >= 0, name
+    step = phases["step"]["seconds"]
+    inside = sum(phases[p]["seconds"] for p in PHASES)
+    assert inside <= step + 1e-9
+    assert inside + phases["other"]["seconds"] == pytest.approx(step, rel=1e-6)
+    assert {"embedding", "recurrent", "output"} <= set(phases["backward"]["parts"])
+    tokens = 4 * 8
+    assert report["tokens_per_step"] == tokens
+    assert report["ceilings"]["gflops"] == FAKE["gflops"]
+    assert report["ceiling"] == {"path": "fp32_onednn", "gflops": 20.0}
+    assert report["achieved_flops"] == pytest.approx(report["flops_per_step"] / step)
+    assert report["fraction_of_ceiling"] == pytest.approx(report["achieved_flops"] / 20e9)
+    assert report["steps"] == 2
+
+
+def test_profile_time_refuses_a_memory_plot(cli, data_dir):
+    code, _, err = cli("profile", data_dir, "--time", "--plot", "x.png")
+    assert code == 2 and "--plot" in err
