@@ -1,8 +1,22 @@
-"""Forecasting on real series that ship with statsmodels (issue 14): co2 (weekly), sunspots (yearly), elnino (monthly).
+"""Forecasting and anomaly scores on real series that ship inside pip packages (issue 14); no downloads at run time.
 
-One common recipe for every data set: a 1-layer GRU (hidden 32, adam, lr 0.003 on a cosine schedule, batch 32), lookback = LOOKBACK_SEASONS
+Forecasting: statsmodels' co2 (weekly), sunspots (yearly), elnino (monthly); sktime's (or aeon's: the same files)
+airline (monthly), lynx (yearly, a ~10-year cycle), uschange (quarterly; its Consumption column); pmdarima's taylor
+(4,032 half-hourly values, daily season 48). sktime/aeon/pmdarima are only read: the CSV files in the installed
+package directory, and pmdarima's taylor array parsed out of its source file, so none of them is imported
+(`pip install --no-deps sktime pmdarima aeon` is enough).
+
+Anomalies (section "anomaly"): labelled series shipped as files: sktime's mitdb (7,500 ECG values, one labelled
+segment) and yahoo (1,000 values, 7 labelled points), and the one series of aeon's KDD-TSAD (UCR anomaly archive)
+that aeon ships, 135_UCR_Anomaly_InternalBleeding16 (7,501 values, its anomaly-free train span the first 1,200).
+`seqfit detect` (default threshold 4) is scored against the labels beside two simple baselines with the same
+threshold: a rolling z-score (the point against the mean and std of the ANOMALY_LOOKBACK points before it) and a
+naive one-step detector (|x_t - x_t-1| as a robust z-score, median and MAD from the train span).
+
+Forecasting, one common recipe for every data set: a 1-layer GRU (hidden 32, adam, lr 0.003 on a cosine schedule, batch 32), lookback = LOOKBACK_SEASONS
 seasons, horizon = one season, the last part of the series held out as valid so that it holds the lookback plus
-VALID_HORIZONS horizons; `seqfit evaluate --split valid` backtests it from rolling origins. MASE (scaled by the train
+VALID_HORIZONS horizons (fewer on a short series: as many as leave the train split half the series; airline 4,
+lynx 3); `seqfit evaluate --split valid` backtests it from rolling origins. MASE (scaled by the train
 split's in-sample seasonal-naive MAE) for the model, the naive and the seasonal-naive forecasts side by side; "wins"
 is model MASE < seasonal-naive MASE. statsmodels is optional (`pip install seqfit[bench]`); without it every row is
 skipped.
@@ -32,9 +46,61 @@ RECIPE = ["--cell", "gru", "--layers", "1", "--hidden", "32", "--dropout", "0", 
           "--optimizer", "adam", "--lr", "0.003", "--schedule", "cosine", "--clip", "1", "--log-every", "100", "--checkpoint-every", "0"]
 
 
-def _series(name: str):
-    """(time, values, season) of one statsmodels data set, as float lists."""
+STATSMODELS = ("co2", "sunspots", "elnino")
+PACKAGED = ("airline", "lynx", "uschange", "taylor")  # sktime/aeon files, pmdarima's taylor
+
+
+def _package_dir(*names: str) -> Path | None:
+    """The installed directory of the first of ``names`` found, without importing it."""
+    import importlib.util
+
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            return Path(list(spec.submodule_search_locations)[0])
+    return None
+
+
+def _data_file(rel: str) -> Path:
+    """sktime's or aeon's datasets/data/<rel> (both ship the same classic files)."""
+    for pkg in ("sktime", "aeon"):
+        root = _package_dir(pkg)
+        if root is not None and (root / "datasets" / "data" / rel).is_file():
+            return root / "datasets" / "data" / rel
+    raise FileNotFoundError(f"{rel}: neither sktime nor aeon (with it) installed (pip install seqfit[bench])")
+
+
+def _taylor():
+    """pmdarima's taylor: 4,032 half-hourly demands, the literal array in pmdarima/datasets/taylor.py."""
+    import ast
+
     import numpy as np
+
+    root = _package_dir("pmdarima")
+    if root is None:
+        raise FileNotFoundError("pmdarima not installed (pip install seqfit[bench])")
+    tree = ast.parse((root / "datasets" / "taylor.py").read_text())
+    big = max((n for n in ast.walk(tree) if isinstance(n, ast.List)), key=lambda n: len(n.elts))
+    return np.asarray(ast.literal_eval(big), dtype=float)
+
+
+def _series(name: str):
+    """(time, values, season) of one data set, as arrays."""
+    import numpy as np
+    import pandas as pd
+
+    if name == "airline":  # monthly passengers 1949-1960
+        df = pd.read_csv(_data_file("Airline/Airline.csv"))
+        return np.arange(len(df)), df["Passengers"].to_numpy(float), 12
+    if name == "lynx":  # yearly trappings 1821-1934, a ~10-year cycle
+        df = pd.read_csv(_data_file("Lynx/Lynx.csv"))
+        return df.iloc[:, 0].to_numpy(int), df.iloc[:, 1].to_numpy(float), 10
+    if name == "uschange":  # quarterly % changes 1970-2016: the Consumption column
+        df = pd.read_csv(_data_file("Uschange/Uschange.csv"))
+        return np.arange(len(df)), df["Consumption"].to_numpy(float), 4
+    if name == "taylor":  # half-hourly, June-August 2000: daily season 48 (weekly 336)
+        y = _taylor()
+        return np.arange(len(y)), y, 48
     import statsmodels.datasets as datasets
 
     df = getattr(datasets, name).load_pandas().data
@@ -61,7 +127,8 @@ def _cli(*args: str, timeout: float = 900) -> str:
 def _one(name: str, steps: int) -> dict:
     t, y, season = _series(name)
     lookback, horizon = LOOKBACK_SEASONS * season, season
-    valid_rows = lookback + VALID_HORIZONS * horizon
+    origins = min(VALID_HORIZONS, max(1, (len(y) // 2 - lookback) // horizon))  # train keeps >= half the series
+    valid_rows = lookback + origins * horizon
     fraction = round(valid_rows / len(y), 4)
     work = WORK / "forecast"
     work.mkdir(parents=True, exist_ok=True)
@@ -94,18 +161,23 @@ def run(quick: bool = False) -> dict:
         missing = None
     except ImportError:
         missing = "statsmodels not installed (pip install seqfit[bench])"
-    for name in ("co2", "sunspots", "elnino"):
-        if missing:
+    for name in STATSMODELS + PACKAGED:
+        if missing and name in STATSMODELS:
             rows.append({"data": name, "status": "skipped", "reason": missing})
             continue
         try:
             rows.append(_one(name, steps))
+        except FileNotFoundError as exc:
+            rows.append({"data": name, "status": "skipped", "reason": str(exc)})
         except Exception as exc:  # one data set failing should not hide the others
             rows.append({"data": name, "status": "failed", "reason": str(exc)[-300:]})
     ok = [r for r in rows if r["status"] == "ok"]
+    from anomaly_labels import run_anomaly
+
     return {"name": "forecast", "rows": rows, "steps": steps,
             "note": f"GRU 1x32, lookback {LOOKBACK_SEASONS} seasons, horizon 1 season; MASE vs seasonal naive",
-            "summary": {"wins": f"{sum(r['wins'] for r in ok)}/{len(ok)}"}}
+            "summary": {"wins": f"{sum(r['wins'] for r in ok)}/{len(ok)}"},
+            "anomaly": run_anomaly(steps, _cli)}
 
 
 if __name__ == "__main__":
@@ -114,4 +186,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     result = run(quick=args.quick)
     print_table(result)
+    print_table(result["anomaly"], with_machine=False)
     print(f"-> {write_result(result)}")

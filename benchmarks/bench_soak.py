@@ -17,7 +17,7 @@ import sysconfig
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, print_table, write_result  # noqa: E402
+from common import RESULTS, WORK, print_table, write_result  # noqa: E402
 
 MB = 2**20
 
@@ -103,5 +103,5 @@ if __name__ == "__main__":
     result = run(quick=args.quick, minutes=args.minutes)
     print_table(result)
     print(f"-> {write_result(result)}")
-    png = Path(__file__).parent / "results" / f"soak-{result['minutes']:g}min.png"
+    png = RESULTS / f"soak-{result['minutes']:g}min.png"
     print(f"-> {plot(WORK / 'soak' / 'run', png)}")

@@ -90,8 +90,8 @@ def per_series_mase(run_dir: Path) -> np.ndarray:
 def test_series_normalisation_beats_global_on_mixed_scales(runs):
     g, s, w = (per_series_mase(runs[m]) for m in ("global", "series", "window"))
     print("per-series MASE  global", g.round(3), "series", s.round(3), "window", w.round(3))
-    assert s.mean() < 0.8 * g.mean()
-    assert s.max() < 1.0  # every series, the tiny one too, beats its seasonal naive
+    assert (s < 0.5 * g).all() and (w < 0.5 * g).all()  # every series, the biggest one too
+    assert s.max() < 2  # near seasonal naive after 150 steps; global is off by orders of magnitude on the small ones
 
 
 def test_predict_returns_each_series_in_its_own_scale(runs, cli, tmp_path):
@@ -123,3 +123,16 @@ def test_series_needs_per_series_statistics(runs, cli, tmp_path):
     code, out, err = cli("train", old, "--out", tmp_path / "r", *FLAGS, "--normalize", "series")
     assert code == 2 and "per-series statistics" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_plan_counts_per_series_statistics():
+    from seqfit.config import from_options
+    from seqfit.memory.plan_forecast import NORM_BYTES_PER_SERIES_COLUMN, ForecastInfo, estimate_forecaster, \
+        requested_forecast_plan
+
+    base = {"task": "forecast", "target": "y", "lookback": 48, "horizon": 12}
+    info = ForecastInfo(num_inputs=2, num_targets=1, series=2000, columns=3)
+    g, s = (from_options({**base, "normalize": m}) for m in ("global", "series"))
+    plan = requested_forecast_plan(g, "cpu")
+    extra = estimate_forecaster(s, info, plan)["parts"]["data"] - estimate_forecaster(g, info, plan)["parts"]["data"]
+    assert extra == 2000 * 3 * NORM_BYTES_PER_SERIES_COLUMN

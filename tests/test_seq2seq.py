@@ -175,7 +175,8 @@ def test_separate_vocabularies(cli, tmp_path):
 def test_reversal_of_5_to_40_symbols_reaches_99_percent_exact_match(cli, tmp_path):
     """Issue 15's bar: a synthetic transduction over lengths 5-40 decoded exactly >= 99% of the time
     (with a constant learning rate valid exact match went 97.7% at step 626, 99.0% at 750, then swung between
-    87% and 98% on one noisy batch after another: the cosine schedule settles it; ~10 CPU-minutes)."""
+    87% and 98%: the plateau schedule, validating every 250 steps, quarters the rate once the loss stalls;
+    ~10 CPU-minutes)."""
     train = write_pairs(tmp_path / "train.jsonl", 20000, 1, lo=5, hi=40)
     valid = write_pairs(tmp_path / "valid.jsonl", 200, 2, lo=5, hi=40)
     test = write_pairs(tmp_path / "test.jsonl", 300, 3, lo=5, hi=40)
@@ -185,8 +186,10 @@ def test_reversal_of_5_to_40_symbols_reaches_99_percent_exact_match(cli, tmp_pat
     code, _, err = cli("train", data, "--out", tmp_path / "run", "--task", "seq2seq", "--layers", "1", "--hidden", "128",
                        "--embed", "32", "--dropout", "0", "--optimizer", "adam", "--lr", "0.003", "--clip", "1",
                        "--batch-size", "64", "--bidirectional", "--attention", "dot", "--no-input-feed",
-                       "--schedule", "cosine", "--max-steps", "1500", "--eval-batches", "2")
+                       "--schedule", "plateau", "--eval-every", "250", "--max-steps", "1500",
+                       "--eval-batches", "2")
     assert code == 0, err
+    trained = err
     code, out, err = cli("evaluate", tmp_path / "run", "--split", "test", "--beam", "1", "--json")
     assert code == 0, err
-    assert json.loads(out)["exact_match"] >= 0.99
+    assert json.loads(out)["exact_match"] >= 0.99, (out, trained[-3000:])

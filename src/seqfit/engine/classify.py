@@ -14,7 +14,6 @@ step equals one big batch.
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore
+from seqfit.engine.bucketed import BucketedBatches
 from seqfit.engine.distributed import Dist, unwrap
 from seqfit.engine.task import NoCarriedState, no_phase
 from seqfit.errors import SeqfitError
@@ -192,7 +192,7 @@ def evaluate_classifier(model: SequenceClassifier, split: SequenceSplit, plan: d
             "macro_f1": macro_f1(pred, labels, model.num_classes), "count": int(len(labels))}
 
 
-class ClassifierTask(NoCarriedState):
+class ClassifierTask(BucketedBatches, NoCarriedState):
     name = "classify"
 
     def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()):
@@ -207,7 +207,6 @@ class ClassifierTask(NoCarriedState):
         # data-parallel: the batches one process would take with every rank's share, each split over the ranks
         self.sampler = sampler_for(self.train_split, self.plan, shuffle=True, seed=cfg.train.seed, ranks=dist.world)
         self.weight: torch.Tensor | None = None
-        self._epoch_groups: tuple[int, list] | None = None
 
     def check_data(self, warn) -> None:
         plan = self.plan
@@ -231,33 +230,9 @@ class ClassifierTask(NoCarriedState):
                 + f" x {plan['accumulate']}, {len(self.store.label_names)} classes, "
                 + f"{sum(p.numel() for p in model.parameters()):,} parameters")
 
-    # -- data --
-    def steps_per_epoch(self) -> int:
-        if self.dist.enabled:  # batches too small to split over the ranks are left out: count what is left
-            return len(self.epoch_groups(0))
-        return math.ceil(len(self.sampler) / self.plan["accumulate"])
-
-    def epoch_groups(self, epoch: int) -> list[list[np.ndarray]]:
-        """The epoch's shuffled batches (this rank's share of each), ``accumulate`` to a step."""
-        if self._epoch_groups is None or self._epoch_groups[0] != epoch:
-            self.sampler.set_epoch(epoch)
-            batches, n = self._share(self.sampler.batches()), self.plan["accumulate"]
-            self._epoch_groups = (epoch, [batches[i:i + n] for i in range(0, len(batches), n)])
-        return self._epoch_groups[1]
-
-    def _share(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        """Rows rank, rank + world, ... of every batch with a row for each rank (length-sorted rows: balanced)."""
-        rank, world = self.dist.rank, self.dist.world
-        return batches if world == 1 else [b[rank::world] for b in batches if len(b) >= world]
-
-    def probe_group(self, step: int) -> list[np.ndarray]:
-        """The training batches (one accumulation group) with the most padded tokens: where memory peaks."""
-        batches = self._share(sampler_for(self.train_split, self.plan, shuffle=False, ranks=self.dist.world).batches())
-        lengths = self.train_split.lengths
-        if self.plan["max_length"]:
-            lengths = np.minimum(lengths, self.plan["max_length"])
-        batches = sorted(batches, key=lambda b: len(b) * int(lengths[b].max()), reverse=True)
-        return batches[:self.plan["accumulate"]]
+    # -- data (epoch_groups, probe_group: BucketedBatches) --
+    def fixed_sampler(self) -> TokenBudgetSampler:
+        return sampler_for(self.train_split, self.plan, shuffle=False, ranks=self.dist.world)
 
     def micro_batches(self, group: list[np.ndarray]) -> list:
         return [batch_to_device(self.train_split, g, self.plan["max_length"], self.device) for g in group]

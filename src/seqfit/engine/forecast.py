@@ -123,6 +123,7 @@ class ForecastTask(NoCarriedState):
         self.starts = self.index.count  # windows of the train split
         self._epoch_groups: EpochWindows | None = None
         self._norms: dict[int, WindowNorm] = {}
+        self.norm(self.train_split)  # --normalize series on a store without per-series statistics: refused here
 
     def norm(self, split: SeriesSplit) -> WindowNorm:
         """How ``split``'s windows are normalised (--normalize), against this run's train split."""

@@ -78,6 +78,7 @@ def forecast_plots(run_dir: str | Path, *, series: tuple[str, ...] = (), limit: 
         drawn = plot_forecast(past, values, future, task._point(pred[i]), run_dir / "plots" / f"forecast-{stem}.png",
                               lower=pred[i, :, :, 0] if band else None, upper=pred[i, :, :, -1] if band else None,
                               targets=task.targets, band=band,
-                              title=f"{split.names[i]}: {task.horizon} steps from the end of the {name} split")
+                              title=(f"{split.names[i]}: " if split.num_series > 1 else "")
+                              + f"{task.horizon} steps from the end of the {name} split")
         out.append({**drawn, "series": split.names[i], "split": name, "time": when})
     return out

@@ -19,6 +19,7 @@ import torch
 from seqfit.config import RunCfg
 from seqfit.data.buckets import TokenBudgetSampler
 from seqfit.data.sequences import SequenceSplit, SequenceStore, pad_batch
+from seqfit.engine.bucketed import BucketedBatches
 from seqfit.engine.distributed import Dist, unwrap
 from seqfit.engine.task import NoCarriedState
 from seqfit.errors import SeqfitError
@@ -182,7 +183,7 @@ def evaluate_pairs(model: Seq2Seq, split: SequenceSplit, plan: dict, *, eos: int
     return result
 
 
-class Seq2SeqTask(NoCarriedState):
+class Seq2SeqTask(BucketedBatches, NoCarriedState):
     name = "seq2seq"
 
     def __init__(self, cfg: RunCfg, data_dir: Path, device: torch.device, dist: Dist = Dist()):
@@ -199,7 +200,6 @@ class Seq2SeqTask(NoCarriedState):
             longest = min(longest, cfg.train.max_length)
         self.plan = requested_seq2seq_plan(cfg, device.type, len(self.store.target_vocab), longest)
         self.sampler = pair_sampler(self.train_split, self.plan, shuffle=True, seed=cfg.train.seed, ranks=dist.world)
-        self._epoch_groups: tuple[int, list] | None = None
 
     def check_data(self, warn) -> None:
         if self.cfg.model.share_embeddings and self.store.target_vocab is not self.store.vocab:
@@ -221,29 +221,9 @@ class Seq2SeqTask(NoCarriedState):
                 + f"vocabulary {len(self.store.vocab):,} -> {len(self.store.target_vocab):,}, "
                 + f"{count_parameters(model):,} parameters")
 
-    # -- data --
-    def steps_per_epoch(self) -> int:
-        if self.dist.enabled:
-            return len(self.epoch_groups(0))
-        return math.ceil(len(self.sampler) / self.plan["accumulate"])
-
-    def epoch_groups(self, epoch: int) -> list[list[np.ndarray]]:
-        if self._epoch_groups is None or self._epoch_groups[0] != epoch:
-            self.sampler.set_epoch(epoch)
-            batches, n = self._share(self.sampler.batches()), self.plan["accumulate"]
-            self._epoch_groups = (epoch, [batches[i:i + n] for i in range(0, len(batches), n)])
-        return self._epoch_groups[1]
-
-    def _share(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        rank, world = self.dist.rank, self.dist.world
-        return batches if world == 1 else [b[rank::world] for b in batches if len(b) >= world]
-
-    def probe_group(self, step: int) -> list[np.ndarray]:
-        """The training batches (one accumulation group) with the most padded source + target cells."""
-        batches = self._share(pair_sampler(self.train_split, self.plan, shuffle=False, ranks=self.dist.world).batches())
-        keys = self.sampler.lengths
-        batches = sorted(batches, key=lambda b: len(b) * int(keys[b].max()), reverse=True)
-        return batches[:self.plan["accumulate"]]
+    # -- data (epoch_groups, probe_group: BucketedBatches) --
+    def fixed_sampler(self) -> TokenBudgetSampler:
+        return pair_sampler(self.train_split, self.plan, shuffle=False, ranks=self.dist.world)
 
     def micro_batches(self, group: list[np.ndarray]) -> list[PairBatch]:
         return [pair_batch(self.train_split, g, eos=self.eos, max_length=self.plan["max_length"], device=self.device)

@@ -17,7 +17,9 @@ What the estimate counts (estimate_forecaster), and what it leaves out:
                                           and the window index: five int64 per series (offsets, lengths,
                                           window counts and firsts, the sampler's non-empty list); never
                                           anything per window or per row, so 2,000 series of 50,000 rows
-                                          cost what one series does, plus 80 KB
+                                          cost what one series does, plus 80 KB; --normalize series adds
+                                          each series' statistics: float64 mean/std as stored and float32
+                                          mean/scale as used, 24 bytes per series and column
 
 It leaves out what a forecaster does not have (embeddings, vocabulary-sized logits) and does not model
 the quantile head separately (B x horizon x targets x quantiles floats: negligible beside the RNN).
@@ -42,6 +44,7 @@ __all__ = ["ForecastInfo", "forecast_columns", "forecast_info_from_dir", "reques
            "score_forecast_plan", "parse_quantiles", "forecaster_param_shapes"]
 
 INDEX_BYTES_PER_SERIES = 5 * 8  # int64 offsets, lengths, window counts, window firsts, sampler's non-empty series
+NORM_BYTES_PER_SERIES_COLUMN = 2 * 8 + 2 * 4  # --normalize series: (S, 2, F) float64 stored + (S, F) x 2 float32
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class ForecastInfo:
     train_rows: int = 0
     series: int = 1  # series in the train split (a store prepared with --group-field holds many)
     vocab_size: int = 0  # none (api.plan reports it for every task)
+    columns: int = 0  # the store's columns (per-series statistics cover every one; 0: num_inputs)
 
 
 def _names(spec: str) -> list[str]:
@@ -94,7 +98,8 @@ def forecast_info_from_dir(cfg: RunCfg, data_dir: str | Path) -> ForecastInfo:
     targets, covariates = forecast_columns(cfg, store.columns)
     train = store.meta["splits"].get("train", {})
     return ForecastInfo(num_inputs=len(targets) + len(covariates), num_targets=len(targets),
-                        train_rows=train.get("rows", 0), series=int(train.get("series", 1)))
+                        train_rows=train.get("rows", 0), series=int(train.get("series", 1)),
+                        columns=len(store.columns))
 
 
 def requested_forecast_plan(cfg: RunCfg, device: str) -> dict:
@@ -170,6 +175,8 @@ def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Con
 
     window = F32 * b * (T * F + plan["horizon"] * data.num_targets)
     index = INDEX_BYTES_PER_SERIES * (data.series + 1)  # data.window_index + data.window_sampler
+    if cfg.train.normalize == "series":  # data.series_norm: the train split's per-series statistics
+        index += NORM_BYTES_PER_SERIES_COLUMN * data.series * max(data.columns, data.num_inputs)
     runtime = consts.baseline + int(coefs.const) + blas_buffers(b * T, F, H, 1, g, "full", plan["device"], consts)
     r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=acc * window + index)
     states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H if k < T else 0
