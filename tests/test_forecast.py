@@ -62,7 +62,8 @@ def test_windows_are_the_rows_numpy_cuts(tmp_path):
     mean, std = raw.astype(np.float64).mean(0), raw.astype(np.float64).std(0)
     norm = ((raw - mean.astype(np.float32)) * (1 / std).astype(np.float32))
     starts = np.array([0, 1, 17, 300, 630 - 25])
-    x, y = task._batch(task.train_split, starts)
+    x, future, y = task._batch(task.train_split, starts)
+    assert future is None  # no known-future inputs
     want_x = np.stack([norm[s:s + 20][:, [1, 0]] for s in starts])  # targets first, then covariates
     want_y = np.stack([norm[s + 20:s + 25][:, [1]] for s in starts])
     np.testing.assert_allclose(x.numpy(), want_x, rtol=1e-5, atol=1e-5)

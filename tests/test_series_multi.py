@@ -95,7 +95,7 @@ def test_windows_never_span_two_series(store):
     mean, std = train.mean, train.scale
     for group in task.epoch_groups(1)[:3]:
         for starts in group:
-            x, y = task._batch(train, starts)
+            x, _, y = task._batch(train, starts)
             norm = [(raw[s:s + L + h] - mean) * std for s in starts]
             np.testing.assert_allclose(x.numpy(), np.stack([w[:L][:, [1, 0]] for w in norm]), rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(y.numpy(), np.stack([w[L:][:, [1]] for w in norm]), rtol=1e-5, atol=1e-5)

@@ -52,6 +52,11 @@ class ModelCfg:
                                   "time step (AWD-LSTM; 0: off)", minimum=0, below=1)
     target: str = opt("", "forecast: the columns to predict, comma-separated (empty: every column)")
     covariates: str = opt("", "forecast: other columns read as past inputs, comma-separated (empty: none)")
+    future_covariates: str = opt("", "forecast: columns known in advance (e.g. a promotion calendar), comma-separated: "
+                                     "read over the lookback and over the horizon rows; predict then forecasts the "
+                                     "last --horizon rows of the data, whose values they provide")
+    calendar: bool = opt(False, "forecast: add hour of day, day of week and day of year as sin/cos pairs (those that "
+                                "vary), computed from the ISO dates of the store's --time-field, as known-future inputs")
     horizon: int = opt(1, "forecast: steps predicted at once after the lookback window", minimum=1)
     forecast_loss: str = opt("mse", "forecast loss (quantile: pinball loss over --quantiles)", ("mse", "mae", "quantile"))
     quantiles: str = opt("0.1,0.5,0.9", "forecast: quantiles the quantile loss predicts, comma-separated, in (0, 1)")

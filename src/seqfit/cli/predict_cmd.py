@@ -97,6 +97,7 @@ def predict(run_dir, input_path, split_name, out, horizon, probs, data_dir, devi
 
     \b
     A forecast run (--task forecast) forecasts the --horizon rows after the end of each series in the split
+    (a run with --future-covariates: the last --horizon rows of each series, whose future columns it reads)
     of INPUT (a prepared series directory): one row per series, time and step ahead, columns series (its
     --group-field value; a store of one series: the split's name), time (the --time-field's value
     extrapolated from the series' last spacing, else the row index in the series' part of the split), step,
@@ -166,7 +167,8 @@ def _predict_forecast(run_dir, input_path, split_name, out, horizon, data_dir, d
     point = task._point(pred.reshape(S * h, *pred.shape[2:]))  # (S * h, T): series-major
     when = []
     for first, end in zip(split.offsets[:-1].tolist(), split.offsets[1:].tolist()):
-        when += future_times(None if times is None else times[first:end], end - first - 1, steps)
+        origin = end - first - 1 - task.future_rows  # --future-covariates: the last --horizon rows are forecast
+        when += future_times(None if times is None else times[first:end], origin, steps)
     table: dict = {"series": np.repeat(np.asarray(split.names, dtype=str), h), "time": when,
                    "step": np.tile(steps, S).astype(np.int64)}
     for j, target in enumerate(task.targets):
@@ -176,6 +178,6 @@ def _predict_forecast(run_dir, input_path, split_name, out, horizon, data_dir, d
     out = Path(out) if out else Path(run_dir) / "predictions.csv"
     write_table(out, table)
     result = {"predictions": str(out), "count": S * h, "series": S, "split": name, "horizon": h,
-              "targets": task.targets, "origin_row": int(split.offsets[1]) - 1 if S == 1 else None}
+              "targets": task.targets, "origin_row": int(split.offsets[1]) - 1 - task.future_rows if S == 1 else None}
     emit(result, as_json, f"{S * h:,} forecast row(s) of {', '.join(task.targets)} ({h} steps of {S:,} series) from "
                           f"the end of the {name} split written to {out}")

@@ -59,6 +59,7 @@ class SeriesSplit:
         self.scale = (1.0 / np.where(store.std > 0, store.std, 1.0)).astype(np.float32)  # constant column: unscaled
         self._names_file = info.get("names")
         self._stats_file = info.get("series_stats")
+        self._has_times = bool(store.meta.get("time_field"))  # --time-field at prepare: DIR/<split>.time.npy
         if "series" in info:  # many series: their row offsets, checked against the rows
             count = info["series"]
             self.offsets = np.asarray(open_checked(member(store.dir, info["offsets"]), np.int64, count + 1,
@@ -100,6 +101,20 @@ class SeriesSplit:
         if stats.shape != (self.num_series, 2, self.num_features):
             raise SeqfitError(f"{path} holds {stats.shape}, not ({self.num_series}, 2, {self.num_features}); {_HINT}")
         return stats[:, 0], stats[:, 1]
+
+    @cached_property
+    def times(self) -> np.ndarray | None:
+        """Each row's --time-field value, memory-mapped (read per window by --calendar), or None without one."""
+        if not self._has_times:
+            return None
+        path = self.dir / f"{self.name}.time.npy"
+        try:
+            values = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SeqfitError(f"{self.dir}: cannot read {path.name} ({e}); {_HINT}") from None
+        if len(values) != self.rows:
+            raise SeqfitError(f"{self.dir}: {path.name} holds {len(values)} times for {self.rows} rows; {_HINT}")
+        return values
 
     @property
     def named(self) -> bool:

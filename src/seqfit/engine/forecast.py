@@ -18,6 +18,9 @@ no per-window array, whatever the number of series): epoch_groups(epoch) is a pu
 run is bit-exact. Values are normalised per column (--normalize, seqfit.data.series_norm: the train split's
 mean and std over every series, each series' own, or each window's lookback's), the loss is taken in normalised
 units (mse, mae, or the pinball loss averaged over --quantiles) and reported metrics in original units.
+Known-future inputs (--future-covariates columns, --calendar features of the time field, seqfit.data.calendar)
+are read over the lookback like the other inputs, and their horizon rows (B, h, k) go to the head as well
+(seqfit.models.forecaster): a window reads its L + h rows already, so they cost no extra read.
 Validation takes the same loss, and the MAE in original units, over fixed valid windows: one every
 horizon rows, or at most --eval-batches batches of them evenly spaced.
 
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 
 from seqfit.config import RunCfg
+from seqfit.data import calendar
 from seqfit.data.series import SeriesSplit, SeriesStore
 from seqfit.data.series_norm import WindowNorm
 from seqfit.data.window_sampler import EpochWindows
@@ -110,14 +114,19 @@ class ForecastTask(NoCarriedState):
         self.store = SeriesStore(data_dir)
         if cfg.model.bidirectional:
             raise SeqfitError("a forecaster's encoder reads the past only: drop --bidirectional")
-        self.targets, self.covariates = forecast_columns(cfg, self.store.columns)
+        self.targets, self.covariates, self.future = forecast_columns(cfg, self.store.columns)
         cols = self.store.columns
         self.target_idx = [cols.index(c) for c in self.targets]
-        self.input_idx = self.target_idx + [cols.index(c) for c in self.covariates]  # targets first (the model's level)
+        self.future_idx = [cols.index(c) for c in self.future]
+        # targets first (the model's level), then past covariates, then the known-future columns (then calendar)
+        self.input_idx = self.target_idx + [cols.index(c) for c in self.covariates] + self.future_idx
         self.plan = requested_forecast_plan(cfg, device.type)
         self.lookback, self.horizon = cfg.train.lookback, cfg.model.horizon
         self.quantiles = self.plan["quantiles"]
         self.train_split = self.store.split("train")
+        self.calendar = calendar.choose_parts(self.train_split.times) if cfg.model.calendar else []  # parts used
+        self.num_future = len(self.future_idx) + 2 * len(self.calendar)  # known-future inputs per horizon row
+        self.future_rows = self.horizon if self.future_idx else 0  # rows past an origin a forecast reads (predict)
         self.valid = self.store.split("valid") if self.store.has_split("valid") else None
         self.index = self.train_split.window_index(self.lookback + self.horizon)  # where windows start, per series
         self.starts = self.index.count  # windows of the train split
@@ -156,14 +165,15 @@ class ForecastTask(NoCarriedState):
                  f"{L + h} valid rows; they are not validated")
 
     def build_model(self) -> Forecaster:
-        return Forecaster(self.cfg.model, num_inputs=len(self.input_idx), num_targets=len(self.targets),
-                          horizon=self.horizon, num_quantiles=max(1, len(self.quantiles)),
-                          checkpoint_time=self.plan["checkpoint_time"])
+        return Forecaster(self.cfg.model, num_inputs=len(self.input_idx) + 2 * len(self.calendar),
+                          num_targets=len(self.targets), horizon=self.horizon, num_quantiles=max(1, len(self.quantiles)),
+                          checkpoint_time=self.plan["checkpoint_time"], num_future=self.num_future)
 
     def describe(self, model) -> str:
         plan, S = self.plan, self.train_split.num_series
         return (f"{plan['device']} {plan['precision']}, lookback {self.lookback} -> horizon {self.horizon} of "
                 f"{', '.join(self.targets)}" + (f" (covariates {', '.join(self.covariates)})" if self.covariates else "")
+                + (f" (known future {', '.join(self.future + [f'calendar {c}' for c in self.calendar])})" if self.num_future else "")
                 + f", {self.cfg.train.normalize} normalisation, {plan['loss']} loss, batch {plan['micro_batch']} x {plan['accumulate']}, "
                 + (f"checkpoint every {plan['checkpoint_time']} steps, " if plan["checkpoint_time"] else "")
                 + f"{self.starts:,} windows" + (f" of {S:,} series" if S > 1 else "")
@@ -187,27 +197,47 @@ class ForecastTask(NoCarriedState):
         """Every window has the same length: any full group is a peak one."""
         return self.epoch_groups(0)[0]
 
-    def _batch(self, split: SeriesSplit, starts) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tensor(self, a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+
+    def _inputs(self, split: SeriesSplit, starts, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's inputs from normalised rows (B, n, F) starting at ``starts`` (n >= L + h with future
+        columns): x (B, L, inputs [+ calendar]) and the horizon rows' known-future values (B, h, k), or None."""
+        L, h = self.lookback, self.horizon
+        x = rows[:, :L][:, :, self.input_idx]  # (B, L, inputs)
+        if not self.num_future:
+            return self._tensor(x), None
+        future = rows[:, L:L + h][:, :, self.future_idx] if self.future_idx else np.zeros((len(rows), h, 0), np.float32)
+        if self.calendar:
+            if split.times is None:
+                raise SeqfitError(f"the run reads --calendar features; {split.dir} has no time field: prepare it "
+                                  "with --time-field")
+            cal = calendar.features(calendar.window_seconds(split.times, split.offsets, starts, L + h),
+                                    self.calendar)  # (B, L + h, 2 x parts)
+            x = np.concatenate([x, cal[:, :L]], 2)
+            future = np.concatenate([future, cal[:, L:]], 2)  # (B, h, k)
+        return self._tensor(x), self._tensor(future)
+
+    def _batch(self, split: SeriesSplit, starts) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         raw = window_rows(split, starts, self.lookback + self.horizon, normalize=False)  # (B, L + h, F)
         rows, _, _ = self.norm(split).apply(starts, raw, self.lookback)
-        x = rows[:, :self.lookback][:, :, self.input_idx]  # (B, L, inputs)
+        x, future = self._inputs(split, starts, rows)  # (B, L, inputs), (B, h, k) | None
         y = rows[:, self.lookback:][:, :, self.target_idx]  # (B, h, T)
-        return (torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True),
-                torch.from_numpy(np.ascontiguousarray(y)).to(self.device, non_blocking=True))
+        return x, future, self._tensor(y)
 
     def micro_batches(self, group: list[np.ndarray]) -> list:
         return [self._batch(self.train_split, starts) for starts in group]
 
     def denominator(self, micro) -> int:
-        return sum(y.numel() for _, y in micro)
+        return sum(m[-1].numel() for m in micro)
 
     def _quantiles(self) -> torch.Tensor | None:
         return torch.tensor(self.quantiles, device=self.device) if self.quantiles else None
 
     def backward(self, model, micro, *, denom: int, precision, phase) -> dict[str, float]:
-        x, y = micro
+        x, future, y = micro
         with phase("forward"), precision.autocast():
-            pred = model(x)  # (B, h, T, Q)
+            pred = model(x, future)  # (B, h, T, Q)
         with phase("loss"):
             loss = forecast_loss(pred.float(), y, self.plan["loss"], self._quantiles())
         with phase("backward"):
@@ -223,11 +253,14 @@ class ForecastTask(NoCarriedState):
     @torch.no_grad()
     def forecast_raw(self, model, split: SeriesSplit, starts, raw: np.ndarray, precision):
         """Forecasts of raw windows (B, >= L, F) starting at ``starts``: (normalised (B, h, T, Q) tensor, original
-        units (B, h, T, Q), the normalised rows (B, n, F)), de-normalised with the statistics that normalised them."""
+        units (B, h, T, Q), the normalised rows (B, n, F)), de-normalised with the statistics that normalised them.
+        With future columns a window shorter than L + h (a series' end, at detect) repeats its last row's values."""
+        if (short := self.lookback + self.future_rows - raw.shape[1]) > 0:
+            raw = np.concatenate([raw, np.repeat(raw[:, -1:], short, 1)], 1)  # (B, L + h, F)
         rows, mean, scale = self.norm(split).apply(starts, raw, self.lookback)
-        x = rows[:, :self.lookback][:, :, self.input_idx]  # (B, L, inputs)
+        x, future = self._inputs(split, starts, rows)
         with precision.autocast():
-            pred = model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu()
+            pred = model(x, future).float().cpu()
         t = self.target_idx
         return pred, pred.numpy() / scale[:, :, t, None] + mean[:, :, t, None], rows  # (B|1, 1, T, 1) broadcast
 

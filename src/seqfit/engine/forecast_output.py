@@ -1,9 +1,12 @@
 """Forecasts out of a trained forecaster for `seqfit predict` and `seqfit detect`.
 
 * ``forecast_from_end``: the forecast of the next H rows of each series from its last --lookback rows in a
-  split (the forecast origin is the series' end in the split).
+  split (the forecast origin is the series' end in the split). A run with --future-covariates needs their values
+  on the forecast rows: its origin is the series' end minus --horizon, and it forecasts the last --horizon rows
+  of the data, whose future columns provide those values (--calendar alone extrapolates the times instead).
 * ``one_step``: every row t of each series from its row L on forecast one step ahead from rows t-L .. t-1
   (the first horizon step), for anomaly detection; ``robust_scale`` turns its errors into robust z-scores.
+  With --future-covariates it reads rows t .. t+h-1's future values too; past a series' end, the last row's.
 
 A split holds one series or many (seqfit.data.series); windows never reach across two.
 
@@ -50,12 +53,22 @@ def default_split(store: SeriesStore, name: str | None) -> str:
 
 @torch.no_grad()
 def _forecast(task, model, split: SeriesSplit, starts: np.ndarray, precision, batch: int):
-    """Yield forecasts in original units (B, h, T, Q) from the L rows after each start."""
-    L = task.lookback
+    """Yield forecasts in original units (B, h, T, Q) from the L rows (and, with future columns, the h) after
+    each start."""
     model.eval()
     for i in range(0, len(starts), batch):
-        raw = split.windows(starts[i:i + batch], L, normalize=False)  # (B, L, F)
+        raw = _windows(task, split, starts[i:i + batch])  # (B, L [+ h], F)
         yield _on_raw(task, model, split, starts[i:i + batch], raw, precision)
+
+
+def _windows(task, split: SeriesSplit, starts) -> np.ndarray:
+    """Raw rows (B, L + the run's future rows, F) from each start; rows past a series' end repeat its last."""
+    n = task.lookback + task.future_rows
+    if not task.future_rows:
+        return split.windows(starts, n, normalize=False)
+    ends = split.offsets[split.series_of(starts) + 1]
+    parts = [split.read(int(s), int(min(n, e - s)), normalize=False) for s, e in zip(starts, ends)]
+    return np.stack([np.concatenate([r, np.repeat(r[-1:], n - len(r), 0)]) for r in parts])
 
 
 def _on_raw(task, model, split: SeriesSplit, starts, raw: np.ndarray, precision) -> np.ndarray:
@@ -66,14 +79,16 @@ def _on_raw(task, model, split: SeriesSplit, starts, raw: np.ndarray, precision)
 def forecast_from_end(run, split: SeriesSplit, horizon: int, *, batch: int = 256) -> np.ndarray:
     """(series, horizon, T, Q) forecasts, original units, of the rows after each series' last --lookback rows."""
     task = run.task
-    lengths = np.diff(split.offsets)
-    if (short := np.flatnonzero(lengths < task.lookback)).size:
+    lengths, need = np.diff(split.offsets), task.lookback + task.future_rows
+    if (short := np.flatnonzero(lengths < need)).size:
         i = int(short[0])
         who = f"series {split.names[i]!r} has" if split.num_series > 1 else "the split has"
         more = f" (and {len(short) - 1} more series)" if len(short) > 1 else ""
+        why = (f" + --horizon {task.horizon} (with --future-covariates the last --horizon rows are forecast and "
+               "provide the future values)" if task.future_rows else "")
         raise SeqfitError(f"{who} {int(lengths[i])} rows in the {split.name} split{more}, fewer than the run's "
-                          f"--lookback {task.lookback}")
-    starts = split.offsets[1:] - task.lookback
+                          f"--lookback {task.lookback}{why}")
+    starts = split.offsets[1:] - need
     return np.concatenate(list(_forecast(task, run.model, split, starts, run.precision, batch)))[:, :horizon]
 
 
@@ -120,7 +135,7 @@ def clean_rescore(run, split: SeriesSplit, rows: np.ndarray, values: np.ndarray,
         idx = np.arange(lo, min(lo + L, len(rows)))
         if not len(idx):
             return
-        raw = split.windows(rows[idx] - L, L, normalize=False)  # (B, L, F)
+        raw = _windows(task, split, rows[idx] - L)  # (B, L [+ h], F)
         for k, v in replaced.items():  # rows are contiguous: row k sits at position k - j + L of window j
             for j in np.flatnonzero((idx - L <= k) & (k < idx)):
                 raw[j, k - idx[j] + L, tgt] = v

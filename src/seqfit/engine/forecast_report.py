@@ -63,7 +63,7 @@ def forecast_plots(run_dir: str | Path, *, series: tuple[str, ...] = (), limit: 
     band = f"q{qs[0]:g}-q{qs[-1]:g}" if len(qs) >= 2 else ""
     out, used = [], set()
     for i in chosen:
-        first, end = int(split.offsets[i]), int(split.offsets[i + 1])
+        first, end = int(split.offsets[i]), int(split.offsets[i + 1]) - task.future_rows  # end: the forecast origin
         n = min(n_hist, end - first)
         values = split.read(end - n, n, normalize=False)[:, task.target_idx]  # (n, T) raw
         mine = None if times is None else times[first:end]

@@ -22,7 +22,9 @@ What the estimate counts (estimate_forecaster), and what it leaves out:
                                           mean/scale as used, 24 bytes per series and column
 
 It leaves out what a forecaster does not have (embeddings, vocabulary-sized logits) and does not model
-the quantile head separately (B x horizon x targets x quantiles floats: negligible beside the RNN).
+the quantile head separately (B x horizon x targets x quantiles floats: negligible beside the RNN). Known-future
+inputs (--future-covariates, --calendar) add k columns to every lookback row, and horizon x k inputs (and
+weights) to the head: both counted.
 """
 
 from __future__ import annotations
@@ -51,23 +53,26 @@ NORM_BYTES_PER_SERIES_COLUMN = 2 * 8 + 2 * 4  # --normalize series: (S, 2, F) fl
 class ForecastInfo:
     """What the estimate needs to know about a series store and the columns a run reads."""
 
-    num_inputs: int  # targets + covariates
+    num_inputs: int  # targets + covariates + future covariates + calendar features, per lookback row
     num_targets: int
     train_rows: int = 0
     series: int = 1  # series in the train split (a store prepared with --group-field holds many)
     vocab_size: int = 0  # none (api.plan reports it for every task)
     columns: int = 0  # the store's columns (per-series statistics cover every one; 0: num_inputs)
+    num_future: int = 0  # future covariates + calendar features, per horizon row (the head reads horizon x these)
 
 
 def _names(spec: str) -> list[str]:
     return [c.strip() for c in spec.split(",") if c.strip()]
 
 
-def forecast_columns(cfg: RunCfg, columns: list[str]) -> tuple[list[str], list[str]]:
-    """(targets, covariates) the config names among the store's ``columns``; one line when one is missing."""
-    targets = _names(cfg.model.target) or list(columns)
+def forecast_columns(cfg: RunCfg, columns: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(targets, covariates, future covariates) the config names among the store's ``columns``; one line when
+    one is missing or named twice."""
+    future = _names(cfg.model.future_covariates)
+    targets = _names(cfg.model.target) or [c for c in columns if c not in future]
     covariates = _names(cfg.model.covariates)
-    for kind, names in (("--target", targets), ("--covariates", covariates)):
+    for kind, names in (("--target", targets), ("--covariates", covariates), ("--future-covariates", future)):
         missing = [c for c in names if c not in columns]
         if missing:
             raise SeqfitError(f"{kind}: column(s) {', '.join(map(repr, missing))} not in the data "
@@ -75,9 +80,12 @@ def forecast_columns(cfg: RunCfg, columns: list[str]) -> tuple[list[str], list[s
     if overlap := sorted(set(targets) & set(covariates)):
         raise SeqfitError(f"--covariates repeats target column(s) {', '.join(map(repr, overlap))}: "
                           "a target's past is an input already")
-    if len(set(targets)) != len(targets) or len(set(covariates)) != len(covariates):
-        raise SeqfitError("--target and --covariates must not name a column twice")
-    return targets, covariates
+    if overlap := sorted(set(future) & (set(targets) | set(covariates))):
+        raise SeqfitError(f"--future-covariates repeats column(s) {', '.join(map(repr, overlap))} of --target or "
+                          "--covariates: a column is a target, a past covariate or a known-future one")
+    if any(len(set(n)) != len(n) for n in (targets, covariates, future)):
+        raise SeqfitError("--target, --covariates and --future-covariates must not name a column twice")
+    return targets, covariates, future
 
 
 def parse_quantiles(spec: str) -> list[float]:
@@ -95,9 +103,15 @@ def forecast_info_from_dir(cfg: RunCfg, data_dir: str | Path) -> ForecastInfo:
     from seqfit.data.series import SeriesStore
 
     store = SeriesStore(data_dir)
-    targets, covariates = forecast_columns(cfg, store.columns)
+    targets, covariates, future = forecast_columns(cfg, store.columns)
     train = store.meta["splits"].get("train", {})
-    return ForecastInfo(num_inputs=len(targets) + len(covariates), num_targets=len(targets),
+    calendar = 0
+    if cfg.model.calendar:
+        from seqfit.data.calendar import choose_parts
+
+        calendar = 2 * len(choose_parts(store.split("train").times if store.has_split("train") else None))
+    k = len(future) + calendar
+    return ForecastInfo(num_inputs=len(targets) + len(covariates) + k, num_targets=len(targets), num_future=k,
                         train_rows=train.get("rows", 0), series=int(train.get("series", 1)),
                         columns=len(store.columns))
 
@@ -146,7 +160,7 @@ def forecaster_param_shapes(cfg: RunCfg, data: ForecastInfo) -> list[tuple[int, 
         shapes += [(g * H, data.num_inputs if i == 0 else H), (g * H, H), (g * H,), (g * H,)]
         if m.layer_norm:
             shapes += [(H,), (H,)]
-    return shapes + [(outputs, H), (outputs,)]
+    return shapes + [(outputs, H + m.horizon * data.num_future), (outputs,)]
 
 
 def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
@@ -173,7 +187,7 @@ def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Con
         out = 2 * F32 * b * steps * H if m.dropout and i < L - 1 else 0 if m.cell == "lstm" else F32 * b * steps * H
         return dot(coefs.keep, feats(i, steps)) + out
 
-    window = F32 * b * (T * F + plan["horizon"] * data.num_targets)
+    window = F32 * b * (T * F + plan["horizon"] * (data.num_targets + data.num_future))
     index = INDEX_BYTES_PER_SERIES * (data.series + 1)  # data.window_index + data.window_sampler
     if cfg.train.normalize == "series":  # data.series_norm: the train split's per-series statistics
         index += NORM_BYTES_PER_SERIES_COLUMN * data.series * max(data.columns, data.num_inputs)
