@@ -176,7 +176,8 @@ def test_reversal_of_5_to_40_symbols_reaches_99_percent_exact_match(cli, tmp_pat
     """Issue 15's bar: a synthetic transduction over lengths 5-40 decoded exactly >= 99% of the time
     (with a constant learning rate valid exact match went 97.7% at step 626, 99.0% at 750, then swung between
     87% and 98%: the plateau schedule, validating every 250 steps, quarters the rate once the loss stalls;
-    ~10 CPU-minutes)."""
+    at 1,500 steps one run decoded 98.7% of the test pairs exactly; 3,000 steps passed in 6 minutes on a busy
+    2-core machine)."""
     train = write_pairs(tmp_path / "train.jsonl", 20000, 1, lo=5, hi=40)
     valid = write_pairs(tmp_path / "valid.jsonl", 200, 2, lo=5, hi=40)
     test = write_pairs(tmp_path / "test.jsonl", 300, 3, lo=5, hi=40)
@@ -186,7 +187,7 @@ def test_reversal_of_5_to_40_symbols_reaches_99_percent_exact_match(cli, tmp_pat
     code, _, err = cli("train", data, "--out", tmp_path / "run", "--task", "seq2seq", "--layers", "1", "--hidden", "128",
                        "--embed", "32", "--dropout", "0", "--optimizer", "adam", "--lr", "0.003", "--clip", "1",
                        "--batch-size", "64", "--bidirectional", "--attention", "dot", "--no-input-feed",
-                       "--schedule", "plateau", "--eval-every", "250", "--max-steps", "1500",
+                       "--schedule", "plateau", "--eval-every", "250", "--max-steps", "3000",
                        "--eval-batches", "2")
     assert code == 0, err
     trained = err
