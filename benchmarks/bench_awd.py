@@ -35,7 +35,8 @@ averaged weights once NT-ASGD has started, as the run's model file holds them.
 bf16 rows run only where oneDNN has bf16 recurrent kernels (AVX-512); elsewhere they are listed as
 skipped with the reason (seqfit.nn.precision.cpu_bf16_rnn_supported).
 
-    python benchmarks/bench_awd.py [--quick]   # JSON: benchmarks/results/awd.json (awd-quick.json with --quick)
+    python benchmarks/bench_awd.py [--quick] [--pairs 2]   # JSON: benchmarks/results/awd.json (awd-quick.json)
+    python benchmarks/bench_awd.py --collect   # the result again from the children's files in benchmarks/work/awd
 """
 
 from __future__ import annotations
@@ -259,34 +260,41 @@ def _plain(obj):
     return obj
 
 
-def run(quick: bool = False, pairs_at_once: int = PAIRS_AT_ONCE) -> dict:
+SKIPPED_BF16 = ("skipped: this CPU has no bf16 recurrent kernels (oneDNN's bf16 LSTM needs AVX-512; "
+                "seqfit.nn.precision.cpu_bf16_rnn_supported)")
+
+
+def run(quick: bool = False, pairs_at_once: int = PAIRS_AT_ONCE, collect: bool = False) -> dict:
+    """Run the benchmark; ``collect``: rebuild the result from the files an earlier run's children left in
+    WORK/awd (each writes RUN.legs.json after every budget), without training anything."""
     name = "awd-quick" if quick else "awd"
     wiki = wikitext()
     if wiki is None:
         return {"name": name, "note": "skipped: ../shared/data/wikitext-2 not found", "rows": []}
     work = WORK / "awd"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    word = work / "data-word"
-    _seqfit("prepare", "--train", str(wiki / "test.txt"), "--valid", str(wiki / "valid.txt"), "--out", str(word))
-    text, char_corpus = _char_corpus(work)
-    char = work / "data-char"
-    _seqfit("prepare", str(text), "--level", "char", "--valid-fraction", "0.05", "--out", str(char))
+    word, char = work / "data-word", work / "data-char"
+    if not collect:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        _seqfit("prepare", "--train", str(wiki / "test.txt"), "--valid", str(wiki / "valid.txt"), "--out", str(word))
+        _seqfit("prepare", str(_char_corpus(work)[0]), "--level", "char", "--valid-fraction", "0.05", "--out", str(char))
     bf16 = _bf16_supported()
     word_budgets, char_budgets = (QUICK_WORD_BUDGETS, QUICK_CHAR_BUDGETS) if quick else (WORD_BUDGETS, CHAR_BUDGETS)
-
     jobs, rows = [], []
     for corpus, data, budgets, precisions in (("wikitext-2", word, word_budgets, ("fp32", "bf16")),
                                                ("char", char, char_budgets, ("fp32",))):
         for precision in precisions:
             if precision == "bf16" and not bf16:
                 rows += [{"corpus": corpus, "recipe": recipe, "precision": precision, "budget_cpu_min": budget,
-                          "status": "skipped: this CPU has no bf16 recurrent kernels (oneDNN's bf16 LSTM needs "
-                                    "AVX-512; seqfit.nn.precision.cpu_bf16_rnn_supported)"}
-                         for budget in budgets for recipe in RECIPES]
+                          "status": SKIPPED_BF16} for budget in budgets for recipe in RECIPES]
             else:
                 jobs.append((corpus, data, precision, budgets))
-    for i in range(0, len(jobs), pairs_at_once):  # pairs_at_once pairs (2 children each) at a time
+    if collect:
+        for corpus, _, precision, budgets in jobs:
+            for recipe in RECIPES:
+                legs = json.loads(Path(f"{work / f'{corpus}-{recipe}-{precision}'}.legs.json").read_text())
+                rows += [_row(corpus, recipe, precision, b, leg, None) for b, leg in zip(budgets, legs)]
+    for i in range(0, len(jobs) if not collect else 0, pairs_at_once):  # pairs_at_once pairs (2 children each)
         t0 = time.perf_counter()
         started = [_start_pair(corpus, data, work, precision=precision, budgets=budgets, full_eval=not quick)
                    for corpus, data, precision, budgets in jobs[i:i + pairs_at_once]]
@@ -301,8 +309,8 @@ def run(quick: bool = False, pairs_at_once: int = PAIRS_AT_ONCE) -> dict:
     result = {"name": name, "rows": [{k: v for k, v in r.items() if k != "curve"} for r in rows],
               "curves": {f"{r['corpus']} {r['recipe']} {r['precision']} {r['budget_cpu_min']:g}": r["curve"]
                          for r in rows if "curve" in r},
-              "char_corpus": char_corpus, "eval_tokens_in_run": EVAL_TOKENS,
-              "corpora": {c: {k: m.get(k) for k in ("vocab_size", "tokens", "splits")} for c, m in meta.items()},
+              "char_corpus": _char_corpus(work)[1], "eval_tokens_in_run": EVAL_TOKENS,
+              "corpora": {c: {k: m.get(k) for k in ("vocab_size", "splits")} for c, m in meta.items()},
               "recipes": {k: " ".join(v) for k, v in RECIPES.items()}, "awd_recipe": AWD_RECIPE.read_text(),
               "threads_per_run": 1, "pairs_at_once": pairs_at_once, "summary": _summary(rows)}
     if quick:
@@ -339,7 +347,7 @@ def _describe(r: dict) -> str:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    result = run(quick="--quick" in args,
+    result = run(quick="--quick" in args, collect="--collect" in args,
                  pairs_at_once=int(args[args.index("--pairs") + 1]) if "--pairs" in args else PAIRS_AT_ONCE)
     print_table(result)
     print(f"-> {write_result(result)}")
