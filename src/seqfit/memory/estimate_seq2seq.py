@@ -7,11 +7,18 @@ moments, the same per-cell constants for the fused recurrent kernels. What a seq
     encoder      embedding (B, S, E), its layers (a bidirectional layer: two calls of H / 2 each), and its
                  outputs (B, S, H) with their projection for attention: kept until the decoder's backward
     decoder      embedding (B, T, E); without input feeding a fused stack over T and attention over all
-                 steps at once; with it, T single-step calls (per-call buffers T times) and T small attentions
-    attention    scores and weights (B, T, S) fp32; additive attention keeps a (B, T, S, H) tanh as well
+                 steps at once; with it, T single-step calls (per-call buffers T times) and T small attentions,
+                 and each call's forward scratch and backward rise are a single step's, not T steps'
+    attention    scores and weights (B, T, S) fp32; additive attention keeps a (B, T, S, H) tanh as well, and
+                 its backward holds two more of that size (the gradients of the tanh's output and of its input)
+                 beside it, before the decoder's own backward starts (one step's worth with input feeding)
     output       h~ (B, T, H), the concatenation [context; h] (B, T, 2H), dropout, the real rows gathered
                  (N, H) and the vocabulary head over N target tokens (full logits or one chunk)
     checkpoint   --checkpoint-time k: encoder and decoder keep boundary states and one chunk at a time
+    backward     first the output layer, attention and the decoder on top of everything kept; the encoder's
+                 backward comes after the decoder's activations are freed: layer by layer from the top, what
+                 the layers below keep, one direction's scratch and the layer output's gradient, with every
+                 gradient but the encoder's allocated
 """
 
 from __future__ import annotations
@@ -95,6 +102,11 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
     def enc_feats(i: int, tokens: int) -> tuple[int, int, int, int]:
         return (tokens * He, tokens * enc_in[i], b * He, enc_params[i])
 
+    def enc_rise(i: int, tokens: int) -> int:
+        """Layer i's backward scratch: one direction's at a time (they run one after the other, as in
+        estimate_classify), beside the gradient of the layer's output."""
+        return dot(coefs.rise, enc_feats(i, tokens)) + F32 * tokens * H
+
     def enc_keep(i: int, tokens: int) -> int:
         flipped = (dirs - 1) * tokens * (F32 * enc_in[i] + out_b * He)
         between = 2 * out_b * tokens * H if p and i < L - 1 else 0
@@ -128,6 +140,15 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
         cells = b * (1 if feed else steps) * S
         return F32 * cells * (H if m.attention == "additive" else 1)
 
+    def attention_grads(steps: int) -> int:
+        """Backward scratch of attention over ``steps`` steps beyond `flow`: additive attention's (B, T, S, H)
+        gradients of the tanh's output and input, both alive at the tanh's backward (its output still kept)."""
+        return 2 * F32 * b * (1 if feed else steps) * S * H if m.attention == "additive" else 0
+
+    calls = 1 if feed else T1  # steps per decoder call: input feeding makes T1 calls of one step each
+
+    encoder_side = ("encoder.",) if m.share_embeddings else ("encoder.", "src_embedding.")
+    enc_grads = F32 * sum(math.prod(s) for name, s, t in shapes if t and name.startswith(encoder_side))
     k = chunk_len(plan["checkpoint_time"], max(S, T1)) if plan["mode"] == "exact" else max(S, T1)
     ks, kt = min(k, S), min(k, T1)
     emb_src = F32 * n_src * E * (2 if p else 1)
@@ -149,9 +170,11 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
             dec = sum(dec_keep(i, T1) for i in range(L))
             att = attention_keep(T1)
             r.now["activations"] = emb_src + enc + enc_out + emb_tgt + dec + att + drop_out + gathered
-            r.moment("forward", activations=attention_peak(T1) + max(dot(coefs.fwd, dec_feats(i, T1)) for i in range(L)))
-            rise = max(max(dot(coefs.rise, dec_feats(i, T1)) for i in range(L)),
-                       max(dirs * dot(coefs.rise, enc_feats(i, n_src)) for i in range(L)))
+            r.moment("forward", activations=attention_peak(T1) + max(dot(coefs.fwd, dec_feats(i, calls)) for i in range(L)))
+            # attention's backward comes first (additive: its gradients beside the kept tanh), then the decoder's
+            dec_rise = max(attention_grads(T1), max(dot(coefs.rise, dec_feats(i, calls)) for i in range(L)))
+            # the encoder's layers backward from the top, each freeing what it kept (estimate_classify)
+            enc_back = emb_src + max(sum(enc_keep(j, n_src) for j in range(i + 1)) + enc_rise(i, n_src) for i in range(L))
         else:
             # boundary states of both stacks, the encoder's outputs (attention needs all of them), one chunk
             states = ((math.ceil(S / ks) + 1) + (math.ceil(T1 / kt) + 1)) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H
@@ -161,8 +184,10 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
             dec_chunk = F32 * b * kt * E + sum(dec_keep(i, kt) for i in range(L)) + attention_keep(kt)
             r.now["activations"] = states + emb_src + enc_out + emb_tgt + out_b * n_tgt * H + drop_out + gathered
             r.moment("forward", activations=max(enc_chunk, dec_chunk) + attention_peak(kt))
-            rise = max(enc_chunk + max(dirs * dot(coefs.rise, enc_feats(i, b * ks)) for i in range(L)),
-                       dec_chunk + max(dot(coefs.rise, dec_feats(i, kt)) for i in range(L)))
+            dec_rise = dec_chunk + max(attention_grads(kt), max(dot(coefs.rise, dec_feats(i, min(calls, kt)))
+                                                                for i in range(L)))
+            # the gradient of the encoder's outputs (the whole source) beside one chunk's layers backward
+            enc_back = states + emb_src + F32 * n_src * H + enc_chunk + max(enc_rise(i, b * ks) for i in range(L))
         r.moment("loss", output_loss=head["keep"] + head["fwd"])
         r.now["output_loss"] = head["keep"]
         r.moment("loss backward", output_loss=head["bwd"])
@@ -170,7 +195,10 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
         r.now["output_loss"] = 0
         # backward: the features' gradient (B, T, H), attention's (B, T, S) gradients, one layer's scratch
         flow = F32 * n_tgt * H * 2 + 2 * F32 * b * T1 * S
-        r.moment("backward", activations=flow + rise, gradients=0 if micro else sizes["gradients"] // 2)
+        r.moment("backward", activations=flow + dec_rise, gradients=0 if micro else sizes["gradients"] // 2)
+        # then the encoder's: the decoder's activations are freed by now, every gradient but the encoder's exists
+        r.moment("backward", activations=enc_back - r.now["activations"],
+                 gradients=0 if micro else sizes["gradients"] - enc_grads)
         r.now["gradients"] = sizes["gradients"]
     largest = F32 * max((math.prod(s) for s in trainable), default=0)
     r.now.update(activations=0, output_loss=0,
