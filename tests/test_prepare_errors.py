@@ -155,3 +155,15 @@ def test_cli_exits_non_zero_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "d.jsonl:2: malformed JSON" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_valid_fraction_with_only_train_files_is_refused(cli, tmp_path):
+    """--valid-fraction splits positional INPUTS: with --train alone it used to make no validation split, silently."""
+    from conftest import write_corpus
+
+    train = write_corpus(tmp_path / "train.txt")
+    out = tmp_path / "data"
+    code, _, err = cli("prepare", "--train", train, "--valid-fraction", "0.1", "--out", out)
+    assert code == 2 and "--valid" in err and err.count("\n") == 1 and not out.exists()
+    assert cli("prepare", train, "--valid-fraction", "0.1", "--out", out)[0] == 0
+    assert cli("prepare", "--train", train, "--out", tmp_path / "d2")[0] == 0  # the default fraction: no complaint

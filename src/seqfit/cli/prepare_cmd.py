@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from seqfit.cli.common import emit, json_flag
+from seqfit.errors import SeqfitError
 
 __all__ = ["prepare"]
 
@@ -80,6 +81,11 @@ def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_f
             encoding_errors, shard_size, workers, embeddings, embeddings_dtype, seed, overwrite, as_json) -> None:
     """Stream text, JSONL, CSV/TSV or Parquet (.gz too) into a memory-mapped store in bounded memory."""
     from seqfit.data.prepare import PrepareOptions, prepare as run_prepare
+
+    given = click.get_current_context().get_parameter_source("valid_fraction") == click.core.ParameterSource.COMMANDLINE
+    if given and not inputs:
+        raise SeqfitError("--valid-fraction holds out a share of the positional INPUTS; files given with --train are "
+                          "all training data: name the validation files with --valid, or pass the files as INPUTS")
 
     meta = run_prepare(PrepareOptions(
         out=Path(out), inputs=tuple(inputs), train=tuple(train_files), valid=tuple(valid_files), test=tuple(test_files),
