@@ -267,20 +267,25 @@ def memory_section(quick: bool, echo=print) -> dict:
                      "parameters": predicted["sizes"]["parameters"], "weights_mb": predicted["sizes"]["weights"] / MB,
                      "baseline_mb": got["baseline_bytes"] / MB, "measured_peak_mb": got["peak_bytes"] / MB,
                      "above_import_mb": above / MB, "predicted_peak_mb": predicted["predicted_peak_bytes"] / MB,
+                     # what the output layer itself holds at the predicted peak (logits or one chunk, their gradients)
+                     "predicted_output_loss_mb": predicted["parts"]["output_loss"] / MB,
                      "prediction_error": (predicted["predicted_peak_bytes"] - got["peak_bytes"]) / got["peak_bytes"],
                      "step_s": min(got["step_seconds"][1:] or got["step_seconds"])})
         commands.append(command_line("plan", data, *flags, "--verify"))
         echo(f"H={hidden} {plan['loss']:<8} peak {got['peak_bytes'] / MB:8.1f} MB, above the import {above / MB:8.1f} MB")
-    ratios = {}
+    ratios, output_ratios = {}, {}
     for r in rows:
         if r["loss"] == "chunked":
             full = next(f for f in rows if f["hidden"] == r["hidden"] and f["loss"] == "full")
             r["full_over_chunked"] = full["above_import_mb"] / r["above_import_mb"]
             ratios[f"H={r['hidden']} chunk {r['chunk_rows']}"] = r["full_over_chunked"]
+            output_ratios[f"H={r['hidden']} chunk {r['chunk_rows']}"] = (full["predicted_output_loss_mb"]
+                                                                         / r["predicted_output_loss_mb"])
     return {"name": "seq2seq-memory" + ("-quick" if quick else ""),
             "note": f"target vocabulary {meta['target_vocab_size']:,} (source {meta['vocab_size']:,}), batch 64, "
                     f"target length {STORES[name][4][1]} (+ <eos>), SGD, dropout 0.2; peak = probe's anonymous peak",
-            "rows": rows, "summary": {"full_over_chunked_above_import": ratios},
+            "rows": rows, "summary": {"full_over_chunked_above_import": ratios,
+                                      "full_over_chunked_output_layer_predicted": output_ratios},
             "commands": commands + ["(each measured as `seqfit plan --verify` does: seqfit.memory.probe.measure_run, "
                                     "whose baseline_bytes --verify does not print)"]}
 
