@@ -57,7 +57,8 @@ def _human(r: dict) -> str:
         lines += ["", "alternatives (fastest first):",
                   f"  {'micro x acc':>12} {'ckpt':>5} {'loss':>8} {'chunk':>6} {'peak':>11} {'tokens/s':>10}  fits"]
         for a in r["alternatives"]:
-            loss, chunk = (a["mode"], "-") if "mode" in a else (a["loss"], a["loss_chunk"] or "-")
+            # a plan with a vocabulary head (LM, seq2seq) shows its loss; a classifier's or forecaster's its BPTT mode
+            loss, chunk = (a["loss"], a["loss_chunk"] or "-") if "loss_chunk" in a else (a["mode"], "-")
             lines.append(f"  {a['micro_batch']:>6} x {a['accumulate']:<3} {a['checkpoint_time'] or '-':>5} "
                          f"{loss:>8} {chunk:>6} {format_bytes(a['predicted_peak_bytes']):>11} "
                          f"{a['predicted_tokens_per_s']:>10,.0f}  {'yes' if a['fits'] else 'no'}")
