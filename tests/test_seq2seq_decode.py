@@ -29,15 +29,6 @@ CONFIGS = {  # the three attention kinds, input feeding on and off, one and two 
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared 2-core machine, OpenMP threads waiting on each other cost 10-50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(name: str, seed: int = 0, dropout: float = 0.0) -> Seq2Seq:
     torch.manual_seed(seed)
     cfg = ModelCfg(task="seq2seq", hidden=16, embed=8, layers=2, dropout=dropout, **CONFIGS[name])

@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported lazily at run time: worker processes need not pay for it
     import torch
 
-import hashlib
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from seqfit.data.shards import DEFAULT_SHARD_BYTES, ShardWriter, member, open_checked
-from seqfit.data.store import TokenArray, meta_errors, read_meta
+from seqfit.data.store import TokenArray, load_checked_vocab, meta_errors, read_meta
 from seqfit.data.vocab import Vocab
 from seqfit.errors import SeqfitError
 
@@ -202,16 +201,7 @@ class SequenceStore:
         self._splits: dict[str, SequenceSplit] = {}
 
     def _vocab(self, name: str, hash_key: str) -> Vocab:
-        path = self.dir / name
-        if not path.is_file():
-            raise SeqfitError(f"{self.dir} has no {name}; {_HINT}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
-        if hashlib.sha256(text.encode()).hexdigest() != self.meta.get(hash_key):
-            raise SeqfitError(f"{path} does not match the sequences in {self.dir} (vocabulary hash differs); {_HINT}")
-        return Vocab.load(path)
+        return load_checked_vocab(self.dir, name, self.meta.get(hash_key), "the sequences")
 
     @property
     def split_names(self) -> list[str]:

@@ -128,6 +128,20 @@ class TokenArray:
         return np.stack([self.read(int(s), length) for s in starts])
 
 
+def load_checked_vocab(directory: Path, name: str, expected_hash, what: str) -> Vocab:
+    """DIR/name, refused in one line when missing, unreadable, or not the vocabulary ``what`` was written with."""
+    path = directory / name
+    if not path.is_file():
+        raise SeqfitError(f"{directory} has no {name}; {_HINT}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
+    if hashlib.sha256(text.encode()).hexdigest() != expected_hash:
+        raise SeqfitError(f"{path} does not match {what} in {directory} (vocabulary hash differs); {_HINT}")
+    return Vocab.load(path)
+
+
 class TokenStore:
     """A prepared data directory: vocabulary plus per-split token arrays."""
 
@@ -136,16 +150,8 @@ class TokenStore:
         self.meta = read_meta(self.dir)
         if self.meta.get("kind", "tokens") != "tokens":
             raise SeqfitError(f"{self.dir} holds a {self.meta.get('kind')!r} store, not a token stream")
+        self.vocab = load_checked_vocab(self.dir, "vocab.json", self.meta.get("vocab_hash"), "the token arrays")
         vocab_path = self.dir / "vocab.json"
-        if not vocab_path.is_file():
-            raise SeqfitError(f"{self.dir} has no vocab.json; {_HINT}")
-        try:
-            vocab_text = vocab_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SeqfitError(f"cannot read {vocab_path} ({e}); {_HINT}") from None
-        if hashlib.sha256(vocab_text.encode()).hexdigest() != self.meta.get("vocab_hash"):
-            raise SeqfitError(f"{vocab_path} does not match the token arrays in {self.dir} (vocabulary hash differs); {_HINT}")
-        self.vocab = Vocab.load(vocab_path)
         if len(self.vocab) != self.meta.get("vocab_size"):
             raise SeqfitError(f"{vocab_path} has {len(self.vocab)} tokens but meta.json says {self.meta.get('vocab_size')}; {_HINT}")
         self.dtype = np.dtype(self.meta["dtype"])

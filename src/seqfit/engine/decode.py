@@ -49,6 +49,12 @@ __all__ = ["greedy_decode", "beam_search", "max_lengths"]
 NEG_INF = float("-inf")
 
 
+def _keep(kept: list[int], memory, state, prev: Tensor, rows: list[int]):
+    """Only the ``kept`` rows of a greedy decode go on: its memory, state, last tokens and original row numbers."""
+    index = torch.tensor(kept, device=prev.device)
+    return memory.select(index), state.select(index), prev[index], [rows[i] for i in kept]
+
+
 def max_lengths(lengths: Tensor, max_len_ratio: float, max_len_extra: int) -> list[int]:
     """The most tokens (without <eos>) each row may produce: int(max_len_ratio * source length) + max_len_extra."""
     if max_len_ratio < 0 or max_len_extra < 0:
@@ -107,12 +113,10 @@ def greedy_decode(model, src: Tensor, lengths: Tensor, *, eos: int, bos: int | N
         for t in itertools.count():
             # a row with no room left ends before its step (its <eos> is forced: no need to score it)
             room = [i for i, r in enumerate(rows) if limit[r] > t]
+            if not room:
+                break
             if len(room) < len(rows):
-                if not room:
-                    break
-                keep = torch.tensor(room, device=device)
-                memory, state, prev = memory.select(keep), state.select(keep), prev[keep]
-                rows = [rows[i] for i in room]
+                memory, state, prev, rows = _keep(room, memory, state, prev, rows)
             log_probs, state = model.step(prev, state, memory)  # (n, V) fp32
             no_eos = None if t >= min_len else torch.ones(len(rows), dtype=torch.bool, device=device)
             prev = _mask(log_probs, pad=pad, eos=eos, no_eos=no_eos).argmax(-1)  # (n,)
@@ -121,12 +125,10 @@ def greedy_decode(model, src: Tensor, lengths: Tensor, *, eos: int, bos: int | N
                 if token != eos:
                     out[rows[i]].append(token)
                     going.append(i)
+            if not going:
+                break
             if len(going) < len(rows):
-                if not going:
-                    break
-                keep = torch.tensor(going, device=device)
-                memory, state, prev = memory.select(keep), state.select(keep), prev[keep]
-                rows = [rows[i] for i in going]
+                memory, state, prev, rows = _keep(going, memory, state, prev, rows)
     return out
 
 

@@ -36,7 +36,7 @@ from seqfit.memory.allocator import MMAP_THRESHOLD
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 
 __all__ = ["DataInfo", "PARTS", "GATES", "F32", "param_shapes", "static_bytes", "estimate", "chunk_len",
-           "phase_predictions", "Replay", "dot", "blas_buffers", "optimizer_scratch", "head_bytes"]
+           "phase_predictions", "Replay", "dot", "blas_buffers", "optimizer_scratch", "head_bytes", "parameter_sizes"]
 
 PARTS = ("baseline", "weights", "gradients", "optimizer_state", "activations", "output_loss", "data", "temporaries")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -114,6 +114,17 @@ def static_bytes(cfg: RunCfg, data: DataInfo, loss: str) -> dict[str, int]:
             + (F32 * sum(_numel(s) for s in trainable) if cfg.train.average != "off" else 0),  # NT-ASGD's mean
             "parameters": sum(_numel(s) for _, s, _ in shapes),
             "largest_parameter": F32 * max(_numel(s) for s in trainable) if trainable else 0}
+
+
+def parameter_sizes(cfg: RunCfg, shapes: list[tuple[str, tuple[int, ...], bool]]) -> dict[str, int]:
+    """Weights, gradients and optimizer state (bytes) and the parameter count of (name, shape, trainable) shapes."""
+    from seqfit.nn.optim import optimizer_state_bytes
+
+    trainable = [s for _, s, t in shapes if t]
+    return {"weights": F32 * sum(_numel(s) for _, s, _ in shapes),
+            "gradients": F32 * sum(_numel(s) for s in trainable),
+            "optimizer_state": optimizer_state_bytes(cfg.train.optimizer, trainable, momentum=cfg.train.momentum),
+            "parameters": sum(_numel(s) for _, s, _ in shapes)}
 
 
 def optimizer_scratch(cfg: RunCfg, device: str, sizes: dict[str, int]) -> int:

@@ -30,6 +30,7 @@ from seqfit.memory.estimate import (
     chunk_len,
     dot,
     optimizer_scratch,
+    parameter_sizes,
 )
 
 __all__ = ["SequenceInfo", "classifier_param_shapes", "estimate_classifier", "worst_batch"]
@@ -79,7 +80,6 @@ def worst_batch(plan: dict, data: SequenceInfo) -> tuple[int, int, int]:
 def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
     """Predicted peak bytes of a classifier step with the resolved ``plan`` (plan_classify.requested_classify_plan's
     keys); returns the keys estimate.estimate does."""
-    from seqfit.nn.optim import optimizer_state_bytes
 
     m = cfg.model
     b, T, real = worst_batch(plan, data)
@@ -90,10 +90,7 @@ def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Con
     k = min(k, T)
     shapes = classifier_param_shapes(cfg, data)
     trainable = [s for _, s, t in shapes if t]
-    sizes = {"weights": F32 * sum(math.prod(s) for _, s, _ in shapes),
-             "gradients": F32 * sum(math.prod(s) for s in trainable),
-             "optimizer_state": optimizer_state_bytes(cfg.train.optimizer, trainable, momentum=cfg.train.momentum),
-             "parameters": sum(math.prod(s) for _, s, _ in shapes)}
+    sizes = parameter_sizes(cfg, shapes)
     coefs = consts.coefs(m.cell, plan["precision"])
     g, dirs, H, L = GATES[m.cell], 2 if m.bidirectional else 1, m.hidden, m.layers
     E = m.embed if data.vocab_size else data.num_features

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from seqfit.config import RunCfg
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
-from seqfit.memory.estimate import F32, GATES, Replay, head_bytes, blas_buffers, chunk_len, dot, optimizer_scratch
+from seqfit.memory.estimate import (F32, GATES, Replay, blas_buffers, chunk_len, dot, head_bytes, optimizer_scratch,
+                                    parameter_sizes)
 
 __all__ = ["PairInfo", "worst_pair_batch", "seq2seq_param_shapes", "estimate_seq2seq"]
 
@@ -74,7 +75,6 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
     """Predicted peak bytes of a seq2seq step with the resolved ``plan`` (plan_seq2seq.requested_seq2seq_plan's
     keys); returns the keys estimate.estimate does."""
     from seqfit.nn.chunked_loss import default_chunk_tokens
-    from seqfit.nn.optim import optimizer_state_bytes
 
     m = cfg.model
     b, S, T = worst_pair_batch(plan, data)
@@ -82,10 +82,7 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
     acc, device, bf16 = plan["accumulate"], plan["device"], plan["precision"] != "fp32"
     shapes = seq2seq_param_shapes(cfg, data, plan["loss"])
     trainable = [s for _, s, t in shapes if t]
-    sizes = {"weights": F32 * sum(math.prod(s) for _, s, _ in shapes),
-             "gradients": F32 * sum(math.prod(s) for s in trainable),
-             "optimizer_state": optimizer_state_bytes(cfg.train.optimizer, trainable, momentum=cfg.train.momentum),
-             "parameters": sum(math.prod(s) for _, s, _ in shapes)}
+    sizes = parameter_sizes(cfg, shapes)
     coefs = consts.coefs(m.cell, plan["precision"])
     g, L, H, E = GATES[m.cell], m.layers, m.hidden, m.embed
     dirs = 2 if m.bidirectional else 1
