@@ -76,6 +76,28 @@ def test_mean_reduction_no_bias_and_scaled_gradient():
     assert got_grads[0][3:9].abs().max() == 0  # padding rows get no gradient
 
 
+def test_gradients_made_in_the_forward_follow_the_graph_and_grad_mode():
+    """The forward builds the gradients (fused): only the inputs that need one get one, frozen weights
+    included; under no_grad the same loss comes out; the scalar reaching backward scales them; a second
+    backward through the same forward is refused rather than scaled twice."""
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(N, H, generator=g, requires_grad=True)
+    weight = torch.randn(V, H, generator=g)  # frozen: no weight gradient is made
+    bias = torch.randn(V, generator=g, requires_grad=True)
+    targets = torch.randint(0, V, (N,), generator=g)
+    ref = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum")
+    got = chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=16)
+    with torch.no_grad():
+        assert torch.equal(chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=16), got.detach())
+    both = got * 2.0 + got.detach() * 5.0  # only the first term carries a gradient
+    ref_grads = torch.autograd.grad(ref * 2.0, [hidden, bias])
+    got_grads = torch.autograd.grad(both, [hidden, bias], retain_graph=True)
+    for a, b in zip(got_grads, ref_grads):
+        assert rel(a, b) < 1e-5
+    with pytest.raises(SeqfitError, match="twice"):
+        torch.autograd.grad(both, [hidden, bias])
+
+
 def test_three_dim_features_are_flattened():
     hidden = torch.randn(4, 5, H, requires_grad=True)
     weight, targets = torch.randn(V, H), torch.randint(0, V, (4, 5))

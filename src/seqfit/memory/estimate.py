@@ -187,11 +187,11 @@ def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk
         c = min(chunk, n)
         narrow = 2 if bf16 else 0
         buf = c * vocab * (F32 + 2 * narrow)  # (C, V) fp32 buffer (+ bf16 matmul output and gradient cast)
-        w = narrow * vocab * hidden  # bf16 copy of the weight, made in forward and again in backward
-        # backward allocates the weight's and the features' fp32 gradients up front, beside the buffer
-        # (and under bf16 each chunk's (V, H) partial product before it is added in fp32)
-        grads = F32 * vocab * hidden + F32 * n * hidden + narrow * vocab * hidden
-        return {"keep": F32 * n, "fwd": buf + w, "bwd": buf + w + grads, "bwd_linear": 0}
+        w = narrow * vocab * hidden  # bf16 copy of the weight
+        # the forward makes the weight's and the features' fp32 gradients (nn/chunked_loss.py) and keeps them
+        # until backward scales them in place; under bf16 each chunk's (V, H) partial product is added in fp32
+        grads = F32 * vocab * hidden + F32 * n * hidden
+        return {"keep": grads, "fwd": buf + w + narrow * vocab * hidden, "bwd": 0, "bwd_linear": 0}
     # adaptive: the head cluster's logits for all tokens, each tail's for the share of tokens it holds
     bounds, proj = _adaptive_layout(hidden, vocab, counts)
     width = bounds[0] + len(proj)

@@ -6,8 +6,9 @@ b leaves the matrix units idle, so a step's rate saturates as b / (b + b_half). 
 three N x H x V matmuls (forward, two for backward). Then:
 
     checkpointing   recomputes the recurrent forward once more:  x 4/3 of the recurrent part
-    chunked loss    recomputes each chunk's logits in backward:   x 4/3 of the output part, plus a
-                    few kernel calls per chunk (so of two chunk sizes that fit, the larger wins)
+    chunked loss    the same three matmuls, in cache, without full logits' three passes over (N, V)
+                    arrays, plus a few kernel calls per chunk (so of two chunk sizes that fit, the
+                    larger wins)
     accumulation    a steps of b streams instead of one of a*b: the per-step overhead a times
 
 ``seconds_per_flop``, ``seconds_per_call`` and ``batch_half`` come from the calibration probe's
@@ -37,11 +38,13 @@ def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DE
     if plan["loss"] == "adaptive":
         head = 3 * 2 * n * H * min(vocab, 2 * H + 64) * consts.seconds_per_flop  # shortlist + projected tails
     else:
-        head = 3 * 2 * n * H * vocab * consts.seconds_per_flop + 3 * n * vocab * consts.seconds_per_flop * 10
+        head = 3 * 2 * n * H * vocab * consts.seconds_per_flop
         if plan["loss"] == "chunked":
             chunk = plan.get("loss_chunk") or default_chunk_tokens(vocab, n, 4 if plan["precision"] == "fp32" else 2)
             chunks = -(-n // chunk)
-            head = head * 4 / 3 + 4 * chunks * consts.seconds_per_call  # a few small kernels per chunk
+            head += 8 * chunks * consts.seconds_per_call  # a few small kernels per chunk
+        else:
+            head += 3 * n * vocab * consts.seconds_per_flop * 10  # three memory-bound passes over (N, V) arrays
     return acc * (rnn + head)
 
 

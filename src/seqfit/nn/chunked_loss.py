@@ -2,16 +2,19 @@
 
 At V = 250k, 64 x 200 tokens of fp32 logits are 12.8 GB, and F.cross_entropy keeps a log-softmax
 of the same size for backward and makes two more in backward. Here the forward walks the tokens in
-chunks of C rows, keeps only each row's log-sum-exp (N floats), and the backward recomputes each
-chunk's logits and turns them in place into the gradient of the logits:
+chunks of C rows and, while a chunk's logits are in cache, turns them in place into the gradient of
+the logits and folds that into the gradients of the hidden rows, the weight and the bias:
 
-    hidden (N, H) --rows s:s+C--> logits (C, V) --> lse (C,)          forward keeps lse only
-    logits (C, V) --exp(z - lse) - onehot--> dz (C, V) --> dh (C, H), dW += dz^T h, db += sum dz
+    hidden (N, H) --rows s:s+C--> logits (C, V) --> loss, and when grad is on:
+    logits (C, V) --softmax - onehot--> dz (C, V) --> dh (C, H), dW += dz^T h, db += sum dz
 
-So one (C, V) fp32 buffer is the only vocabulary-sized activation, at the price of one extra
-matmul per chunk (the recompute). The same idea as torchtune's CEWithChunkedOutputLoss (PR 1390)
-and Liger's fused linear cross-entropy, written as one autograd.Function so that the logits are
-not saved for backward either.
+The backward then only scales dh, dW, db by its incoming scalar. So one (C, V) fp32 buffer is the only
+vocabulary-sized activation, the matmuls are full logits' three, and the (N, V) arrays that full
+logits write and read back three times never exist. The same idea as Liger's fused linear
+cross-entropy (and torchtune's CEWithChunkedOutputLoss, PR 1390, which keeps each chunk's logits
+instead), written as one autograd.Function so that no logits are saved for backward. Since the
+gradients are made in the forward, a forward under grad that is never backpropagated, or one that a
+checkpoint recomputes, pays for them: keep the loss outside checkpointed regions.
 
 Under autocast the matmuls run in the autocast dtype (bf16) while the log-sum-exp, the gradient of
 the logits and the accumulation across chunks stay fp32.
@@ -123,20 +126,33 @@ def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, o
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of hidden @ weight^T + bias against targets; no ignored rows inside."""
+    """Summed cross-entropy of hidden @ weight^T + bias against targets; no ignored rows inside.
+
+    With ``with_grad`` the forward also builds the gradients while each chunk's logits are in cache (as
+    Liger's fused linear cross-entropy does), so a step costs the three matmuls of full logits and no
+    recompute; backward only scales them by the incoming scalar. The gradients wait in ctx from the loss's
+    forward to its backward, the moment the backward would have made them anyway (the loss is the last op of
+    a forward), so the peak is the same. Without ``with_grad`` (no grad mode) only the loss is computed.
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, smoothing, matmul_dtype):
-        n, vocab = hidden.shape[0], weight.shape[0]
-        f32 = torch.float32
-        with _autocast_off(hidden.device.type):
+    def forward(ctx, hidden, weight, bias, targets, chunk, smoothing, matmul_dtype, with_grad):
+        n, vocab, width = hidden.shape[0], weight.shape[0], hidden.shape[1]
+        f32, dev = torch.float32, hidden.device
+        need_h, need_w, need_b = ctx.needs_input_grad[:3] if with_grad else (False, False, False)
+        grad_h = torch.empty(n, width, dtype=f32, device=dev) if need_h else None  # (N, H)
+        grad_w = torch.zeros(vocab, width, dtype=f32, device=dev) if need_w else None  # (V, H)
+        grad_b = torch.zeros(vocab, dtype=f32, device=dev) if need_b else None  # (V,)
+        with _autocast_off(dev.type):
             w = weight.to(matmul_dtype)  # (V, H); a copy only when the matmul is narrower
-            lse = torch.empty(n, dtype=f32, device=hidden.device)  # (N,)
-            total = torch.zeros((), dtype=f32, device=hidden.device)
-            buf = torch.empty(min(chunk, n), vocab, dtype=f32, device=hidden.device)  # (C, V) reused
+            narrow = w.dtype != f32
+            total = torch.zeros((), dtype=f32, device=dev)
+            buf = torch.empty(min(chunk, n), vocab, dtype=f32, device=dev)  # (C, V) reused
+            rows = torch.arange(min(chunk, n), device=dev)  # (C,)
             for s in range(0, n, chunk):
                 e = min(s + chunk, n)
-                z = _chunk_logits(hidden[s:e], w, bias, buf[: e - s])  # (c, V)
+                h = hidden[s:e].to(w.dtype)  # (c, H)
+                z = _chunk_logits(h, w, bias, buf[: e - s])  # (c, V)
                 t = targets[s:e]  # (c,)
                 picked = z.gather(1, t[:, None]).squeeze(1)  # (c,) target logits
                 token_loss = -(1.0 - smoothing) * picked  # (c,)
@@ -145,39 +161,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                     token_loss -= smoothing * z.mean(1)
                 top = z.amax(1)  # (c,)
                 z.sub_(top[:, None]).exp_()  # (c, V) in place: torch.logsumexp would allocate another (C, V)
-                lse[s:e] = top + z.sum(1).log_()  # (c,)
-                total += (token_loss + lse[s:e]).sum()
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
-        ctx.chunk, ctx.smoothing, ctx.matmul_dtype = chunk, smoothing, matmul_dtype
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        chunk, eps = ctx.chunk, ctx.smoothing
-        n, vocab, f32, dev = hidden.shape[0], weight.shape[0], torch.float32, hidden.device
-        grad_h = grad_w = grad_b = None
-        with _autocast_off(dev.type):
-            w = weight.to(ctx.matmul_dtype)  # (V, H)
-            narrow = w.dtype != f32
-            if need_h:
-                grad_h = torch.empty(n, hidden.shape[1], dtype=f32, device=dev)  # (N, H)
-            if need_w:
-                grad_w = torch.zeros(vocab, hidden.shape[1], dtype=f32, device=dev)  # (V, H)
-            if need_b:
-                grad_b = torch.zeros(vocab, dtype=f32, device=dev)  # (V,)
-            buf = torch.empty(min(chunk, n), vocab, dtype=f32, device=dev)  # (C, V) reused
-            rows = torch.arange(min(chunk, n), device=dev)  # (C,)
-            for s in range(0, n, chunk):
-                e = min(s + chunk, n)
-                h = hidden[s:e].to(w.dtype)  # (c, H)
-                z = _chunk_logits(h, w, bias, buf[: e - s])  # (c, V) recomputed logits
+                total_exp = z.sum(1)  # (c,)
+                total += (token_loss + top + total_exp.log()).sum()
+                if not (need_h or need_w or need_b):
+                    continue
                 # d loss / d z = softmax(z) - (1 - eps) onehot(t) - eps / V, built in place in the buffer.
-                z.sub_(lse[s:e, None]).exp_()  # (c, V) softmax
-                if eps:
-                    z.sub_(eps / vocab)
-                z[rows[: e - s], targets[s:e]] -= 1.0 - eps
+                z.div_(total_exp[:, None])  # (c, V) softmax
+                if smoothing:
+                    z.sub_(smoothing / vocab)
+                z[rows[: e - s], t] -= 1.0 - smoothing
                 g = z.to(w.dtype) if narrow else z  # (c, V) matmul operand
                 if need_h:
                     if narrow:
@@ -191,15 +183,22 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                         grad_w.addmm_(g.t(), h)  # (V, H)
                 if need_b:
                     grad_b += z.sum(0)  # (V,)
-            # The incoming gradient is one scalar: scale the (N, H) and (V, H) results, not every (C, V) chunk.
-            grad_total = grad_total.to(f32)
-            if need_h:
-                grad_h = grad_h.mul_(grad_total).to(hidden.dtype)
-            if need_w:
-                grad_w = grad_w.mul_(grad_total).to(weight.dtype)
-            if need_b:
-                grad_b = grad_b.mul_(grad_total).to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None
+        ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total):
+        if ctx.grads is None:
+            raise SeqfitError("the chunked cross-entropy was backpropagated twice (retain_graph); it keeps its "
+                              "gradients for one backward, scaled in place")
+        # The incoming gradient is one scalar: scale the (N, H) and (V, H) results in place (a copy of the
+        # (V, H) one would raise the peak by a weight matrix), not every (C, V) chunk.
+        scale = grad_total.to(torch.float32)
+        grads = tuple(None if g is None else g.mul_(scale).to(dtype) for g, dtype in zip(ctx.grads, ctx.dtypes))
+        ctx.grads = None
+        return (*grads, None, None, None, None, None)
 
 
 def _resolve_chunk(chunk_tokens: int, vocab: int, tokens: int, matmul_dtype: torch.dtype) -> int:
@@ -246,7 +245,10 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
         total = hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph so backward still runs
         return total.float()
     chunk = _resolve_chunk(chunk_tokens, vocab, targets.shape[0], matmul_dtype)
-    total = _ChunkedCrossEntropy.apply(hidden, weight, bias, targets, chunk, float(label_smoothing), matmul_dtype)
+    # The gradients are built in the forward, so only when a backward can follow (not under no_grad).
+    with_grad = torch.is_grad_enabled()
+    total = _ChunkedCrossEntropy.apply(hidden, weight, bias, targets, chunk, float(label_smoothing), matmul_dtype,
+                                       with_grad)
     return total / targets.shape[0] if reduction == "mean" else total
 
 
