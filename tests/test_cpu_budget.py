@@ -48,3 +48,45 @@ def test_the_budget_reads_cpu_time_not_the_wall_clock(tmp_path, cli, monkeypatch
                          "--max-cpu-minutes", "30", "--json")
     assert code == 0, err
     assert json.loads(out)["step"] == 1 and "--max-cpu-minutes 30 reached at step 1" in err
+
+
+def test_a_cosine_schedule_ends_with_the_cpu_budget(tmp_path, cli, monkeypatch):
+    """--schedule cosine under --max-cpu-minutes: the lr falls with the budget's share spent (a CPU clock that
+    advances a second per reading here), not with the 200 epochs' steps, and is near 0 when the budget ends."""
+    data = _data(tmp_path, cli)
+    ticks = iter(range(10**7))
+    monkeypatch.setattr(time, "process_time", lambda: float(next(ticks)))
+    run = tmp_path / "cos"
+    code, out, err = cli("train", data, "--out", run, *TINY, "--epochs", "200", "--schedule", "cosine", "--lr", "2",
+                         "--max-cpu-minutes", "1", "--json")
+    assert code == 0, err
+    assert "--max-cpu-minutes 1 reached" in err
+    lrs = [r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert len(lrs) >= 5 and all(a >= b for a, b in zip(lrs, lrs[1:]))  # falling at every step
+    assert lrs[0] < 2.0 and lrs[-1] < 0.1 * 2.0  # by the budget's share, to ~0 as it runs out
+    spent = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert "cpu_spent" in json.dumps(spent)
+
+
+def test_schedule_counts_cpu_across_resume():
+    import math
+
+    import torch
+
+    from seqfit.engine.schedule import make_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_schedule("cosine", opt, base_lr=1.0, total_steps=10**6)
+    sched.budget(100.0)
+    for _ in range(4):
+        sched.step(10.0)  # 40 of 100 CPU seconds
+    assert math.isclose(sched.lr, 0.5 * (1 + math.cos(math.pi * 0.4)), rel_tol=1e-6)
+    again = make_schedule("cosine", torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), base_lr=1.0,
+                          total_steps=10**6)
+    again.load_state_dict(sched.state_dict())
+    again.budget(60.0)  # resumed with 60 more: 40 of 100 spent still
+    assert math.isclose(again.lr, sched.lr, rel_tol=1e-9)
+    plain = make_schedule("constant", opt, base_lr=1.0, total_steps=10)
+    plain.budget(1.0)
+    plain.step(5.0)
+    assert plain.lr == 1.0  # only the cosine reads the budget

@@ -66,9 +66,14 @@ def test_future_covariates_and_calendar_lower_the_error(daily, cli, tmp_path):
     assert code == 0, err
     rows = list(csv.DictReader(out.open()))
     assert [r["time"] for r in rows] == [str(d) for d in days[-7:]] and [int(r["step"]) for r in rows] == list(range(1, 8))
-    # --calendar with promo: same origin; detect reads the future rows too and scores every row from the lookback on
+    # --calendar with promo: same origin; detect reads the future rows too and scores every row (the first
+    # --lookback from the train rows before them, calendar features included), or from the lookback on
     code, out_json, err = cli("detect", tmp_path / "calendar", data, "--split", "valid", "--out", tmp_path / "a.csv",
                               "--json")
+    assert code == 0, err
+    assert json.loads(out_json)["scored"] == VALID
+    code, out_json, err = cli("detect", tmp_path / "calendar", data, "--split", "valid", "--no-context", "--out",
+                              tmp_path / "b.csv", "--json")
     assert code == 0, err
     assert json.loads(out_json)["scored"] == VALID - 14
 

@@ -169,7 +169,38 @@ def test_nt_asgd_triggers_on_the_non_monotone_criterion_and_averages():
     assert not WeightAverage(model, enabled=False, nonmono=1).on_validation(9.0)
 
 
-def test_nt_asgd_through_the_engine_evaluates_the_mean_and_resumes_exactly(cli, data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("power", [0.0, 1.0, 3.0])
+def test_polynomial_averaging_weighs_each_step_as_its_closed_form(power):
+    import math
+
+    from seqfit.engine.averaging import WeightAverage
+
+    model = nn.Linear(3, 2, bias=False)
+    avg = WeightAverage(model, enabled=True, nonmono=1, mode="poly", power=power)
+    assert not avg.on_validation(1.0) and not avg.on_validation(9.0)  # no trigger: it runs from the first step
+    steps = [torch.randn(2, 3) for _ in range(12)]
+    for w in steps:
+        with torch.no_grad():
+            model.weight.copy_(w)
+        avg.step()
+    t = len(steps)
+    # Unrolled recurrence: step s weighs (p+1) * s(s+1)...(s+p-1) / (t(t+1)...(t+p)) for integer p.
+    weights = [(power + 1) * math.prod(range(s, s + int(power))) / math.prod(range(t, t + int(power) + 1))
+               for s in range(1, t + 1)]
+    assert math.isclose(sum(weights), 1.0)
+    expected = sum(w * x for w, x in zip(weights, steps))
+    with avg.swapped():
+        torch.testing.assert_close(model.weight, expected)
+    torch.testing.assert_close(model.weight, steps[-1])
+    if power == 0:
+        torch.testing.assert_close(expected, torch.stack(steps).mean(0))
+    else:
+        assert weights[-1] > weights[0] * 10  # the early weights fade
+
+
+@pytest.mark.parametrize("mode", ["nt", "poly"])
+def test_weight_averaging_through_the_engine_evaluates_the_mean_and_resumes_exactly(mode, cli, data_dir, tmp_path,
+                                                                                    monkeypatch):
     import json
 
     from safetensors.torch import load_file
@@ -181,10 +212,10 @@ def test_nt_asgd_through_the_engine_evaluates_the_mean_and_resumes_exactly(cli, 
     monkeypatch.setattr(WeightAverage, "on_validation", lambda self, loss: real(self, scripted[len(self.history)]))
 
     common = ["--layers", "1", "--hidden", "16", "--embed", "16", "--batch-size", "20", "--bptt", "30", "--lr", "5",
-              "--average", "nt", "--nonmono", "1", "--log-every", "1", "--checkpoint-every", "100"]
+              "--average", mode, "--nonmono", "1", "--log-every", "1", "--checkpoint-every", "100"]
     code, out, err = cli("train", data_dir, "--out", tmp_path / "a", *common, "--max-steps", "40")
     assert code == 0, err
-    assert "averaging the weights" in err
+    assert ("averaging the weights" in err) == (mode == "nt")
     state = json.loads((tmp_path / "a" / "checkpoint" / "state.json").read_text())
     assert "raw" in json.dumps(state)  # the raw weights travel in the state, the model file holds the mean
     code, _, err = cli("train", data_dir, "--out", tmp_path / "b", *common, "--max-steps", "25")

@@ -60,6 +60,12 @@ class ModelCfg:
     horizon: int = opt(1, "forecast: steps predicted at once after the lookback window", minimum=1)
     forecast_loss: str = opt("mse", "forecast loss (quantile: pinball loss over --quantiles)", ("mse", "mae", "quantile"))
     quantiles: str = opt("0.1,0.5,0.9", "forecast: quantiles the quantile loss predicts, comma-separated, in (0, 1)")
+    decoder: str = opt("direct", "forecast: direct = one linear head for every horizon step at once; autoregressive = "
+                                 "an RNN decoder (the encoder's cell) stepping over the horizon, fed its previous "
+                                 "step's value (the true one in training, its own forecast at inference)",
+                       ("direct", "autoregressive"))
+    static: bool = opt(True, "forecast: feed each series' static categories (prepare --static-field), when the store "
+                             "has them, as learned embeddings to the encoder and the head")
     attention: str = opt("general", "seq2seq: the decoder's attention score (Luong dot or general, Bahdanau additive)",
                          ("dot", "general", "additive"))
     input_feed: bool = opt(True, "seq2seq: feed each step's attentional output into the next decoder step (Luong); "
@@ -83,7 +89,8 @@ class TrainCfg:
     weight_decay: float = opt(0.0, "weight decay", minimum=0)
     clip: float = opt(0.25, "clip the gradient norm to this (0: off)", minimum=0)
     label_smoothing: float = opt(0.0, "label smoothing of the training loss (perplexity is always measured without it)", minimum=0, below=1)
-    schedule: str = opt("plateau", "learning-rate schedule", ("constant", "plateau", "cosine"))
+    schedule: str = opt("plateau", "learning-rate schedule (cosine: to 0 over the steps, or over the "
+                                   "--max-cpu-minutes budget when that ends first)", ("constant", "plateau", "cosine"))
     warmup: int = opt(0, "warm-up steps (cosine schedule)", minimum=0)
     seed: int = opt(1111, "random seed", minimum=0)
     state_reset: float = opt(0.01, "LM: chance per stream and step that its carried state restarts from zero, so the "
@@ -94,10 +101,12 @@ class TrainCfg:
                           "outputs from step to step", minimum=0)
     variable_bptt: bool = opt(False, "LM: windows of random length around --bptt (AWD-LSTM), never longer; a short "
                                      "window's loss counts as --bptt tokens, so it moves the weights less")
-    average: str = opt("off", "weight averaging: nt = NT-ASGD's trigger (average the weights once validation stops "
-                              "improving on the best but the last --nonmono); validation and inference use the mean",
-                       ("off", "nt"))
+    average: str = opt("off", "weight averaging for validation and inference: nt = NT-ASGD's trigger (average "
+                              "the weights once validation stops improving on the best but the last --nonmono); "
+                              "poly = polynomial-decay averaging from the first step (--average-power)",
+                       ("off", "nt", "poly"))
     nonmono: int = opt(5, "validations the NT-ASGD trigger looks past (--average nt)", minimum=1)
+    average_power: float = opt(3.0, "--average poly: step s weighs about (s/t)^p in the mean at step t", minimum=0.0)
     eval_every: int = opt(0, "validate every N steps as well as after each epoch (0: epochs only)", minimum=0)
     eval_batches: int = opt(0, "validate on at most this many batches (0: the whole split)", minimum=0)
     checkpoint_every: int = opt(200, "write a checkpoint every N steps (and at the end)", minimum=0)

@@ -101,7 +101,11 @@ def predict(run_dir, input_path, split_name, out, horizon, probs, data_dir, devi
     of INPUT (a prepared series directory): one row per series, time and step ahead, columns series (its
     --group-field value; a store of one series: the split's name), time (the --time-field's value
     extrapolated from the series' last spacing, else the row index in the series' part of the split), step,
-    then each target's point forecast and, for quantile models, <target>_q<q> per quantile."""
+    then each target's point forecast and, for quantile models, <target>_q<q> per quantile. A series with
+    fewer than --lookback rows in the split (a short held-out tail) reads the rest of its window from the
+    same series' earlier rows: the splits before it in INPUT (train < valid < test), then the run's own data
+    when INPUT is another store (by --group-field name; with --time-field values, only history that ends
+    before the tail)."""
     from seqfit.engine.classify import check_split, macro_f1, predict_classifier
     from seqfit.engine.run_dir import load_run
     from seqfit.engine.run_files import read_run
@@ -150,7 +154,8 @@ def predict(run_dir, input_path, split_name, out, horizon, probs, data_dir, devi
 
 
 def _predict_forecast(run_dir, input_path, split_name, out, horizon, data_dir, device, as_json) -> None:
-    from seqfit.engine.forecast_output import default_split, forecast_from_end, future_times, open_series, write_table
+    from seqfit.engine.forecast_output import (context_split, default_split, forecast_from_end, future_times, open_series,
+                                               write_table)
     from seqfit.engine.run_dir import load_run
 
     run = load_run(run_dir, data_dir=data_dir, device=device, task="forecast")
@@ -162,7 +167,10 @@ def _predict_forecast(run_dir, input_path, split_name, out, horizon, data_dir, d
     store = open_series(run, input_path)
     name = default_split(store, split_name)
     split = store.split(name)
-    pred = forecast_from_end(run, split, h)  # (S, h, T, Q)
+    source = split
+    if (np.diff(split.offsets) < task.lookback + task.future_rows).any():  # a short tail: borrow its history
+        source = context_split(run, store, split)[0]
+    pred = forecast_from_end(run, source, h)  # (S, h, T, Q)
     S, steps, times = len(pred), np.arange(1, h + 1), store.times(name)
     point = task._point(pred.reshape(S * h, *pred.shape[2:]))  # (S * h, T): series-major
     when = []

@@ -55,6 +55,9 @@ Examples:
 @click.option("--columns", multiple=True, callback=_columns, help="numeric columns, comma-separated (series; numeric classify)")
 @click.option("--group-field", default="", help="numeric classify: consecutive rows sharing this field form one sequence; "
               "series: one series per value (long format, each series' rows consecutive)")
+@click.option("--static-field", "static_fields", multiple=True, callback=_columns,
+              help="series with --group-field: category columns constant within each series, comma-separated "
+                   "(forecasters learn an embedding per column)")
 @click.option("--time-field", default="", help="series: field of each row's time (numbers or ISO times), kept for predict/detect")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="storage of numeric values")
@@ -77,7 +80,7 @@ Examples:
 @json_flag
 def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_field, label_field, target_field,
             separate_vocab, columns,
-            group_field, time_field, dtype, nan, level, bpe_vocab, min_freq, max_vocab, lowercase, valid_fraction, pattern,
+            group_field, static_fields, time_field, dtype, nan, level, bpe_vocab, min_freq, max_vocab, lowercase, valid_fraction, pattern,
             encoding_errors, shard_size, workers, embeddings, embeddings_dtype, seed, overwrite, as_json) -> None:
     """Stream text, JSONL, CSV/TSV or Parquet (.gz too) into a memory-mapped store in bounded memory."""
     from seqfit.data.prepare import PrepareOptions, prepare as run_prepare
@@ -90,7 +93,7 @@ def prepare(inputs, out, train_files, valid_files, test_files, task, fmt, text_f
     meta = run_prepare(PrepareOptions(
         out=Path(out), inputs=tuple(inputs), train=tuple(train_files), valid=tuple(valid_files), test=tuple(test_files),
         task=task, fmt=fmt, text_field=text_field, label_field=label_field, target_field=target_field,
-        separate_vocab=separate_vocab, columns=columns, group_field=group_field, time_field=time_field,
+        separate_vocab=separate_vocab, columns=columns, group_field=group_field, static_fields=static_fields, time_field=time_field,
         dtype=dtype, nan=nan, level=level, bpe_vocab=bpe_vocab, min_freq=min_freq, max_vocab=max_vocab,
         lowercase=lowercase, valid_fraction=valid_fraction, pattern=pattern, encoding_errors=encoding_errors,
         shard_bytes=shard_size, workers=workers, embeddings=embeddings, embeddings_dtype=embeddings_dtype, seed=seed,

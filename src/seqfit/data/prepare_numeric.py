@@ -48,6 +48,11 @@ def _check(opts) -> list[str]:
     if opts.group_field and opts.group_field in (*columns, opts.time_field):
         raise SeqfitError(f"--group-field {opts.group_field!r} names the series; it cannot also be a --columns or "
                           "--time-field column")
+    if overlap := [f for f in opts.static_fields if f in (*columns, opts.time_field, opts.group_field)]:
+        raise SeqfitError(f"--static-field {overlap[0]!r} is also a --columns, --time-field or --group-field column; "
+                          "a static category column is read only as one")
+    if len(set(opts.static_fields)) != len(opts.static_fields):
+        raise SeqfitError(f"--static-field names a column twice: {', '.join(opts.static_fields)}")
     return columns
 
 

@@ -32,6 +32,7 @@ class PrepareOptions:
     columns: tuple[str, ...] = ()  # numeric columns (series; numeric classify)
     group_field: str = ""  # numeric classify: consecutive rows with one value form one sequence; series: one series
     time_field: str = ""  # series: field whose values (numbers or ISO times) are kept beside each split
+    static_fields: tuple[str, ...] = ()  # series with --group-field: per-series category columns (constant within one)
     dtype: str = "float32"  # numeric storage: float32 | float16
     nan: str = "error"  # NaN/inf in numeric columns: error | drop | fill-zero | ffill
     level: str = "word"  # word | char | subword
@@ -75,6 +76,8 @@ def check_options(opts: PrepareOptions) -> None:
         raise SeqfitError("source/target pairs need both --task seq2seq and --target-field (the target text's field)")
     if opts.time_field and opts.task != "series":
         raise SeqfitError("--time-field applies to --task series only")
+    if opts.static_fields and (opts.task != "series" or not opts.group_field):
+        raise SeqfitError("--static-field applies to --task series with --group-field (a category per series)")
     if opts.separate_vocab and opts.task != "seq2seq":
         raise SeqfitError("--separate-vocab applies to --task seq2seq (a source and a target vocabulary)")
     if opts.task == "seq2seq" and opts.columns:

@@ -11,6 +11,12 @@ are the train split's, per column over every series (seqfit.data.stats), and eac
 {split}.series_stats.npy, float64 (S, 2, F): each series' mean and std (--normalize series at train).
 
 A series' rows must be consecutive: a name met again after another series is a one-line error.
+
+--static-field COL[,COL] (with --group-field) keeps each series' category in each column, which must be
+constant within the series (a second value is a one-line error): a vocabulary per column, in order of first
+appearance over the inputs (meta "static_fields": [columns], "static_vocab": "static_vocab.json", which holds
+{column: [categories as text]}), and per
+split {split}.static.npy, int64 (S, K): series i's category index in each of the K columns.
 """
 
 from __future__ import annotations
@@ -27,7 +33,45 @@ from seqfit.data.sources import SPLITS, Source, mixed_fraction
 from seqfit.data.stats import RunningStats
 from seqfit.errors import SeqfitError
 
-__all__ = ["prepare_series", "time_array"]
+__all__ = ["prepare_series", "time_array", "StaticCategories"]
+
+
+class StaticCategories:
+    """Each series' category in each --static-field column, checked constant; O(series x columns) memory."""
+
+    def __init__(self, fields: tuple[str, ...]):
+        self.fields = list(fields)
+        self.vocab: list[dict[str, int]] = [{} for _ in self.fields]
+        self.names: list[list[str]] = [[] for _ in self.fields]  # id -> category text, per column
+        self.of: dict = {}  # series name -> its category ids (tuple)
+
+    def add(self, name, values: dict, where: str) -> None:
+        """Series ``name``'s rows (a piece of it) hold ``values`` {column: [values]}."""
+        before = self.of.get(name, (-1,) * len(self.fields))  # -1: not seen yet (or every row dropped so far)
+        ids = []
+        for k, col in enumerate(self.fields):
+            texts = {"" if v is None else str(v) for v in values[col]}
+            if before[k] >= 0:
+                texts.add(self.names[k][before[k]])
+            if len(texts) > 1:
+                raise SeqfitError(f"{where}: --static-field {col!r} varies within series {name!r} "
+                                  f"({', '.join(map(repr, sorted(texts)[:3]))}); a static category is constant per series")
+            if not texts:
+                ids.append(-1)
+                continue
+            text = texts.pop()
+            if text not in self.vocab[k]:
+                self.vocab[k][text] = len(self.names[k])
+                self.names[k].append(text)
+            ids.append(self.vocab[k][text])
+        self.of[name] = tuple(ids)
+
+    def array(self, names: list) -> np.ndarray:
+        """(S, K) int64: the category ids of the series ``names``."""
+        return np.array([self.of[n] for n in names], dtype=np.int64).reshape(len(names), len(self.fields))
+
+    def vocabularies(self) -> dict[str, list[str]]:
+        return dict(zip(self.fields, self.names))
 
 
 class _SplitSeries:
@@ -63,11 +107,12 @@ class _SplitSeries:
         return dict(zip(self.names, np.diff([0] + self.ends).tolist()))
 
 
-def _pieces(src: Source, columns: list[str], opts) -> Iterator[tuple[str | None, np.ndarray, list, str, int]]:
-    """(series name, or None for a store of one series; cleaned rows (n, F); their times; where; rows dropped)
-    in input order."""
+def _pieces(src: Source, columns: list[str], opts) -> Iterator[tuple[str | None, np.ndarray, list, str, int, dict]]:
+    """(series name, or None for a store of one series; cleaned rows (n, F); their times; where; rows dropped;
+    {--static-field column: its kept values}) in input order."""
     time_col = opts.time_field if opts.time_field and opts.time_field not in columns else ""
-    fields = tuple(columns) + tuple(f for f in (time_col, opts.group_field) if f)
+    statics = tuple(getattr(opts, "static_fields", ()))
+    fields = tuple(columns) + tuple(f for f in (time_col, opts.group_field) if f) + statics
 
     def stamps_of(rows: np.ndarray, given: list) -> list:
         if not opts.time_field:
@@ -76,11 +121,12 @@ def _pieces(src: Source, columns: list[str], opts) -> Iterator[tuple[str | None,
 
     if opts.group_field:
         for name, rows, keep, extra, where in group_runs(src, fields, columns, opts):
-            yield name, rows, stamps_of(rows, extra.get(time_col, [])), where, int((~keep).sum())
+            yield (name, rows, stamps_of(rows, extra.get(time_col, [])), where, int((~keep).sum()),
+                   {f: extra[f] for f in statics})
     else:
         for cols, rows, keep in numeric_batches(src, fields, columns, opts):
             given = [v for v, k in zip(cols[time_col], keep) if k] if time_col else []
-            yield None, rows, stamps_of(rows, given), str(src.path), int((~keep).sum())
+            yield None, rows, stamps_of(rows, given), str(src.path), int((~keep).sum()), {}
 
 
 def prepare_series(sources: list[Source], columns: list[str], opts, stage: Path, stats: RunningStats) -> dict:
@@ -89,7 +135,7 @@ def prepare_series(sources: list[Source], columns: list[str], opts, stage: Path,
     if fraction and any(s.split == "mixed" for s in sources):  # pass 1: each series' rows, where its tail starts
         counted = _SplitSeries(opts.group_field, len(columns))
         for src in (s for s in sources if s.split == "mixed"):
-            for name, rows, _, where, _ in _pieces(src, columns, opts):
+            for name, rows, _, where, _, _ in _pieces(src, columns, opts):
                 if len(rows):
                     counted.add(name, len(rows), where)
         lengths = counted.lengths()
@@ -97,9 +143,12 @@ def prepare_series(sources: list[Source], columns: list[str], opts, stage: Path,
     series = {name: _SplitSeries(opts.group_field, len(columns)) for name in SPLITS}
     times: dict[str, list] = {name: [] for name in SPLITS}
     current, seen, dropped = object(), 0, 0  # the mixed series being written, and its rows so far
+    static = StaticCategories(opts.static_fields) if getattr(opts, "static_fields", ()) else None
     for src in sources:
-        for name, rows, stamps, where, lost in _pieces(src, columns, opts):
+        for name, rows, stamps, where, lost, values in _pieces(src, columns, opts):
             dropped += lost
+            if static is not None:
+                static.add(name, values, where)
             if not len(rows):
                 continue
             if src.split != "mixed":
@@ -135,8 +184,16 @@ def prepare_series(sources: list[Source], columns: list[str], opts, stage: Path,
                 offsets = write_checked(stage / f"{name}.offsets.bin", np.array([0] + s.ends, dtype=np.int64))
                 (stage / f"{name}.series.json").write_text(json.dumps(s.names), encoding="utf-8")
                 info.update(series=len(s.names), offsets=offsets["file"], names=f"{name}.series.json")
+                if static is not None:
+                    np.save(stage / f"{name}.static.npy", static.array(s.names), allow_pickle=False)
+                    info["static"] = f"{name}.static.npy"
         report["series"] = {k: v.get("series", 0) for k, v in splits.items()}
         extra["series_field"] = opts.group_field
+        if static is not None:
+            vocab = static.vocabularies()
+            (stage / "static_vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+            extra.update(static_fields=static.fields, static_vocab="static_vocab.json")
+            report["static"] = {col: len(v) for col, v in vocab.items()}
     if opts.time_field:
         for name, values in times.items():
             if splits[name]["rows"]:

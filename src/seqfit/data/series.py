@@ -15,6 +15,10 @@ With --group-field ID (meta "series_field": "ID") a split holds many series back
       "series": S, "offsets": "train.offsets.bin", "names": "train.series.json"
       train.offsets.bin   int64 [0, end_0, end_1, ...]: series i is rows offsets[i]:offsets[i+1]
       train.series.json   the S names (the group values, as text), in the same order
+With --static-field COL[,COL] as well (meta "static_fields": [COL, ...], "static_vocab": "static_vocab.json"),
+      static_vocab.json   {COL: [category, ...]}: each column's categories (as text); an id indexes this list
+      train.static.npy    (split entry "static") int64 (S, K): each series' category id in each column
+Stores prepared before static categories, or without --static-field, have none (``static`` is None).
 Without one, a split is a single series named after the split. Windows never span two series
 (seqfit.data.window_index).
 
@@ -59,6 +63,9 @@ class SeriesSplit:
         self.scale = (1.0 / np.where(store.std > 0, store.std, 1.0)).astype(np.float32)  # constant column: unscaled
         self._names_file = info.get("names")
         self._stats_file = info.get("series_stats")
+        self._static_file = info.get("static")
+        self.static_fields: list[str] = store.static_fields
+        self.static_vocab: dict[str, list[str]] = store.static_vocab if self._static_file else {}
         self._has_times = bool(store.meta.get("time_field"))  # --time-field at prepare: DIR/<split>.time.npy
         if "series" in info:  # many series: their row offsets, checked against the rows
             count = info["series"]
@@ -101,6 +108,22 @@ class SeriesSplit:
         if stats.shape != (self.num_series, 2, self.num_features):
             raise SeqfitError(f"{path} holds {stats.shape}, not ({self.num_series}, 2, {self.num_features}); {_HINT}")
         return stats[:, 0], stats[:, 1]
+
+    @cached_property
+    def static(self) -> np.ndarray | None:
+        """(S, K) int64: each series' category id in each --static-field column, or None (no static fields)."""
+        if not self._static_file or not self.static_fields:
+            return None
+        path = member(self.dir, self._static_file)
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
+        sizes = np.array([len(self.static_vocab[c]) for c in self.static_fields])
+        if ids.shape != (self.num_series, len(sizes)) or ids.dtype.kind != "i" or (ids < 0).any() or (ids >= sizes).any():
+            raise SeqfitError(f"{path} does not hold a category id per series and --static-field column "
+                              f"({self.num_series} x {len(sizes)}); {_HINT}")
+        return ids.astype(np.int64)
 
     @cached_property
     def times(self) -> np.ndarray | None:
@@ -159,7 +182,19 @@ class SeriesStore:
             self.mean = np.array([float(self.stats[c]["mean"]) for c in self.columns])
             self.std = np.array([float(self.stats[c]["std"]) for c in self.columns])
             self.series_field: str = str(self.meta.get("series_field") or "")  # --group-field: many series
+            self.static_fields: list[str] = [str(c) for c in self.meta.get("static_fields") or []]
+        self.static_vocab: dict[str, list[str]] = self._read_static_vocab() if self.static_fields else {}
         self._splits: dict[str, SeriesSplit] = {}
+
+    def _read_static_vocab(self) -> dict[str, list[str]]:
+        path = member(self.dir, str(self.meta.get("static_vocab") or "static_vocab.json"))
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
+        if not isinstance(vocab, dict) or any(not isinstance(vocab.get(c), list) or not vocab[c] for c in self.static_fields):
+            raise SeqfitError(f"{path} does not hold the categories of {', '.join(self.static_fields)}; {_HINT}")
+        return {c: [str(v) for v in vocab[c]] for c in self.static_fields}
 
     def has_split(self, name: str) -> bool:
         return self.meta["splits"].get(name, {}).get("rows", 0) > 0

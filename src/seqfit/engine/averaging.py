@@ -1,10 +1,18 @@
-"""Weight averaging with NT-ASGD's trigger (Merity et al. 2017, arXiv:1708.02182, section 3).
+"""Weight averaging for evaluation: NT-ASGD's trigger, or polynomial-decay averaging from the first step.
 
-With ``--average nt`` the run trains as asked until the validation loss fails to improve on the best of
-all but the last ``--nonmono`` validations (non-monotonically triggered); from then on it keeps the
-running mean of the weights after every step. With SGD that is NT-ASGD. Validation, the checkpoint's
-model.safetensors and so inference use the average; the raw training weights travel in the checkpoint's
-state, so --resume continues the raw ones exactly.
+``--average nt`` (Merity et al. 2017, arXiv:1708.02182, section 3): the run trains as asked until the
+validation loss fails to improve on the best of all but the last ``--nonmono`` validations
+(non-monotonically triggered); from then on it keeps the running mean of the weights after every step.
+With SGD that is NT-ASGD.
+
+``--average poly`` (Shamir & Zhang 2013, arXiv:1212.1824, "polynomial-decay averaging"): from the first
+step, mean <- mean + (p + 1) / (t + p) * (weights - mean), so step s weighs about (s / t)^p in the mean at
+step t: the early, poor weights fade while the noise of a large constant learning rate averages out. It
+needs no trigger and no budget, so a run stopped at any CPU minute (or resumed for more) holds the average
+that a run of exactly that length would (p = ``--average-power``).
+
+Either way validation, the checkpoint's model.safetensors and so inference use the average; the raw
+training weights travel in the checkpoint's state, so --resume continues the raw ones exactly.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ __all__ = ["WeightAverage"]
 
 
 class WeightAverage:
-    def __init__(self, model: nn.Module, *, enabled: bool, nonmono: int):
+    def __init__(self, model: nn.Module, *, enabled: bool, nonmono: int, mode: str = "nt", power: float = 3.0):
         self.model, self.enabled, self.nonmono = model, enabled, nonmono
+        self.polynomial, self.power = enabled and mode == "poly", power
         self.history: list[float] = []  # validation losses seen
         self.count = 0  # steps averaged (0: not triggered)
         self.mean: dict[str, torch.Tensor] = {}
@@ -37,7 +46,7 @@ class WeightAverage:
         if not self.enabled:
             return False
         self.history.append(loss)
-        if self.active or len(self.history) <= self.nonmono:
+        if self.polynomial or self.active or len(self.history) <= self.nonmono:
             return False
         if loss > min(self.history[:-self.nonmono]):
             self.mean = {n: p.detach().clone() for n, p in self._params().items()}
@@ -48,11 +57,16 @@ class WeightAverage:
     @torch.no_grad()
     def step(self) -> None:
         """After an optimizer step: fold the new weights into the mean."""
+        if self.polynomial and not self.active:  # the first step's weights start the mean
+            self.mean = {n: p.detach().clone() for n, p in self._params().items()}
+            self.count = 1
+            return
         if not self.active:
             return
         self.count += 1
+        rate = (self.power + 1) / (self.count + self.power) if self.polynomial else 1.0 / self.count
         for n, p in self._params().items():
-            self.mean[n].add_(p.detach() - self.mean[n], alpha=1.0 / self.count)
+            self.mean[n].add_(p.detach() - self.mean[n], alpha=rate)
 
     @contextlib.contextmanager
     def swapped(self) -> Iterator[None]:

@@ -21,13 +21,18 @@ units (mse, mae, or the pinball loss averaged over --quantiles) and reported met
 Known-future inputs (--future-covariates columns, --calendar features of the time field, seqfit.data.calendar)
 are read over the lookback like the other inputs, and their horizon rows (B, h, k) go to the head as well
 (seqfit.models.forecaster): a window reads its L + h rows already, so they cost no extra read.
+Static per-series categories (prepare --static-field; --no-static leaves them out) are looked up per window
+from its series (one id per column, O(series) memory) and go to the model's embeddings; a DATA store other
+than the train one (predict, detect) is mapped to the run's categories by name. --decoder autoregressive
+feeds the true horizon targets to the decoder in training (teacher forcing) and its own forecasts elsewhere.
 Validation takes the same loss, and the MAE in original units, over fixed valid windows: one every
 horizon rows, or at most --eval-batches batches of them evenly spaced.
 
 `seqfit evaluate` runs a rolling-origin backtest: origins every --horizon rows over each series of the split,
 the model against the naive and seasonal-naive forecasts on the same windows; MASE divides by the train
-split's in-sample seasonal-naive MAE (season --season; 0 or 1: the naive forecast), pooled over the series
-(differences taken within each series), so MASE compares errors summed over every series.
+split's in-sample seasonal-naive MAE (season --season; 0 or 1: the naive forecast), differences taken within
+each series: ``mase`` is the mean over series of each series' own MASE, ``mase_pooled`` errors summed over
+every series against one scale (seqfit.measure.forecast_metrics).
 """
 
 from __future__ import annotations
@@ -45,12 +50,11 @@ from seqfit.data.window_sampler import EpochWindows
 from seqfit.engine.distributed import Dist
 from seqfit.engine.task import NoCarriedState
 from seqfit.errors import SeqfitError
+from seqfit.measure.forecast_metrics import PER_SERIES_MAX, SeriesErrors, seasonal_scales
 from seqfit.memory.plan_forecast import forecast_columns, requested_forecast_plan
 from seqfit.models.forecaster import Forecaster
 
 __all__ = ["ForecastTask", "window_rows", "forecast_loss", "seasonal_scale", "backtest"]
-
-SCALE_CHUNK = 1 << 16  # rows read at a time for the train split's seasonal-naive scale
 
 
 def window_rows(split: SeriesSplit, starts, length: int, *, normalize: bool = True) -> np.ndarray:
@@ -71,39 +75,8 @@ def forecast_loss(pred: torch.Tensor, y: torch.Tensor, kind: str, quantiles: tor
 
 def seasonal_scale(split: SeriesSplit, columns: list[int], season: int) -> np.ndarray:
     """Per column, the in-sample MAE of the seasonal-naive forecast y[t - m] over ``split`` (original units),
-    within each series, read a chunk at a time; MASE divides by it (Hyndman & Koehler 2006)."""
-    m = max(1, season)
-    total, count = np.zeros(len(columns)), 0
-    for first, end in zip(split.offsets[:-1].tolist(), split.offsets[1:].tolist()):
-        for start in range(first + m, end, SCALE_CHUNK):
-            n = min(SCALE_CHUNK, end - start)
-            part = split.read(start - m, n + m, normalize=False)[:, columns].astype(np.float64)  # (n + m, T)
-            total += np.abs(part[m:] - part[:-m]).sum(0)
-            count += n
-    return total / max(1, count)
-
-
-class _Errors:
-    """Summed errors of point forecasts (original units), per target column."""
-
-    def __init__(self, targets: int):
-        self.abs, self.sq, self.smape, self.count = np.zeros(targets), np.zeros(targets), np.zeros(targets), 0
-
-    def add(self, pred: np.ndarray, y: np.ndarray) -> None:  # (N, h, T) each
-        err = np.abs(pred - y)
-        denom = np.abs(pred) + np.abs(y)
-        self.abs += err.sum((0, 1))
-        self.sq += (err ** 2).sum((0, 1))
-        self.smape += np.where(denom > 0, 2 * err / np.where(denom > 0, denom, 1), 0).sum((0, 1))
-        self.count += y.shape[0] * y.shape[1]
-
-    def result(self, scale: np.ndarray) -> dict:
-        n = max(1, self.count)
-        mae = self.abs / n
-        mase = np.where(scale > 0, mae / np.where(scale > 0, scale, 1), np.inf)
-        return {"mae": float(mae.mean()), "rmse": float(np.sqrt(self.sq.sum() / (n * len(scale)))),
-                "smape": float(100 * self.smape.sum() / (n * len(scale))),
-                "mase": float(mase.mean()) if np.isfinite(mase).all() else None}
+    pooled over its series (differences within each); MASE divides by it (Hyndman & Koehler 2006)."""
+    return seasonal_scales(split, columns, season)[0]
 
 
 class ForecastTask(NoCarriedState):
@@ -128,6 +101,9 @@ class ForecastTask(NoCarriedState):
         self.num_future = len(self.future_idx) + 2 * len(self.calendar)  # known-future inputs per horizon row
         self.future_rows = self.horizon if self.future_idx else 0  # rows past an origin a forecast reads (predict)
         self.valid = self.store.split("valid") if self.store.has_split("valid") else None
+        self.static_fields = self.store.static_fields if cfg.model.static else []  # per-series categories
+        self.static_vocab = {c: self.store.static_vocab[c] for c in self.static_fields}
+        self._static_ids: dict[int, tuple[SeriesSplit, np.ndarray]] = {}  # the split kept: its id stays its own
         self.index = self.train_split.window_index(self.lookback + self.horizon)  # where windows start, per series
         self.starts = self.index.count  # windows of the train split
         self._epoch_groups: EpochWindows | None = None
@@ -167,13 +143,49 @@ class ForecastTask(NoCarriedState):
     def build_model(self) -> Forecaster:
         return Forecaster(self.cfg.model, num_inputs=len(self.input_idx) + 2 * len(self.calendar),
                           num_targets=len(self.targets), horizon=self.horizon, num_quantiles=max(1, len(self.quantiles)),
-                          checkpoint_time=self.plan["checkpoint_time"], num_future=self.num_future)
+                          checkpoint_time=self.plan["checkpoint_time"], num_future=self.num_future,
+                          static_sizes=tuple(len(v) for v in self.static_vocab.values()),
+                          decoder=self.cfg.model.decoder, point=self._point_index())
+
+    def _point_index(self) -> int:
+        """The output the point forecast reads: the quantile nearest the median, or the only one."""
+        return int(np.argmin([abs(q - 0.5) for q in self.quantiles])) if self.quantiles else 0
+
+    def _static(self, split: SeriesSplit, starts) -> torch.Tensor | None:
+        """(B, K) int64 category ids of the windows' series, in this run's vocabularies, or None (no static)."""
+        if not self.static_fields:
+            return None
+        if id(split) not in self._static_ids:
+            self._static_ids[id(split)] = (split, self._map_static(split))
+        ids = self._static_ids[id(split)][1]
+        return self._tensor(ids[split.series_of(np.asarray(starts, dtype=np.int64))])
+
+    def _map_static(self, split: SeriesSplit) -> np.ndarray:
+        """(S, K) ids of ``split``'s series in the run's vocabularies (another store's are mapped by name)."""
+        missing = [c for c in self.static_fields if c not in split.static_vocab]
+        if missing or split.static is None:
+            raise SeqfitError(f"the run reads static categories {', '.join(self.static_fields)}; {split.dir} lacks "
+                              f"{', '.join(missing or self.static_fields)}: prepare it with --static-field "
+                              f"{','.join(self.static_fields)}")
+        ids = split.static[:, [split.static_fields.index(c) for c in self.static_fields]]  # (S, K)
+        out = np.empty_like(ids)
+        for k, c in enumerate(self.static_fields):
+            ours = {name: i for i, name in enumerate(self.static_vocab[c])}
+            theirs = split.static_vocab[c]
+            unknown = [t for t in theirs if t not in ours]
+            if unknown and np.isin(ids[:, k], [theirs.index(t) for t in unknown]).any():
+                raise SeqfitError(f"{split.dir}: --static-field {c!r} category {unknown[0]!r} was not seen in "
+                                  "training; the model has no embedding for it")
+            out[:, k] = np.array([ours.get(t, 0) for t in theirs], dtype=np.int64)[ids[:, k]]
+        return out
 
     def describe(self, model) -> str:
         plan, S = self.plan, self.train_split.num_series
         return (f"{plan['device']} {plan['precision']}, lookback {self.lookback} -> horizon {self.horizon} of "
                 f"{', '.join(self.targets)}" + (f" (covariates {', '.join(self.covariates)})" if self.covariates else "")
                 + (f" (known future {', '.join(self.future + [f'calendar {c}' for c in self.calendar])})" if self.num_future else "")
+                + (f" (static {', '.join(f'{c} ({len(v)})' for c, v in self.static_vocab.items())})" if self.static_fields else "")
+                + (", autoregressive decoder" if self.cfg.model.decoder == "autoregressive" else "")
                 + f", {self.cfg.train.normalize} normalisation, {plan['loss']} loss, batch {plan['micro_batch']} x {plan['accumulate']}, "
                 + (f"checkpoint every {plan['checkpoint_time']} steps, " if plan["checkpoint_time"] else "")
                 + f"{self.starts:,} windows" + (f" of {S:,} series" if S > 1 else "")
@@ -226,18 +238,19 @@ class ForecastTask(NoCarriedState):
         return x, future, self._tensor(y)
 
     def micro_batches(self, group: list[np.ndarray]) -> list:
-        return [self._batch(self.train_split, starts) for starts in group]
+        """(x, future, y, static (B, K) ids | None) per micro-batch."""
+        return [(*self._batch(self.train_split, starts), self._static(self.train_split, starts)) for starts in group]
 
     def denominator(self, micro) -> int:
-        return sum(m[-1].numel() for m in micro)
+        return sum(m[2].numel() for m in micro)
 
     def _quantiles(self) -> torch.Tensor | None:
         return torch.tensor(self.quantiles, device=self.device) if self.quantiles else None
 
     def backward(self, model, micro, *, denom: int, precision, phase) -> dict[str, float]:
-        x, future, y = micro
+        x, future, y, static = micro
         with phase("forward"), precision.autocast():
-            pred = model(x, future)  # (B, h, T, Q)
+            pred = model(x, future, static, y)  # (B, h, T, Q); y: teacher forcing (autoregressive decoder)
         with phase("loss"):
             loss = forecast_loss(pred.float(), y, self.plan["loss"], self._quantiles())
         with phase("backward"):
@@ -260,7 +273,7 @@ class ForecastTask(NoCarriedState):
         rows, mean, scale = self.norm(split).apply(starts, raw, self.lookback)
         x, future = self._inputs(split, starts, rows)
         with precision.autocast():
-            pred = model(x, future).float().cpu()
+            pred = model(x, future, self._static(split, starts)).float().cpu()
         t = self.target_idx
         return pred, pred.numpy() / scale[:, :, t, None] + mean[:, :, t, None], rows  # (B|1, 1, T, 1) broadcast
 
@@ -320,9 +333,15 @@ class ForecastTask(NoCarriedState):
         mase = lambda r: "n/a" if r["mase"] is None else f"{r['mase']:.3f}"
         interval = (f", {result['interval'][0]:g}-{result['interval'][1]:g} interval covers {result['coverage']:.1%}, "
                     f"pinball {result['pinball']:.4g}" if "coverage" in result else "")
+        many = ""
+        if part.num_series > 1:
+            pooled = "n/a" if result["mase_pooled"] is None else f"{result['mase_pooled']:.3f}"
+            many = (f"; MASE is the mean over {result['mase_series']:,} series (pooled {pooled})"
+                    + (f", {result['mase_skipped']:,} series without a seasonal-naive scale (constant in train, "
+                       "or not in it) left out" if result["mase_skipped"] else ""))
         return result, (f"MAE {result['mae']:.4g}, RMSE {result['rmse']:.4g}, sMAPE {result['smape']:.2f}%, "
                         f"MASE {mase(result)} (naive {mase(b['naive'])}, seasonal naive {mase(b['seasonal_naive'])})"
-                        f"{interval} over {result['origins']:,} origins")
+                        f"{interval} over {result['origins']:,} origins{many}")
 
     def summary(self, last_valid: dict | None) -> dict:
         return {"valid_loss": last_valid and last_valid["loss"], "valid_mae": last_valid and last_valid["mae"],
@@ -333,27 +352,50 @@ def backtest(task: ForecastTask, model, split: SeriesSplit, precision, *, batch:
     """Rolling origin over ``split``: origins every horizon rows of each series (windows starting at its rows 0,
     h, 2h, ...); the model and the naive / seasonal-naive forecasts on the same windows, in original units. sMAPE is in
     percent (0-200); MASE divides each target's MAE by its train split seasonal-naive MAE, then averages
-    over targets. Quantile models add the outer quantiles' interval coverage and the mean pinball loss."""
+    over targets: ``mase`` is the mean over series of each series' own (its MAE over its train seasonal-naive
+    MAE; seqfit.measure.forecast_metrics), ``mase_pooled`` one MAE over one scale of every series. A split of
+    2..PER_SERIES_MAX series adds ``per_series``. Quantile models add the outer quantiles' interval coverage
+    and the mean pinball loss."""
     L, h, tgt = task.lookback, task.horizon, task.target_idx
     m = max(1, task.cfg.train.season)
     starts = split.window_index(L + h, h).all_starts()
-    scale = seasonal_scale(task.train_split, tgt, m)
-    model_err, naive, seasonal = _Errors(len(tgt)), _Errors(len(tgt)), _Errors(len(tgt))
+    of = split.series_of(starts)  # (N,) each origin's series
+    scale, train_scale = seasonal_scales(task.train_split, tgt, m)  # (T,), (S_train, T)
+    series_scale = np.full((split.num_series, len(tgt)), np.nan)  # a series the train split lacks has no scale
+    if split is task.train_split or (not split.named and not task.train_split.named):
+        series_scale[:] = train_scale  # the same series (a store of one series: the same one in every split)
+    else:
+        where = {n: i for i, n in enumerate(task.train_split.names)}
+        for i, n in enumerate(split.names):
+            if n in where:
+                series_scale[i] = train_scale[where[n]]
+    model_err, naive, seasonal = (SeriesErrors(len(tgt), split.num_series) for _ in range(3))
     qs = np.asarray(task.quantiles)
-    covered, pinball = 0, 0.0
+    covered, pinball, done = 0, 0.0, 0
     season_rows = L - m + np.arange(h) % m  # row of the lookback that step j of the horizon repeats
     for _, pred, raw, _ in task._predict(model, split, starts, precision, batch):
         y = raw[:, L:][:, :, tgt].astype(np.float64)  # (B, h, T)
         past = raw[:, :L][:, :, tgt].astype(np.float64)  # (B, L, T)
-        model_err.add(task._point(pred).astype(np.float64), y)
-        naive.add(np.repeat(past[:, -1:], h, axis=1), y)
-        seasonal.add(past[:, season_rows], y)
+        who, done = of[done:done + len(y)], done + len(y)
+        model_err.add(task._point(pred).astype(np.float64), y, who)
+        naive.add(np.repeat(past[:, -1:], h, axis=1), y, who)
+        seasonal.add(past[:, season_rows], y, who)
         if len(qs):
             covered += int(((pred[..., 0] <= y) & (y <= pred[..., -1])).sum())
             err = y[..., None] - pred
             pinball += float(np.maximum(qs * err, (qs - 1) * err).mean(-1).sum())
-    result = {**model_err.result(scale), "origins": int(len(starts)), "points": model_err.count * len(tgt),
-              "season": m, "baselines": {"naive": naive.result(scale), "seasonal_naive": seasonal.result(scale)}}
+    result = {**model_err.result(scale, series_scale), "origins": int(len(starts)),
+              "points": model_err.count * len(tgt), "season": m,
+              "baselines": {"naive": naive.result(scale, series_scale),
+                            "seasonal_naive": seasonal.result(scale, series_scale)}}
+    if 1 < split.num_series <= PER_SERIES_MAX:
+        own = {k: e.series_mase(series_scale) for k, e in
+               (("mase", model_err), ("naive_mase", naive), ("seasonal_naive_mase", seasonal))}
+        result["per_series"] = [
+            {"series": name, "origins": int(model_err.series_count[i] // h),
+             "mae": float((model_err.series_abs[i] / max(1, model_err.series_count[i])).mean()),
+             **{k: (float(v[i]) if np.isfinite(v[i]) else None) for k, v in own.items()}}
+            for i, name in enumerate(split.names)]
     if len(qs):
         result |= {"coverage": covered / max(1, result["points"]), "interval": [float(qs[0]), float(qs[-1])],
                    "pinball": pinball / max(1, result["points"])}

@@ -8,6 +8,10 @@
   (the first horizon step), for anomaly detection; ``robust_scale`` turns its errors into robust z-scores.
   With --future-covariates it reads rows t .. t+h-1's future values too; past a series' end, the last row's.
 
+* ``context_split``: a held-out tail (valid, test, or DATA continuing the run's series) with up to --lookback
+  rows of each series' earlier history in front (seqfit.engine.forecast_context), so its first rows are
+  forecast and scored too; ``series_scales``: the error scale of each series of a split (detect).
+
 A split holds one series or many (seqfit.data.series); windows never reach across two.
 
 DATA may be another prepared store than the one the run trained on: it must hold the same columns, and it
@@ -26,10 +30,12 @@ import torch
 from seqfit.data.series import SeriesSplit, SeriesStore
 from seqfit.errors import SeqfitError
 
-__all__ = ["open_series", "default_split", "forecast_from_end", "one_step", "robust_scale", "future_times",
-           "write_table", "clean_rescore", "point_and_sigma", "MAD_SIGMA"]
+__all__ = ["open_series", "default_split", "context_split", "forecast_from_end", "one_step", "robust_scale",
+           "series_scales", "future_times", "write_table", "clean_rescore", "point_and_sigma", "MAD_SIGMA",
+           "MIN_SERIES_POINTS"]
 
 MAD_SIGMA = 1.4826  # MAD x this = the std of a normal distribution
+MIN_SERIES_POINTS = 30  # calibration errors a series needs for a scale of its own (else the global one)
 
 
 def open_series(run, data: str | Path) -> SeriesStore:
@@ -49,6 +55,17 @@ def default_split(store: SeriesStore, name: str | None) -> str:
     if name:
         return name
     return next((s for s in ("test", "valid", "train") if store.has_split(s)), "train")
+
+
+def context_split(run, store: SeriesStore, split: SeriesSplit) -> tuple[SeriesSplit, int]:
+    """(``split`` with up to --lookback rows of each series' history in front (a ContextSplit), the number of
+    series that borrowed any). History: DATA's earlier splits, then the run's own data when DATA is another
+    store (seqfit.engine.forecast_context)."""
+    from seqfit.engine.forecast_context import with_context
+
+    same = Path(store.dir).resolve() == Path(run.store.dir).resolve()
+    view, borrowed = with_context(split, store, None if same else run.store, run.task.lookback)
+    return (view, borrowed) if borrowed else (split, 0)
 
 
 @torch.no_grad()
@@ -178,6 +195,30 @@ def robust_scale(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mad = np.median(np.abs(errors - centre), 0) * MAD_SIGMA
     floor = 1e-9 * np.maximum(1.0, np.abs(errors).max(0) if len(errors) else 1.0)
     return centre, np.maximum(mad, floor)
+
+
+def series_scales(errors: np.ndarray, series: np.ndarray, names: list[str], cal_names: list[str] | None,
+                  num_series: int, *, per_series: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per series of a split (``num_series``), (centre (S, T), scale (S, T), own (S,) bool) of calibration errors
+    (N, T) whose series (indices into the calibration split's ``cal_names``; None: the split's own indices) are
+    ``series``, non-decreasing. With ``per_series`` a series with at least MIN_SERIES_POINTS errors gets its own
+    robust_scale; the others (all, without it) the one of every error."""
+    centre, scale = robust_scale(errors)
+    centres, scales = np.tile(centre, (num_series, 1)), np.tile(scale, (num_series, 1))
+    own = np.zeros(num_series, dtype=bool)
+    if not per_series:
+        return centres, scales, own
+    if cal_names is None:
+        at = np.arange(num_series)
+    else:
+        where = {n: i for i, n in enumerate(names)}
+        at = np.array([where.get(n, -1) for n in cal_names], dtype=np.int64)  # calibration series -> split series
+    bounds = np.searchsorted(series, np.arange(len(at) + 1))
+    for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if b - a >= MIN_SERIES_POINTS and at[k] >= 0:
+            centres[at[k]], scales[at[k]] = robust_scale(errors[a:b])
+            own[at[k]] = True
+    return centres, scales, own
 
 
 def future_times(times: np.ndarray | None, origin: int, steps: np.ndarray) -> list:

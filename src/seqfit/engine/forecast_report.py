@@ -1,7 +1,7 @@
 """The forecast plots of `seqfit report` for a forecast run: history, forecast and quantile interval of a few series.
 
 The forecasts come out of the same path as `seqfit predict` (seqfit.engine.forecast_output: ``open_series``,
-``default_split``, ``forecast_from_end``, ``future_times``), on the run's own data and the same default split
+``default_split``, ``context_split``, ``forecast_from_end``, ``future_times``), on the run's own data and the same default split
 (test, else valid, else train), so the plotted values are the ones `seqfit predict RUN DATA` writes.
 """
 
@@ -45,7 +45,7 @@ def forecast_plots(run_dir: str | Path, *, series: tuple[str, ...] = (), limit: 
                    split_name: str | None = None, history: int | None = None, device: str = "cpu") -> list[dict]:
     """Write RUN_DIR/plots/forecast-<series>.png for the named series (default: the first ``limit``) and
     return what each drew: plot_forecast's dict plus "series", "split", "time" (the forecast rows' times)."""
-    from seqfit.engine.forecast_output import default_split, forecast_from_end, future_times, open_series
+    from seqfit.engine.forecast_output import context_split, default_split, forecast_from_end, future_times, open_series
     from seqfit.engine.run_dir import load_run
     from seqfit.measure.plots import plot_forecast
 
@@ -56,7 +56,10 @@ def forecast_plots(run_dir: str | Path, *, series: tuple[str, ...] = (), limit: 
     name = default_split(store, split_name)
     split = store.split(name)
     chosen = _pick(split.names, tuple(series), limit)
-    pred = forecast_from_end(run, split, task.horizon)  # (S, h, T, Q): every series, exactly as predict does
+    source = split  # a short tail borrows its history, exactly as predict does
+    if (np.diff(split.offsets) < task.lookback + task.future_rows).any():
+        source = context_split(run, store, split)[0]
+    pred = forecast_from_end(run, source, task.horizon)  # (S, h, T, Q): every series, exactly as predict does
     times = store.times(name)
     n_hist = history or max(task.lookback, 3 * task.horizon)
     qs = task.quantiles

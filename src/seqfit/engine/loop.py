@@ -124,6 +124,9 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     # share, a run gets the same work done in its budget however long the wall clock takes
     cpu_deadline = time.process_time() + t.max_cpu_minutes * 60 if t.max_cpu_minutes else math.inf
     out_of_cpu = False
+    if t.max_cpu_minutes:
+        s.schedule.budget(t.max_cpu_minutes * 60)  # a cosine schedule ends with the budget
+    cpu_mark = time.process_time()
     s.model.train()
     try:
         with sampler, stop:
@@ -141,17 +144,21 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
                 stats = s.step(groups[position], phase=profiler.phase if profiler else no_phase)
                 if profiler:
                     profiler.step_done()
-                s.schedule.step()
                 step, position = step + 1, position + 1
                 try:
                     if watchdog:
                         watchdog.check(step)
                 except MemoryBudgetExceeded as e:
                     over_budget = e
-                # every rank stops after the same step: a signal, the budget or the clock on any of them
-                stopping, over_anywhere, out_of_time, out_of_cpu = dist.any(
-                    stop.requested, over_budget is not None, time.monotonic() > deadline,
-                    time.process_time() > cpu_deadline)
+                # every rank stops after the same step: a signal, the budget or the clock on any of them; and
+                # every rank's schedule counts the same CPU seconds (the ranks' mean), so their lrs agree
+                now_cpu = time.process_time()
+                *flags, cpu_used = dist.sum([float(stop.requested), float(over_budget is not None),
+                                             float(time.monotonic() > deadline), float(now_cpu > cpu_deadline),
+                                             now_cpu - cpu_mark])
+                stopping, over_anywhere, out_of_time, out_of_cpu = (v > 0 for v in flags)
+                cpu_mark = now_cpu
+                s.schedule.step(cpu_used / dist.world)
                 if not math.isfinite(stats["loss_sum"]):
                     raise SeqfitError(f"the loss became {stats['loss_sum']} at step {step}: lower --lr or use --clip")
                 add_stats(window, {k: v for k, v in stats.items() if k != "stepped"})

@@ -7,7 +7,10 @@
                MIN_PLATEAU_SCALE: with epochs of a few steps (a short series) the recipe's
                unbounded division drove the lr to 1e-149, which is a stopped run, not a schedule
     cosine     shape = 0.5 * (1 + cos(pi * progress)), progress running 0 -> 1 from the end of
-               warm-up to total_steps, then held at 0 (Loshchilov & Hutter, arXiv:1608.03983)
+               warm-up to total_steps, then held at 0 (Loshchilov & Hutter, arXiv:1608.03983);
+               under a CPU-time budget (--max-cpu-minutes) progress is the larger of the steps'
+               and the budget's share spent, so the lr reaches 0 as the budget runs out (the
+               budget counts from the run's start: resuming with more minutes extends it)
 
     warmup(step) = step / warmup for step < warmup, else 1 (so the very first step runs at lr 0,
     as in transformers' get_cosine_schedule_with_warmup)
@@ -52,6 +55,8 @@ class Schedule:
         self.step_count = 0  # optimizer steps taken so far
         self.scale = 1.0  # plateau multiplier: anneal_factor ** -(bad validations)
         self.best = math.inf  # best validation loss seen
+        self.cpu_spent = 0.0  # CPU seconds of training so far, over every leg of a resumed run
+        self.cpu_total = 0.0  # the CPU budget from the run's start (0: none)
         for group in self._groups():
             group.setdefault("initial_lr", group["lr"])
         self._apply()
@@ -64,6 +69,8 @@ class Schedule:
         f = min(1.0, step / self.warmup) if self.warmup > 0 else 1.0
         if self.name == "cosine":
             progress = min(1.0, max(0.0, (step - self.warmup) / max(1, self.total_steps - self.warmup)))
+            if self.cpu_total > 0 and step >= self.warmup:
+                progress = max(progress, min(1.0, self.cpu_spent / self.cpu_total))
             f *= 0.5 * (1.0 + math.cos(math.pi * progress))
         return f * self.scale
 
@@ -77,9 +84,15 @@ class Schedule:
         for group in self._groups():
             group["lr"] = group["initial_lr"] * f
 
-    def step(self) -> None:
-        """Call after each optimizer step."""
+    def budget(self, cpu_seconds: float) -> None:
+        """A CPU-time budget of ``cpu_seconds`` more from now on (on resume: beyond what was spent)."""
+        self.cpu_total = self.cpu_spent + cpu_seconds
+        self._apply()
+
+    def step(self, cpu_seconds: float = 0.0) -> None:
+        """Call after each optimizer step, with the CPU seconds it took (counted against a budget)."""
         self.step_count += 1
+        self.cpu_spent += cpu_seconds
         self._apply()
 
     def on_validation(self, val_loss: float) -> None:
@@ -92,12 +105,13 @@ class Schedule:
 
     def state_dict(self) -> dict:
         return {"name": self.name, "step_count": self.step_count, "scale": self.scale, "best": self.best,
-                "initial_lrs": [g["initial_lr"] for g in self._groups()]}
+                "initial_lrs": [g["initial_lr"] for g in self._groups()], "cpu_spent": self.cpu_spent}
 
     def load_state_dict(self, d: dict) -> None:
         if d["name"] != self.name:
             raise SeqfitError(f"checkpoint was trained with the {d['name']} schedule, not {self.name}; pass --schedule {d['name']}")
         self.step_count, self.scale, self.best = d["step_count"], d["scale"], d["best"]
+        self.cpu_spent = float(d.get("cpu_spent", 0.0))  # checkpoints before budgets counted none
         for group, lr0 in zip(self._groups(), d["initial_lrs"]):
             group["initial_lr"] = lr0
         self._apply()

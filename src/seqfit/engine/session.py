@@ -32,7 +32,7 @@ class Session:
     precision: Precision
     schedule: Schedule
     dist: Dist
-    average: WeightAverage  # --average nt: NT-ASGD's running mean of the weights (inactive otherwise)
+    average: WeightAverage  # --average nt|poly: the mean of the weights (inactive otherwise)
 
     @classmethod
     def build(cls, cfg: RunCfg, data_dir: Path, *, warn=None) -> "Session":
@@ -53,7 +53,8 @@ class Session:
         optimizer, lr = optimizer_for(cfg.train, module)
         total = cfg.train.max_steps or cfg.train.epochs * task.steps_per_epoch()
         schedule = make_schedule(cfg.train.schedule, optimizer, base_lr=lr, total_steps=total, warmup=cfg.train.warmup)
-        average = WeightAverage(module, enabled=cfg.train.average == "nt", nonmono=cfg.train.nonmono)
+        average = WeightAverage(module, enabled=cfg.train.average != "off", nonmono=cfg.train.nonmono,
+                                mode=cfg.train.average, power=cfg.train.average_power)
         return cls(cfg, task, dist.wrap(module, device), optimizer, precision, schedule, dist, average)
 
     @property

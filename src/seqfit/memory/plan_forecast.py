@@ -25,6 +25,14 @@ It leaves out what a forecaster does not have (embeddings, vocabulary-sized logi
 the quantile head separately (B x horizon x targets x quantiles floats: negligible beside the RNN). Known-future
 inputs (--future-covariates, --calendar) add k columns to every lookback row, and horizon x k inputs (and
 weights) to the head: both counted.
+
+Static categories (prepare --static-field) add an embedding table per column (cardinality x
+models.forecaster.static_dim) and E = the embeddings' total width to every lookback row (the (B, L, E)
+copy of the embeddings is counted with the window) and to the head's inputs. --decoder autoregressive
+replaces the direct head by a decoder stack over the horizon (inputs targets + k, the encoder's layers and
+hidden) and a per-step head (targets x quantiles, from H + E): in training it runs teacher-forced as one
+fused call over the horizon, so its activations are the same per-token constants over horizon steps,
+kept while the encoder's are kept (the encoder's state is its initial state).
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ class ForecastInfo:
     vocab_size: int = 0  # none (api.plan reports it for every task)
     columns: int = 0  # the store's columns (per-series statistics cover every one; 0: num_inputs)
     num_future: int = 0  # future covariates + calendar features, per horizon row (the head reads horizon x these)
+    static_sizes: tuple[int, ...] = ()  # categories of each static column the run embeds (prepare --static-field)
 
 
 def _names(spec: str) -> list[str]:
@@ -111,9 +120,10 @@ def forecast_info_from_dir(cfg: RunCfg, data_dir: str | Path) -> ForecastInfo:
 
         calendar = 2 * len(choose_parts(store.split("train").times if store.has_split("train") else None))
     k = len(future) + calendar
+    static = tuple(len(store.static_vocab[c]) for c in store.static_fields) if cfg.model.static else ()
     return ForecastInfo(num_inputs=len(targets) + len(covariates) + k, num_targets=len(targets), num_future=k,
                         train_rows=train.get("rows", 0), series=int(train.get("series", 1)),
-                        columns=len(store.columns))
+                        columns=len(store.columns), static_sizes=static)
 
 
 def requested_forecast_plan(cfg: RunCfg, device: str) -> dict:
@@ -154,13 +164,31 @@ def forecaster_param_shapes(cfg: RunCfg, data: ForecastInfo) -> list[tuple[int, 
     m = cfg.model
     g, H = GATES[m.cell], m.hidden
     quantiles = len(parse_quantiles(m.quantiles)) if m.forecast_loss == "quantile" else 1
+    from seqfit.models.forecaster import static_dim
+
+    E = static_width(data)
+    shapes: list[tuple[int, ...]] = [(c, static_dim(c)) for c in data.static_sizes]
+
+    def stack(inputs: int) -> None:
+        for i in range(m.layers):
+            shapes.extend([(g * H, inputs if i == 0 else H), (g * H, H), (g * H,), (g * H,)])
+            if m.layer_norm:
+                shapes.extend([(H,), (H,)])
+
+    stack(data.num_inputs + E)
+    if m.decoder == "autoregressive":
+        stack(data.num_targets + data.num_future)
+        outputs = data.num_targets * quantiles
+        return shapes + [(outputs, H + E), (outputs,)]
     outputs = m.horizon * data.num_targets * quantiles
-    shapes: list[tuple[int, ...]] = []
-    for i in range(m.layers):
-        shapes += [(g * H, data.num_inputs if i == 0 else H), (g * H, H), (g * H,), (g * H,)]
-        if m.layer_norm:
-            shapes += [(H,), (H,)]
-    return shapes + [(outputs, H + m.horizon * data.num_future), (outputs,)]
+    return shapes + [(outputs, H + m.horizon * data.num_future + E), (outputs,)]
+
+
+def static_width(data: ForecastInfo) -> int:
+    """E: the static embeddings' total width (0 without static columns)."""
+    from seqfit.models.forecaster import static_dim
+
+    return sum(static_dim(c) for c in data.static_sizes)
 
 
 def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
@@ -176,29 +204,37 @@ def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Con
              "optimizer_state": optimizer_state_bytes(cfg.train.optimizer, shapes, momentum=cfg.train.momentum)}
     coefs = consts.coefs(m.cell, plan["precision"])
     g, H, L, F = GATES[m.cell], m.hidden, m.layers, data.num_inputs
-    inputs = [F if i == 0 else H for i in range(L)]
+    F_in = F + static_width(data)  # the encoder's inputs: the columns and the static embeddings
+    inputs = [F_in if i == 0 else H for i in range(L)]
+    dec_inputs = [data.num_targets + data.num_future if i == 0 else H for i in range(L)]  # autoregressive
 
-    def feats(i: int, steps: int) -> tuple[int, int, int, int]:  # the calibrated constants' features
-        return (b * steps * H, b * steps * inputs[i], b * H, g * H * (inputs[i] + H))
+    def feats(i: int, steps: int, ins: list[int] = inputs) -> tuple[int, int, int, int]:  # calibrated features
+        return (b * steps * H, b * steps * ins[i], b * H, g * H * (ins[i] + H))
 
-    def keep(i: int, steps: int) -> int:
+    def keep(i: int, steps: int, ins: list[int] = inputs) -> int:
         """As estimate_classify's layer_keep (unidirectional): the kernel's state, plus the layer's output and
         its dropout between layers (oneDNN's LSTM keeps its output among its own buffers, GRU/RNN do not)."""
         out = 2 * F32 * b * steps * H if m.dropout and i < L - 1 else 0 if m.cell == "lstm" else F32 * b * steps * H
-        return dot(coefs.keep, feats(i, steps)) + out
+        return dot(coefs.keep, feats(i, steps, ins)) + out
 
     window = F32 * b * (T * F + plan["horizon"] * (data.num_targets + data.num_future))
     index = INDEX_BYTES_PER_SERIES * (data.series + 1)  # data.window_index + data.window_sampler
     if cfg.train.normalize == "series":  # data.series_norm: the train split's per-series statistics
         index += NORM_BYTES_PER_SERIES_COLUMN * data.series * max(data.columns, data.num_inputs)
-    runtime = consts.baseline + int(coefs.const) + blas_buffers(b * T, F, H, 1, g, "full", plan["device"], consts)
+    runtime = consts.baseline + int(coefs.const) + blas_buffers(b * T, F_in, H, 1, g, "full", plan["device"], consts)
     r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=acc * window + index)
     states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H if k < T else 0
     kept = states + sum(keep(i, k) for i in range(L))
     r.now["gradients"] = sizes["gradients"] if acc > 1 else 0
-    r.moment("forward", activations=kept + max(dot(coefs.fwd, feats(i, k)) for i in range(L)))
-    r.moment("backward", activations=kept + max(dot(coefs.rise, feats(i, k)) for i in range(L)),
-             gradients=0 if acc > 1 else sizes["gradients"])
+    fwd = max(dot(coefs.fwd, feats(i, k)) for i in range(L))
+    rise = max(dot(coefs.rise, feats(i, k)) for i in range(L))
+    if m.decoder == "autoregressive":  # teacher-forced decoder over the horizon, on top of the encoder's kept
+        h = plan["horizon"]
+        dec = sum(keep(i, h, dec_inputs) for i in range(L)) + F32 * b * h * (H + static_width(data))  # + head input
+        fwd = max(fwd, dec + max(dot(coefs.fwd, feats(i, h, dec_inputs)) for i in range(L)))
+        rise = max(rise, dec + max(dot(coefs.rise, feats(i, h, dec_inputs)) for i in range(L)))
+    r.moment("forward", activations=kept + fwd)
+    r.moment("backward", activations=kept + rise, gradients=0 if acc > 1 else sizes["gradients"])
     r.now.update(gradients=sizes["gradients"], activations=0,
                  temporaries=optimizer_scratch(cfg, plan["device"], {**sizes, "largest_parameter": F32 * max(map(math.prod, shapes))}))
     r.moment("optimizer")
