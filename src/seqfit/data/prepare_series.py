@@ -31,9 +31,10 @@ from seqfit.data.numeric_rows import group_runs, numeric_batches
 from seqfit.data.shards import ShardWriter, write_checked
 from seqfit.data.sources import SPLITS, Source, mixed_fraction
 from seqfit.data.stats import RunningStats
+from seqfit.data.time_column import TimeSpill
 from seqfit.errors import SeqfitError
 
-__all__ = ["prepare_series", "time_array", "StaticCategories"]
+__all__ = ["prepare_series", "StaticCategories"]
 
 
 class StaticCategories:
@@ -141,7 +142,7 @@ def prepare_series(sources: list[Source], columns: list[str], opts, stage: Path,
         lengths = counted.lengths()
     writers = {name: ShardWriter(stage, name, opts.dtype, shard_bytes=opts.shard_bytes, row=len(columns)) for name in SPLITS}
     series = {name: _SplitSeries(opts.group_field, len(columns)) for name in SPLITS}
-    times: dict[str, list] = {name: [] for name in SPLITS}
+    times = {name: TimeSpill(stage, name) for name in SPLITS} if opts.time_field else {}
     current, seen, dropped = object(), 0, 0  # the mixed series being written, and its rows so far
     static = StaticCategories(opts.static_fields) if getattr(opts, "static_fields", ()) else None
     for src in sources:
@@ -166,7 +167,8 @@ def prepare_series(sources: list[Source], columns: list[str], opts, stage: Path,
                 if not len(part):
                     continue
                 series[split].add(name, part, where)
-                times[split].extend(stamp)
+                if times:
+                    times[split].extend(stamp)
                 writers[split].write(part)
                 if split == "train":
                     stats.update(part)
@@ -195,22 +197,10 @@ def prepare_series(sources: list[Source], columns: list[str], opts, stage: Path,
             extra.update(static_fields=static.fields, static_vocab="static_vocab.json")
             report["static"] = {col: len(v) for col, v in vocab.items()}
     if opts.time_field:
-        for name, values in times.items():
+        for name, spill in times.items():
             if splits[name]["rows"]:
-                np.save(stage / f"{name}.time.npy", time_array(values), allow_pickle=False)
+                spill.save(stage / f"{name}.time.npy")
+            else:
+                spill.discard()
         extra["time_field"] = opts.time_field
     return {"kind": "series", "splits": splits, "report": report, **extra}
-
-
-def time_array(values: list) -> np.ndarray:
-    """A split's --time-field values: int64 or float64 when every value is a number, else ISO/str strings."""
-    def text(v) -> str:
-        return v.isoformat() if hasattr(v, "isoformat") else ("" if v is None else str(v))
-
-    try:
-        nums = np.array([float(v) for v in values], dtype=np.float64)
-    except (TypeError, ValueError):
-        return np.array([text(v) for v in values], dtype=str)
-    if len(nums) and np.isfinite(nums).all() and (nums == np.round(nums)).all() and np.abs(nums).max() < 2 ** 53:
-        return nums.astype(np.int64)
-    return nums
