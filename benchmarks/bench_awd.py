@@ -8,15 +8,16 @@ bible-kjv packages when they are installed or in apt's cache, 5% of it held out 
 
     classic   pytorch/examples word_language_model: 2-layer LSTM 200, embed 200, dropout 0.2, SGD lr 20,
               clip 0.25, bptt 35, batch 20, lr /4 whenever validation does not improve (--schedule plateau)
-    awd       examples/awd-lstm-small.toml: tied 2 x 400 LSTM, weight drop, locked and embedding dropout,
-              AR/TAR, variable BPTT around 70, batch 40, SGD then NT-ASGD (--average nt)
+    awd       examples/awd-lstm-small.toml: tied 2 x 256 LSTM, weight drop, locked and embedding dropout,
+              AR/TAR, variable BPTT around 70, batch 20, SGD then NT-ASGD (--average nt, --nonmono 1)
 
 The two recipes of a row pair run at the same time, as two children with one thread each
 (OMP_NUM_THREADS=1, torch.set_num_threads(1)), so each gets one of the 2 cores, and each stops after
 --max-cpu-minutes: the CPU time of its whole process, validation included, so a machine that other jobs
 load slows the wall clock but not the work a budget buys. The budgets of a corpus are one run: it stops at
 10 CPU minutes (a checkpoint), is scored, and resumes bit-exactly (--resume) for 20 more, so the 30-minute row
-is the run a 30-minute budget would have made, with the 10-minute row on its way. Both recipes validate after
+is the run a 30-minute budget would have made, with the 10-minute row on its way -- except for a recipe whose
+schedule ends with its budget (cosine over --max-cpu-minutes), which runs each budget as a run of its own. Both recipes validate after
 every epoch on the first EVAL_TOKENS tokens of the valid split (that is what the plateau schedule and NT-ASGD's
 trigger read; a full pass over the 217k valid tokens each epoch would take a quarter of the AWD run's budget), and
 after the budget `seqfit evaluate` scores the whole valid split, outside the budget: for AWD with the
@@ -182,26 +183,46 @@ def _bptt(args: list[str]) -> int:
     return tomllib.loads(Path(args[args.index("--config") + 1]).read_text())["train"]["bptt"]
 
 
+def _spans_budget(args: list[str]) -> bool:
+    """Whether the recipe's schedule ends with its budget (cosine over --max-cpu-minutes): then each budget is
+    a run of its own, since a 10-minute run's lr is not the 30-minute run's at minute 10."""
+    if "--config" in args:
+        return tomllib.loads(Path(args[args.index("--config") + 1]).read_text())["train"].get("schedule") == "cosine"
+    return "--schedule" in args and args[args.index("--schedule") + 1] == "cosine"
+
+
+def _children(recipes: dict[str, list[str]], budgets: tuple[float, ...]) -> list[tuple[str, tuple[float, ...], str]]:
+    """(recipe, its budgets, run name suffix) per child: one run through every budget, or one run per budget."""
+    out = []
+    for recipe, args in recipes.items():
+        if _spans_budget(args):
+            out += [(recipe, (b,), f"-{b:g}min") for b in budgets]
+        else:
+            out.append((recipe, budgets, ""))
+    return out
+
+
 def _start_pair(corpus: str, data: Path, work: Path, *, precision: str, budgets: tuple[float, ...], full_eval: bool,
                 recipes: dict[str, list[str]] = RECIPES) -> dict:
-    """Both recipes at once, one thread each: {recipe: (run_dir, process, log)}."""
-    started = {}
-    for recipe, args in recipes.items():
-        run_dir = work / f"{corpus}-{recipe}-{precision}"
-        started[recipe] = (run_dir, *_start(args, data, run_dir, precision=precision, budgets=budgets,
-                                            eval_batches=max(1, EVAL_TOKENS // (EVAL_STREAMS * _bptt(args))),
-                                            full_eval=full_eval))
+    """The recipes at once, one thread each: [(recipe, budgets, run_dir, process, log)]."""
+    started = []
+    for recipe, own, suffix in _children(recipes, budgets):
+        args = recipes[recipe]
+        run_dir = work / f"{corpus}-{recipe}-{precision}{suffix}"
+        started.append((recipe, own, run_dir, *_start(args, data, run_dir, precision=precision, budgets=own,
+                                                      eval_batches=max(1, EVAL_TOKENS // (EVAL_STREAMS * _bptt(args))),
+                                                      full_eval=full_eval)))
     return {"corpus": corpus, "precision": precision, "budgets": budgets, "started": started}
 
 
 def _finish_pair(pair: dict) -> list[dict]:
-    """A row per recipe and budget, once both children are done."""
+    """A row per recipe and budget, once every child is done."""
     rows = []
-    for recipe, (run_dir, proc, log) in pair["started"].items():
+    for recipe, budgets, run_dir, proc, log in pair["started"]:
         out, _ = proc.communicate(timeout=max(pair["budgets"]) * 60 * 8 + 1800)
         if proc.returncode != 0:
             raise RuntimeError(f"{recipe} ({pair['corpus']}) failed:\n{log.read_text()[-3000:]}")
-        for budget, leg in zip(pair["budgets"], json.loads(out.strip().splitlines()[-1])):
+        for budget, leg in zip(budgets, json.loads(out.strip().splitlines()[-1])):
             rows.append(_row(pair["corpus"], recipe, pair["precision"], budget, leg, log))
     return rows
 
@@ -291,9 +312,9 @@ def run(quick: bool = False, pairs_at_once: int = PAIRS_AT_ONCE, collect: bool =
                 jobs.append((corpus, data, precision, budgets))
     if collect:
         for corpus, _, precision, budgets in jobs:
-            for recipe in RECIPES:
-                legs = json.loads(Path(f"{work / f'{corpus}-{recipe}-{precision}'}.legs.json").read_text())
-                rows += [_row(corpus, recipe, precision, b, leg, None) for b, leg in zip(budgets, legs)]
+            for recipe, own, suffix in _children(RECIPES, budgets):
+                legs = json.loads(Path(f"{work / f'{corpus}-{recipe}-{precision}{suffix}'}.legs.json").read_text())
+                rows += [_row(corpus, recipe, precision, b, leg, None) for b, leg in zip(own, legs)]
     for i in range(0, len(jobs) if not collect else 0, pairs_at_once):  # pairs_at_once pairs (2 children each)
         t0 = time.perf_counter()
         started = [_start_pair(corpus, data, work, precision=precision, budgets=budgets, full_eval=not quick)

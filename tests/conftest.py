@@ -35,6 +35,17 @@ def write_corpus(path: Path, lines: int = 400, seed: int = 0) -> Path:
     return path
 
 
+def run_cli(*args) -> int:
+    """The command line in-process, for module-scoped fixtures (no capsys): its exit code."""
+    from seqfit.cli.main import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the command line in-process: cli(*args) -> (exit code, stdout, stderr)."""

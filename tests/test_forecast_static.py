@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli as _cli
 
 from seqfit.data.series import SeriesStore
 
@@ -37,16 +38,6 @@ def long_csv(path: Path, vary: bool = False) -> Path:
         lines += [f"s{k},{c},{REGIONS[k]},{v:.5f}" for c, v in zip(kinds, y)]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _cli(*args) -> int:
-    from seqfit.cli.main import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code or 0
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -163,11 +163,13 @@ def test_adaptive_cutoffs_follow_coverage():
 
 
 def test_choose_loss_kind():
-    assert choose_loss_kind(10_000, 20 * 35, None) == "full"  # 28 MB of logits
-    assert choose_loss_kind(250_000, 64 * 200, None) == "chunked"  # 12.8 GB of logits
-    assert choose_loss_kind(10_000, 20 * 35, 64 * 2**30) == "full"
-    assert choose_loss_kind(10_000, 20 * 35, 64 * 2**20) == "chunked"  # 84 MB peak vs a 64 MiB budget
-    assert choose_loss_kind(50_000, 64 * 200, 2**40) == "full"  # memory to spare: full is simplest
+    assert choose_loss_kind(5_000, 20 * 35, None) == "full"  # 14 MB of logits
+    assert choose_loss_kind(5_000, 64 * 400, None) == "chunked"  # 512 MB of logits
+    assert choose_loss_kind(5_000, 20 * 35, 64 * 2**30) == "full"
+    assert choose_loss_kind(5_000, 20 * 35, 32 * 2**20) == "chunked"  # 42 MB peak vs a 32 MiB budget
+    assert choose_loss_kind(9_999, 64 * 200, 2**40) == "full"  # memory to spare, small vocabulary: full
+    for vocab in (10_000, 50_000, 250_000):  # from 10k words up chunked is faster too, whatever the memory
+        assert choose_loss_kind(vocab, 20 * 35, None) == choose_loss_kind(vocab, 20 * 35, 2**40) == "chunked"
     with pytest.raises(SeqfitError):
         choose_loss_kind(0, 10, None)
 

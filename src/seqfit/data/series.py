@@ -95,16 +95,20 @@ class SeriesSplit:
             raise SeqfitError(f"{path} does not hold {self.num_series} series names; {_HINT}")
         return [str(n) for n in names]
 
+    def _load(self, name: str) -> tuple[Path, np.ndarray]:
+        """A per-series .npy of this split (no pickles), or a one-line error."""
+        path = member(self.dir, name)
+        try:
+            return path, np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
+
     @cached_property
     def series_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(mean (S, F), std (S, F)) float64 of each series in this split, or None (a store prepared before them)."""
         if not self._stats_file:
             return None
-        path = member(self.dir, self._stats_file)
-        try:
-            stats = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
+        path, stats = self._load(self._stats_file)
         if stats.shape != (self.num_series, 2, self.num_features):
             raise SeqfitError(f"{path} holds {stats.shape}, not ({self.num_series}, 2, {self.num_features}); {_HINT}")
         return stats[:, 0], stats[:, 1]
@@ -114,11 +118,7 @@ class SeriesSplit:
         """(S, K) int64: each series' category id in each --static-field column, or None (no static fields)."""
         if not self._static_file or not self.static_fields:
             return None
-        path = member(self.dir, self._static_file)
-        try:
-            ids = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise SeqfitError(f"cannot read {path} ({e}); {_HINT}") from None
+        path, ids = self._load(self._static_file)
         sizes = np.array([len(self.static_vocab[c]) for c in self.static_fields])
         if ids.shape != (self.num_series, len(sizes)) or ids.dtype.kind != "i" or (ids < 0).any() or (ids >= sizes).any():
             raise SeqfitError(f"{path} does not hold a category id per series and --static-field column "

@@ -33,6 +33,7 @@ __all__ = ["OutputHead", "LinearHead", "AdaptiveHead", "make_output_head", "choo
 IGNORE_INDEX = -100  # targets with this id (padding) add nothing to any loss
 HEAD_KINDS = ("full", "chunked", "adaptive")
 SMALL_LOGITS_BYTES = 256 * 2**20  # fp32 logits below this are cheap enough to materialise
+CHUNKED_FROM_VOCAB = 10_000  # from here up the chunked loss is faster than full logits, as well as smaller
 
 
 class OutputHead(nn.Module):
@@ -245,14 +246,19 @@ def make_output_head(kind: str, hidden: int, vocab_size: int, *, tied_embedding:
 
 
 def choose_loss_kind(vocab_size: int, tokens_per_batch: int, budget_bytes: int | None) -> str:
-    """"full" when the full-logits loss is cheap, else "chunked" (same parameters, same result).
+    """"chunked" from CHUNKED_FROM_VOCAB words up, where it is also the faster loss; below, "full" when the
+    full-logits loss is cheap, else "chunked" (same parameters, same result).
 
-    Without a budget, full logits are fine below SMALL_LOGITS_BYTES of fp32. With one, the full
-    loss's vocabulary-sized peak (logits, log-softmax and gradient: ~3 x N x V fp32) must stay under a
-    quarter of it, leaving the rest to the model, its gradients, optimizer state and activations.
+    The chunked loss builds its gradients in the forward while each chunk is in cache, with full logits'
+    three matmuls and none of their (N, V) passes (nn/chunked_loss.py): measured side by side at V = 10k
+    to 250k it took 0.62-0.95x full logits' time (benchmarks/bench_loss.py). Below that, without a budget, full
+    logits are fine below SMALL_LOGITS_BYTES of fp32; with one, the full loss's vocabulary-sized peak (logits,
+    log-softmax and gradient: ~3 x N x V fp32) must stay under a quarter of it.
     """
     if vocab_size <= 0 or tokens_per_batch <= 0:
         raise SeqfitError(f"vocabulary and tokens per batch must be positive (got {vocab_size}, {tokens_per_batch})")
+    if vocab_size >= CHUNKED_FROM_VOCAB:
+        return "chunked"
     if budget_bytes is None:
         return "full" if tokens_per_batch * vocab_size * 4 <= SMALL_LOGITS_BYTES else "chunked"
     return "full" if full_logits_peak_bytes(tokens_per_batch, vocab_size) * 4 <= budget_bytes else "chunked"
