@@ -7,6 +7,7 @@ no download), timed by `seqfit profile --time`'s machinery (engine/time_run.py) 
     lm 1x256    LSTM 1 x 256, embed 128, V = 10k, batch 32 x 100, Adam
     lm 2x200    LSTM 2 x 200, V = 18k, batch 20 x 35, SGD (the WikiText-2 recipe's shape)
     lm 2x650    LSTM 2 x 650, V = 18k, batch 64 x 200, SGD
+                (each LM row with full logits and with the chunked loss, which --loss auto takes from V = 10k up)
     cls full    classifier, LSTM 1 x 64 (embed 64), batch 32 x 16,000, full BPTT
     cls exact   the same, exact checkpointing every ~sqrt(T) steps
     bare lstm   torch.nn.LSTM(64, 64) forward + backward of the classifier's shape (input gradients too, as
@@ -44,6 +45,8 @@ QUICK_LM_ROWS = {
     "lm 2x200": (2, 64, 64, 2_000, 8, 20, "sgd"),
     "lm 2x650": (2, 128, 128, 2_000, 8, 40, "sgd"),
 }
+# Each LM row with full logits and with the chunked loss (what --loss auto takes from V = 10k up), side by side.
+LOSSES = ("full", "chunked")
 CLS = {"hidden": 64, "embed": 64, "vocab": 256, "classes": 4, "batch": 32, "T": 16_000}
 QUICK_CLS = {**CLS, "batch": 4, "T": 1_000}
 
@@ -151,14 +154,15 @@ def run(quick: bool = False, threads: int = 0) -> dict:
 
     for name, (layers, hidden, embed, vocab, batch, bptt, opt) in (QUICK_LM_ROWS if quick else LM_ROWS).items():
         data = _lm_store(vocab, batch, bptt, steps + warmup)
-        for precision in precisions:
+        for precision, loss in [(p, loss) for p in precisions for loss in LOSSES]:
             cfg = {"model": {"cell": "lstm", "layers": layers, "hidden": hidden, "embed": embed, "dropout": 0.0},
                    "train": {"batch_size": batch, "bptt": bptt, "optimizer": opt},
-                   "memory": {"device": "cpu", "precision": precision, "loss": "full"}}
+                   "memory": {"device": "cpu", "precision": precision, "loss": loss}}
             out = go({"kind": "run", "name": name, "cfg": cfg, "data": str(data)})
             if out:
-                rows.append(_row(f"{name} ({layers}x{hidden} V={vocab} {batch}x{bptt} {opt})", precision, out))
-                print(f"{name} {precision}: {rows[-1]['tok/s']} tok/s", file=sys.stderr, flush=True)
+                rows.append(_row(f"{name} ({layers}x{hidden} V={vocab} {batch}x{bptt} {opt}, {loss} loss)", precision,
+                                 out))
+                print(f"{name} {precision} {loss}: {rows[-1]['tok/s']} tok/s", file=sys.stderr, flush=True)
     c = QUICK_CLS if quick else CLS
     data = _cls_store(c)
     bare = go({"kind": "bare", "name": "bare lstm", "cls": c})
@@ -193,6 +197,11 @@ def _summary(rows: list[dict], ceilings: dict, seconds: dict, quick: bool) -> di
     lm = [r for r in rows if r["row"].startswith("lm") and r.get("%ceil") is not None]
     if lm:
         out["LM rows >= 50% of ceiling (target)"] = all(r["%ceil"] >= 50 for r in lm)
+    full = {(r["row"].replace(", full loss", ""), r["prec"]): r for r in rows if r["row"].endswith(", full loss)")}
+    for r in rows:
+        if r["row"].endswith(", chunked loss)") and (r["row"].replace(", chunked loss", ""), r["prec"]) in full:
+            base = full[(r["row"].replace(", chunked loss", ""), r["prec"])]
+            out[f"{r['row'].split(' (')[0]} {r['prec']} chunked/full tokens/s"] = round(r["tok/s"] / base["tok/s"], 2)
     ratios = [v / seconds["bare"] for k, v in seconds.items() if k.startswith("cls") and "bare" in seconds]
     if ratios:
         out["classifier <= 1.2x bare nn.LSTM (target)"] = all(r <= 1.2 for r in ratios)
