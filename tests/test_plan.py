@@ -126,6 +126,7 @@ def test_plan_verify_measures_a_real_run(capsys):
     r = json.loads(out)
     assert r["measured_peak_bytes"] > 0
     assert abs(r["predicted_peak_bytes"] - r["measured_peak_bytes"]) / r["measured_peak_bytes"] < 0.25
+    assert 0 < r["baseline_bytes"] < r["measured_peak_bytes"]  # the runtime before the model, under the peak
 
 
 def test_train_refuses_a_budget_nothing_fits_before_writing_anything(capsys, data_dir, tmp_path):

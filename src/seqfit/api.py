@@ -189,5 +189,6 @@ def _verify(cfg, data_dir, data, steps: int, predicted: int, echo) -> dict:
     else:
         tokens = effective_batch(cfg) * lm_bptt(cfg.train)
     return {"measured_peak_bytes": measured["peak_bytes"], "measured_step_seconds": measured["step_seconds"],
+            "baseline_bytes": measured["baseline_bytes"],  # the runtime before the model: what no plan changes
             "measured_tokens_per_s": tokens / min(steady),
             "prediction_error": (predicted - measured["peak_bytes"]) / measured["peak_bytes"]}
