@@ -33,11 +33,11 @@ __all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "chunked_log_softmax"
            "DEFAULT_CHUNK_BUDGET"]
 
 # Every chunk re-reads the (V, H) weight and reads and writes its (V, H) gradient, while its matmuls
-# grow with the C rows, so the overhead is ~1/C whatever V is. On 2 CPU cores at V=250k, H=512 (N=2048),
-# loss + backward took 1.58x / 1.28x / 1.06x / 1.03x the time of full logits at C = 64 / 256 / 512 / 1024
-# rows. At V=100k, H=256, N=3200 (2 threads, best of 3, interleaved, on a shared machine): 1.40x / 1.10x /
-# 1.03x / 1.01x / 1.01x at C = 256 / 512 / 800 / 1024 / 2048; on 1 thread chunked beat full logits at every
-# C (0.5-0.8x: full logits' three (N, V) passes are memory-bound).
+# grow with the C rows, so the overhead is ~1/C whatever V is. Measured when the backward still recomputed
+# the logits (a fourth matmul), on 2 CPU cores at V=250k, H=512 (N=2048): 1.58x / 1.28x / 1.06x / 1.03x the
+# time of full logits at C = 64 / 256 / 512 / 1024 rows; at V=100k, H=256, N=3200: 1.40x / 1.10x / 1.03x /
+# 1.01x / 1.01x at C = 256 / 512 / 800 / 1024 / 2048. With the gradients made in the forward, the default
+# C = 1024 takes 0.57-0.97x full logits' time at V = 10k-250k (benchmarks/bench_loss.py, 2 threads).
 # So the default chunk is sized in rows, at the knee, not in bytes: a byte budget alone (1 GiB before) let
 # one chunk hold all 12,800 rows of a 64 x 200 batch at V = 18k, i.e. the full logits, and 2,700 of 3,200
 # rows at V = 100k -- a user who asks for the chunked loss is asking for memory. DEFAULT_CHUNK_BUDGET caps
