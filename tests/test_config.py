@@ -45,3 +45,18 @@ def test_bptt_zero_means_the_tasks_default(tmp_path):
     assert merge(RunCfg(), {"model": {"task": "classify"}}).train.bptt == 0
     explicit = resolve_config(None, {**none, "model": {"task": "classify"}, "train": {"bptt": 35}})
     assert explicit.train.bptt == 35 and lm_bptt(merge(RunCfg(), {"train": {"bptt": 70}}).train) == 70
+
+
+def test_a_forecaster_defaults_to_adam_unless_the_optimizer_is_set(tmp_path):
+    from seqfit.config import from_options
+
+    assert from_options({"task": "forecast"}).train.optimizer == "adam"
+    assert from_options({"task": "lm"}).train.optimizer == "sgd"  # the language model's classic recipe
+    assert from_options({"task": "forecast", "optimizer": "sgd"}).train.optimizer == "sgd"  # asked for
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\ntask = "forecast"\n[train]\noptimizer = "sgd"\n')
+    assert from_options({}, config_path=toml).train.optimizer == "sgd"
+    toml.write_text('[model]\ntask = "forecast"\n')
+    assert from_options({}, config_path=toml).train.optimizer == "adam"
+    resumed = from_options({"task": "forecast", "optimizer": "sgd"})
+    assert from_options({}, base=resumed).train.optimizer == "sgd"  # a resumed run keeps what it started with
