@@ -46,6 +46,11 @@ def run_cli(*args) -> int:
     return 0
 
 
+def run_cli_ok(*args) -> None:
+    """run_cli that must succeed (fixtures that build a run): a failure names the command."""
+    assert run_cli(*args) == 0, [str(a) for a in args]
+
+
 @pytest.fixture
 def cli(capsys):
     """Run the command line in-process: cli(*args) -> (exit code, stdout, stderr)."""

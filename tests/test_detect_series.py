@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli_ok
 import torch
 
 N, VALID, L = 1200, 400, 24
@@ -32,14 +33,7 @@ def values() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    from seqfit.cli.main import main
-
-    def cli(*args):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            assert not e.code, args
-
+    cli = run_cli_ok
     tmp = tmp_path_factory.mktemp("detect_series")
     lines = ["id,t,y"] + [f"{name},{t},{float(x)!r}" for name, row in zip(NAMES, values()) for t, x in enumerate(row)]
     (tmp / "d.csv").write_text("\n".join(lines) + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli_ok
 
 N, VALID, L, H, M = 300, 100, 24, 6, 12
 NAMES = ["a", "b", "flat"]
@@ -53,14 +54,7 @@ def by_hand(v: np.ndarray) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    from seqfit.cli.main import main
-
-    def cli(*args):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            assert not e.code, args
-
+    cli = run_cli_ok
     tmp = tmp_path_factory.mktemp("eval_series")
     out = {}
     for key, names, extra in (("many", NAMES, ["--group-field", "id"]), ("one", ["b"], [])):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli_ok
 
 N, VALID, PERIOD = 480, 96, 12
 LEVELS, SCALES = [0.0, 50.0, -2000.0, 1.0e5], [0.01, 1.0, 30.0, 1000.0]
@@ -35,14 +36,7 @@ def write_csv(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    from seqfit.cli.main import main
-
-    def cli(*args):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            assert not e.code, args
-
+    cli = run_cli_ok
     tmp = tmp_path_factory.mktemp("norm")
     data = tmp / "data"
     cli("prepare", write_csv(tmp / "d.csv"), "--task", "series", "--columns", "y", "--group-field", "id",

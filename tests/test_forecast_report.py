@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli_ok
 
 N, NAMES = 160, ["north", "south/east", "west"]  # a name with a slash: the file name must be made safe
 
@@ -26,8 +27,6 @@ def _long_csv(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
-    from seqfit.cli.main import main
-
     tmp = tmp_path_factory.mktemp("frep")
     data, out = tmp / "data", tmp / "run"
     for args in (["prepare", _long_csv(tmp / "d.csv"), "--task", "series", "--columns", "y", "--group-field", "id",
@@ -36,10 +35,7 @@ def run(tmp_path_factory) -> dict:
                   "--season", 12, "--cell", "gru", "--layers", 1, "--hidden", 8, "--dropout", 0, "--batch-size", 16,
                   "--forecast-loss", "quantile", "--quantiles", "0.1,0.5,0.9", "--max-steps", 15, "--log-every", 5,
                   "--checkpoint-every", 0]):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            assert not e.code, args[0]
+        run_cli_ok(*args)
     return {"data": data, "run": out}
 
 

@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import run_cli_ok
 
 SYMBOLS = "abcdefghij"
 
@@ -39,16 +40,9 @@ TRAIN = ("--task", "seq2seq", "--layers", "1", "--hidden", "64", "--embed", "16"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A reversal model trained for a few hundred steps (shared by the tests that read a finished run)."""
-    from seqfit.cli.main import main
-
     tmp = tmp_path_factory.mktemp("s2s")
 
-    def cli(*args):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            assert not e.code, args
-
+    cli = run_cli_ok
     train = write_pairs(tmp / "train.jsonl", 3000, 1)
     valid = write_pairs(tmp / "valid.jsonl", 100, 2)
     test = write_pairs(tmp / "test.jsonl", 100, 3)
