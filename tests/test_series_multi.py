@@ -225,3 +225,19 @@ def test_positioned_reads_cross_shards_and_leave_no_file_pages_resident(tmp_path
     assert file_rss() - before < 1 << 20  # through a memory map: ~3000 x 64 KB of fault-around
     with pytest.raises(IndexError):
         reader.read(len(values) - 5, 10)
+
+
+def test_positions_in_matches_series_by_name_and_one_series_stores_to_each_other():
+    from types import SimpleNamespace
+
+    from seqfit.data.series import SeriesSplit
+
+    def split(names, named=True):
+        return SimpleNamespace(names=names, named=named, num_series=len(names))
+
+    where = SeriesSplit.positions_in
+    a, b = split(["x", "y", "z"]), split(["z", "x"])
+    assert where(a, b).tolist() == [1, -1, 0]
+    assert where(a, a).tolist() == [0, 1, 2]
+    assert where(split(["valid"], False), split(["train"], False)).tolist() == [0]  # one series in every split
+    assert where(split(["train"], False), split(["train", "y"])).tolist() == [-1]  # a name that is a split's name

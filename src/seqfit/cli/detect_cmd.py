@@ -93,8 +93,7 @@ def detect(run_dir, data, out, split_name, threshold, scale_by, context, data_di
         err = v - point
         return err / np.maximum(sigma, 1e-9 * np.maximum(1.0, np.abs(v))) if quantile else err
 
-    same = cal is split or (not cal.named and not base.named)  # the same series, index for index
-    centres, scales, own = series_scales(raw_score(cv, cp), cs, base.names, None if same else cal.names,
+    centres, scales, own = series_scales(raw_score(cv, cp), cs, cal.positions_in(base),
                                          base.num_series, per_series=scale_by == "series")
     bounds = np.searchsorted(series, np.arange(split.num_series + 1))  # each series' points: one contiguous run
     cleaned = []

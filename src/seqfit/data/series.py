@@ -144,6 +144,16 @@ class SeriesSplit:
         """Whether the series carry names (--group-field), not the split's name for its one series."""
         return bool(self._names_file)
 
+    def positions_in(self, other: "SeriesSplit") -> np.ndarray:
+        """(S,) int64: where each of this split's series sits in ``other`` (-1: not there), matched by name; a
+        store of one series (no --group-field) is the same series in every split and store."""
+        if other is self:
+            return np.arange(self.num_series, dtype=np.int64)
+        if not self.named and not other.named:
+            return np.zeros(1, dtype=np.int64)
+        where = {n: i for i, n in enumerate(other.names)} if self.named and other.named else {}
+        return np.array([where.get(n, -1) for n in self.names], dtype=np.int64)
+
     def series_of(self, rows) -> np.ndarray:
         """The series (index) holding each split-wide row."""
         return np.searchsorted(self.offsets, np.asarray(rows, dtype=np.int64), side="right") - 1

@@ -45,14 +45,9 @@ class WindowNorm:
             raise SeqfitError(f"--normalize series needs per-series statistics, which {split.dir} lacks (prepared "
                               "by an older seqfit): re-run `seqfit prepare`, or use --normalize global")
         mean, std = own[0].copy(), own[1].copy()  # (S, F): a series' own, where the train split lacks it
-        if split is not ref:
-            if not split.named and not ref.named:  # one series, in every split
-                at = {0: 0}
-            else:
-                where = {n: i for i, n in enumerate(ref.names)}
-                at = {i: where[n] for i, n in enumerate(split.names) if n in where}
-            for i, j in at.items():
-                mean[i], std[i] = known[0][j], known[1][j]
+        at = split.positions_in(ref)
+        hit = at >= 0
+        mean[hit], std[hit] = known[0][at[hit]], known[1][at[hit]]
         return mean.astype(np.float32), _scale(std)
 
     def of(self, starts, raw: np.ndarray, lookback: int) -> tuple[np.ndarray, np.ndarray]:

@@ -362,13 +362,8 @@ def backtest(task: ForecastTask, model, split: SeriesSplit, precision, *, batch:
     of = split.series_of(starts)  # (N,) each origin's series
     scale, train_scale = seasonal_scales(task.train_split, tgt, m)  # (T,), (S_train, T)
     series_scale = np.full((split.num_series, len(tgt)), np.nan)  # a series the train split lacks has no scale
-    if split is task.train_split or (not split.named and not task.train_split.named):
-        series_scale[:] = train_scale  # the same series (a store of one series: the same one in every split)
-    else:
-        where = {n: i for i, n in enumerate(task.train_split.names)}
-        for i, n in enumerate(split.names):
-            if n in where:
-                series_scale[i] = train_scale[where[n]]
+    at = split.positions_in(task.train_split)
+    series_scale[at >= 0] = train_scale[at[at >= 0]]
     model_err, naive, seasonal = (SeriesErrors(len(tgt), split.num_series) for _ in range(3))
     qs = np.asarray(task.quantiles)
     covered, pinball, done = 0, 0.0, 0

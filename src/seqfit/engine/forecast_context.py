@@ -145,14 +145,14 @@ def with_context(split: SeriesSplit, store: SeriesStore, run_store: SeriesStore 
     S, F = split.num_series, split.num_features
     prefix = [np.empty((0, F), np.float32) for _ in range(S)]
     prefix_times: list[np.ndarray] | None = [] if times is not None else None
-    where = [{n: k for k, n in enumerate(p.names)} if p.named and split.named else {} for p in chain]  # O(series)
-    for i, name in enumerate(split.names):
+    positions = [split.positions_in(p) for p in chain]  # O(series)
+    for i in range(S):
         parts, part_times, need = [], [], rows
         first_time = times[split.offsets[i]] if times is not None else None
         for piece_no, piece in enumerate(chain):
             if need <= 0:
                 break
-            j = where[piece_no].get(name, -1) if split.named else (0 if not piece.named else -1)
+            j = int(positions[piece_no][i])
             if j < 0:
                 continue
             a, b = int(piece.offsets[j]), int(piece.offsets[j + 1])

@@ -197,22 +197,17 @@ def robust_scale(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centre, np.maximum(mad, floor)
 
 
-def series_scales(errors: np.ndarray, series: np.ndarray, names: list[str], cal_names: list[str] | None,
-                  num_series: int, *, per_series: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def series_scales(errors: np.ndarray, series: np.ndarray, at: np.ndarray, num_series: int, *,
+                  per_series: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per series of a split (``num_series``), (centre (S, T), scale (S, T), own (S,) bool) of calibration errors
-    (N, T) whose series (indices into the calibration split's ``cal_names``; None: the split's own indices) are
-    ``series``, non-decreasing. With ``per_series`` a series with at least MIN_SERIES_POINTS errors gets its own
+    (N, T) whose series (indices into the calibration split, non-decreasing) are ``series``; ``at``: each
+    calibration series' index in the split, -1 where it has none (SeriesSplit.positions_in). With ``per_series`` a series with at least MIN_SERIES_POINTS errors gets its own
     robust_scale; the others (all, without it) the one of every error."""
     centre, scale = robust_scale(errors)
     centres, scales = np.tile(centre, (num_series, 1)), np.tile(scale, (num_series, 1))
     own = np.zeros(num_series, dtype=bool)
     if not per_series:
         return centres, scales, own
-    if cal_names is None:
-        at = np.arange(num_series)
-    else:
-        where = {n: i for i, n in enumerate(names)}
-        at = np.array([where.get(n, -1) for n in cal_names], dtype=np.int64)  # calibration series -> split series
     bounds = np.searchsorted(series, np.arange(len(at) + 1))
     for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         if b - a >= MIN_SERIES_POINTS and at[k] >= 0:
