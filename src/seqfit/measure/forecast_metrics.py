@@ -52,17 +52,15 @@ class SeriesErrors:
         self.series_count = np.zeros(num_series, dtype=np.int64)
 
     def add(self, pred: np.ndarray, y: np.ndarray, series: np.ndarray) -> None:
-        """pred, y (N, h, T); series (N,) each window's series, non-decreasing (windows are series by series)."""
+        """pred, y (N, h, T); series (N,) each window's series."""
         err = np.abs(pred - y)
         denom = np.abs(pred) + np.abs(y)
         self.abs += err.sum((0, 1))
         self.sq += (err ** 2).sum((0, 1))
         self.smape += np.where(denom > 0, 2 * err / np.where(denom > 0, denom, 1), 0).sum((0, 1))
         self.count += y.shape[0] * y.shape[1]
-        cuts = np.flatnonzero(np.diff(series)) + 1  # a batch holds few runs of one series each
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(series)]):
-            self.series_abs[series[a]] += err[a:b].sum((0, 1))  # one run: the whole batch for one series
-            self.series_count[series[a]] += (b - a) * y.shape[1]
+        np.add.at(self.series_abs, series, err.sum(1))  # (N, T) into (S, T)
+        np.add.at(self.series_count, series, y.shape[1])
 
     def series_mase(self, scale: np.ndarray) -> np.ndarray:
         """(S,) each series' MASE, averaged over targets; NaN where it has no windows or no scale (0 or NaN)."""
