@@ -177,18 +177,27 @@ def _start(recipe: list[str], data: Path, run_dir: Path, *, precision: str, budg
     return proc, log
 
 
+def _train_setting(args: list[str] | None, key: str):
+    """A recipe's [train] setting: its flag, else its --config TOML, else seqfit's default."""
+    from seqfit.config import TrainCfg
+
+    default, args = getattr(TrainCfg(), key), args or []
+    flag = "--" + key.replace("_", "-")
+    if flag in args:
+        return True if isinstance(default, bool) else type(default)(args[args.index(flag) + 1])
+    if "--config" in args:
+        return tomllib.loads(Path(args[args.index("--config") + 1]).read_text())["train"].get(key, default)
+    return default
+
+
 def _bptt(args: list[str]) -> int:
-    if "--bptt" in args:
-        return int(args[args.index("--bptt") + 1])
-    return tomllib.loads(Path(args[args.index("--config") + 1]).read_text())["train"]["bptt"]
+    return _train_setting(args, "bptt")
 
 
 def _spans_budget(args: list[str]) -> bool:
     """Whether the recipe's schedule ends with its budget (cosine over --max-cpu-minutes): then each budget is
     a run of its own, since a 10-minute run's lr is not the 30-minute run's at minute 10."""
-    if "--config" in args:
-        return tomllib.loads(Path(args[args.index("--config") + 1]).read_text())["train"].get("schedule") == "cosine"
-    return "--schedule" in args and args[args.index("--schedule") + 1] == "cosine"
+    return _train_setting(args, "schedule") == "cosine"
 
 
 def _children(recipes: dict[str, list[str]], budgets: tuple[float, ...]) -> list[tuple[str, tuple[float, ...], str]]:
@@ -253,11 +262,7 @@ def _row(corpus: str, recipe: str, precision: str, budget: float, leg: dict, log
 
 
 def _variable_bptt(args: list[str] | None) -> bool:
-    if not args:
-        return False
-    if "--config" in args:
-        return tomllib.loads(Path(args[args.index("--config") + 1]).read_text())["train"].get("variable_bptt", False)
-    return "--variable-bptt" in args
+    return _train_setting(args, "variable_bptt")
 
 
 def _mean_window(bptt: int, variable: bool) -> float:
