@@ -103,18 +103,23 @@ class ForecastTask(NoCarriedState):
         self.valid = self.store.split("valid") if self.store.has_split("valid") else None
         self.static_fields = self.store.static_fields if cfg.model.static else []  # per-series categories
         self.static_vocab = {c: self.store.static_vocab[c] for c in self.static_fields}
-        self._static_ids: dict[int, tuple[SeriesSplit, np.ndarray]] = {}  # the split kept: its id stays its own
+        self._static_ids: dict[int, tuple[SeriesSplit, np.ndarray]] = {}  # per split (see _cached)
         self.index = self.train_split.window_index(self.lookback + self.horizon)  # where windows start, per series
         self.starts = self.index.count  # windows of the train split
         self._epoch_groups: EpochWindows | None = None
-        self._norms: dict[int, WindowNorm] = {}
+        self._norms: dict[int, tuple[SeriesSplit, WindowNorm]] = {}
         self.norm(self.train_split)  # --normalize series on a store without per-series statistics: refused here
+
+    @staticmethod
+    def _cached(cache: dict, split: SeriesSplit, make):
+        """make(split), once per split object; the split is kept with it so that its id stays its own."""
+        if id(split) not in cache:
+            cache[id(split)] = (split, make(split))
+        return cache[id(split)][1]
 
     def norm(self, split: SeriesSplit) -> WindowNorm:
         """How ``split``'s windows are normalised (--normalize), against this run's train split."""
-        if id(split) not in self._norms:
-            self._norms[id(split)] = WindowNorm(self.cfg.train.normalize, split, self.train_split)
-        return self._norms[id(split)]
+        return self._cached(self._norms, split, lambda s: WindowNorm(self.cfg.train.normalize, s, self.train_split))
 
     def check_data(self, warn) -> None:
         L, h, rows = self.lookback, self.horizon, len(self.train_split)
@@ -155,9 +160,7 @@ class ForecastTask(NoCarriedState):
         """(B, K) int64 category ids of the windows' series, in this run's vocabularies, or None (no static)."""
         if not self.static_fields:
             return None
-        if id(split) not in self._static_ids:
-            self._static_ids[id(split)] = (split, self._map_static(split))
-        ids = self._static_ids[id(split)][1]
+        ids = self._cached(self._static_ids, split, self._map_static)  # (S, K)
         return self._tensor(ids[split.series_of(np.asarray(starts, dtype=np.int64))])
 
     def _map_static(self, split: SeriesSplit) -> np.ndarray:
