@@ -17,6 +17,7 @@ from seqfit.engine.rng import seed_everything
 from seqfit.engine.schedule import Schedule, make_schedule
 from seqfit.engine.step import train_step
 from seqfit.engine.task import Phase, Task, no_phase
+from seqfit.memory.allocator import use_buffer_pool
 from seqfit.nn.optim import optimizer_for
 from seqfit.nn.precision import Precision, make_precision
 
@@ -43,6 +44,8 @@ class Session:
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         task = make_task(cfg, data_dir, device, dist)
+        if task.plan.get("buffer_pool"):
+            use_buffer_pool()  # chunk-sized buffers reused, not remapped per chunk (a no-op unless pinned)
         if warn is not None:
             task.check_data(warn)
         seed_everything(cfg.train.seed)

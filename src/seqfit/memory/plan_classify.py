@@ -46,6 +46,15 @@ def sequence_info_from_dir(data_dir: str | Path, max_length: int = 0) -> Sequenc
                         num_features=store.num_features, longest=int(top[0]), top_lengths=tuple(top.tolist()))
 
 
+def pools_chunk_buffers(cfg: RunCfg, device: str, mode: str) -> bool:
+    """Whether a classifier plan reuses its chunk-sized buffers from a pool (memory/allocator.use_buffer_pool):
+    on CPU, in time chunks, one direction. Measured on a 32 x 16,000 classifier in exact mode: 2.1x faster a step,
+    about 50 MiB more at the peak (estimate_classify counts it). Not for a bidirectional stack (2.5x faster, but
+    its whole-layer pieces left 180-240 MiB of holes, varying from run to run), nor yet for other tasks: a language
+    model in exact mode ran only 1.1x faster for a peak 27-40% higher."""
+    return device == "cpu" and mode != "full" and not cfg.model.bidirectional
+
+
 def requested_classify_plan(cfg: RunCfg, device: str) -> dict:
     """The plan the config asks for as it stands (no budget): batching, BPTT mode and the classifier's options."""
     mem, t = cfg.memory, cfg.train
@@ -53,9 +62,10 @@ def requested_classify_plan(cfg: RunCfg, device: str) -> dict:
         raise SeqfitError("--bptt (truncated BPTT) and --checkpoint-time (exact checkpointing) exclude each other; "
                           "choose one")
     micro, accumulate = split_effective_batch(cfg)
+    mode = "truncated" if t.bptt else "exact" if mem.checkpoint_time else "full"
     return {"device": device, "precision": mem.precision, "micro_batch": micro,
-            "max_tokens": mem.max_tokens, "accumulate": accumulate,
-            "mode": "truncated" if t.bptt else "exact" if mem.checkpoint_time else "full",
+            "max_tokens": mem.max_tokens, "accumulate": accumulate, "mode": mode,
+            "buffer_pool": pools_chunk_buffers(cfg, device, mode),
             "bptt": t.bptt, "checkpoint_time": mem.checkpoint_time, "optimizer": t.optimizer,
             "max_length": t.max_length, "too_long": t.too_long, "class_weights": t.class_weights}
 
@@ -74,7 +84,8 @@ def classify_candidates(cfg: RunCfg, data: SequenceInfo, device: str) -> list[di
     for micro in micros:
         for k in ks:
             mode = base["mode"] if base["mode"] != "full" else "exact" if k else "full"
-            out.append({**base, "micro_batch": micro, "accumulate": eff // micro, "checkpoint_time": k, "mode": mode})
+            out.append({**base, "micro_batch": micro, "accumulate": eff // micro, "checkpoint_time": k, "mode": mode,
+                        "buffer_pool": pools_chunk_buffers(cfg, device, mode)})
     return out
 
 
