@@ -44,8 +44,8 @@ class Session:
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         task = make_task(cfg, data_dir, device, dist)
-        if task.plan.get("buffer_pool"):
-            use_buffer_pool()  # chunk-sized buffers reused, not remapped per chunk (a no-op unless pinned)
+        # chunk-sized buffers reused, not remapped per chunk (memory/allocator.py; a no-op unless pinned)
+        use_buffer_pool(bool(task.plan.get("buffer_pool")))
         if warn is not None:
             task.check_data(warn)
         seed_everything(cfg.train.seed)

@@ -53,11 +53,17 @@ __all__ = ["MMAP_THRESHOLD", "POOL_THRESHOLD", "POOL_TRIM", "configure_allocator
 MMAP_THRESHOLD = 64 * 1024  # bytes; tensors at least this large are mmapped and unmapped on free
 POOL_THRESHOLD = 32 * 1024 * 1024  # glibc's largest mmap threshold (HEAP_MAX_SIZE / 2 on 64-bit)
 POOL_TRIM = 64 * 1024 * 1024  # free memory the heap's top may keep for reuse before it is given back
+_DEFAULT_TRIM = 128 * 1024  # glibc's M_TRIM_THRESHOLD at start
 _M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _THP_ENV = "THP_MEM_ALLOC_ENABLE"  # PyTorch's switch for huge pages under CPU tensors >= 2 MiB
-_pinned = False
+_pinned = 0  # the threshold configure_allocator pinned (0: not pinned)
 _pooled = False
+
+
+def _mallopt(option: int, value: int) -> bool:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return bool(libc.mallopt(option, int(value)))
 
 
 def configure_allocator(threshold: int = MMAP_THRESHOLD) -> bool:
@@ -67,29 +73,31 @@ def configure_allocator(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
     os.environ.setdefault(_THP_ENV, "1")  # a user's explicit 0 wins
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        ok = _mallopt(_M_MMAP_THRESHOLD, threshold)
     except (OSError, AttributeError):
         return False
-    _pinned = _pinned or ok
+    if ok:
+        _pinned = int(threshold)
     return ok
 
 
 def allocator_pinned() -> bool:
     """Whether configure_allocator succeeded in this process."""
-    return _pinned
+    return bool(_pinned)
 
 
-def use_buffer_pool(threshold: int = POOL_THRESHOLD, trim: int = POOL_TRIM) -> bool:
-    """Serve buffers below ``threshold`` from glibc's heap, keeping at most ``trim`` bytes free at its top,
-    for a run that reuses chunk-sized buffers (module docstring). Only after configure_allocator: a process
-    that never pinned the allocator (a user's own loop) is left alone. False where nothing changed."""
+def use_buffer_pool(on: bool = True) -> bool:
+    """On: serve buffers under POOL_THRESHOLD from glibc's heap, keeping at most POOL_TRIM bytes free at its top,
+    for a run that reuses chunk-sized buffers (module docstring). Off: back to configure_allocator's pinned
+    threshold (one process may build runs of both kinds, e.g. tests). Only after configure_allocator: a process
+    that never pinned the allocator (a user's own loop) is left alone. Returns whether the pool is now on."""
     global _pooled
     if not _pinned:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    threshold, trim = (POOL_THRESHOLD, POOL_TRIM) if on else (_pinned, _DEFAULT_TRIM)
     # the trim threshold first: from then on the heap gives back only what exceeds it
-    _pooled = bool(libc.mallopt(_M_TRIM_THRESHOLD, int(trim))) and bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    ok = _mallopt(_M_TRIM_THRESHOLD, trim) and _mallopt(_M_MMAP_THRESHOLD, threshold)
+    _pooled = on and ok
     return _pooled
 
 
