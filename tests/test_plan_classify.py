@@ -175,22 +175,3 @@ def test_profile_command_predicts_a_classifiers_phases(sequences_dir, tmp_path):
     assert rows["backward"]["predicted"] > 0 and rows["forward"]["predicted"] > 0
     assert 0.5 < rows["backward"]["ratio"] < 2.0  # a loose band: tiny tensors, shared machine
 
-
-@pytest.mark.parametrize("model,train,memory,pooled", [
-    ({}, {}, {"checkpoint_time": -1}, True), ({}, {"bptt": 20}, {}, True), ({}, {}, {}, False),
-    ({"bidirectional": True}, {}, {"checkpoint_time": -1}, False)])
-def test_time_chunked_plans_pool_their_buffers_and_count_what_the_pool_holds(model, train, memory, pooled):
-    cfg = cfg_of(model, train, memory)
-    plan = requested_classify_plan(cfg, "cpu")
-    assert plan["buffer_pool"] is pooled
-    assert requested_classify_plan(cfg, "cuda")["buffer_pool"] is False
-    data = info(longest=2000)
-    with_pool = estimate_classifier(cfg, data, plan, CONSTS)
-    without = estimate_classifier(cfg, data, {**plan, "buffer_pool": False}, CONSTS)
-    held = with_pool["peak"] - without["peak"]
-    if pooled:
-        from seqfit.memory.allocator import POOL_TRIM
-
-        assert 0 < held <= POOL_TRIM and with_pool["phase"] == "backward"
-    else:
-        assert held == 0

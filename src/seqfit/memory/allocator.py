@@ -35,7 +35,7 @@ nn.LSTM forward + backward: 2.8 s). ``use_buffer_pool`` raises the threshold to 
 (32 MiB) so those buffers come from the heap and are reused from chunk to chunk, and bounds the free
 memory kept at the heap's top (M_TRIM_THRESHOLD). Measured on that classifier: 12k faults and 0.1 s
 of system time a step, 2.1 s a step, and a peak 50 MiB higher (a chunk's buffers held free between
-uses), which the planner counts (memory/estimate_classify.py, ``POOL_SLACK``). Whole-sequence buffers (larger
+uses), which the planner counts (memory/pool_plan.py). Whole-sequence buffers (larger
 than 32 MiB) are still mapped and unmapped, so a full-BPTT run is not affected; it keeps the pinned
 threshold, as its few large buffers left the heap fragmented (peaks 25-45% higher) for no speed.
 """

@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 from seqfit.config import RunCfg
-from seqfit.memory.allocator import POOL_TRIM
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 from seqfit.memory.estimate import (
     F32,
@@ -33,8 +32,9 @@ from seqfit.memory.estimate import (
     optimizer_scratch,
     parameter_sizes,
 )
+from seqfit.memory.pool_plan import CLASSIFIER_POOL_SLACK, pool_slack
 
-__all__ = ["SequenceInfo", "POOL_SLACK", "classifier_param_shapes", "estimate_classifier", "worst_batch"]
+__all__ = ["SequenceInfo", "classifier_param_shapes", "estimate_classifier", "worst_batch"]
 
 
 @dataclass(frozen=True)
@@ -76,16 +76,6 @@ def worst_batch(plan: dict, data: SequenceInfo) -> tuple[int, int, int]:
     top = [min(n, cap) for n in data.top_lengths[:b]]
     real = sum(top) + T * (b - len(top))  # rows beyond the known lengths: counted as full
     return b, T, real
-
-
-# Resident bytes the buffer pool (memory/allocator.use_buffer_pool) holds free at the peak: about three times
-# one chunk's backward activations, and no more than the free memory the heap's top may keep (POOL_TRIM).
-# Measured with `seqfit plan --verify` on 1- and 2-layer LSTMs and GRUs (45-127-step chunks, H 64-512): 2-60 MiB.
-POOL_SLACK = 3.0
-
-
-def pool_slack(chunk_bytes: int) -> int:
-    return min(POOL_TRIM, int(POOL_SLACK * chunk_bytes))
 
 
 def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Constants = DEFAULT_CONSTANTS) -> dict:
@@ -171,8 +161,9 @@ def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Con
             r.moment("forward", activations=states + chunk_keep + max(layer_fwd(i, k) for i in range(L)))
             r.now["activations"] = states if mode == "exact" else 0
             rise = chunk_keep + max(layer_rise(i, k) for i in range(L))
-            # with the buffer pool, freed chunk buffers stay in the heap between their uses
-            r.moment("backward", activations=rise, temporaries=pool_slack(rise) if plan.get("buffer_pool") else 0,
+            # with the buffer pool, freed chunk buffers stay in the heap between their uses (memory/pool_plan.py)
+            held = pool_slack(rise, CLASSIFIER_POOL_SLACK) if plan.get("buffer_pool") else 0
+            r.moment("backward", activations=rise, temporaries=held,
                      gradients=sizes["gradients"] - grads if not micro else 0)
         r.now["gradients"] = sizes["gradients"]
     largest = F32 * max((math.prod(s) for s in trainable), default=0)

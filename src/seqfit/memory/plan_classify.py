@@ -24,6 +24,7 @@ from seqfit.memory.estimate_classify import (
     estimate_classifier,
     worst_batch,
 )
+from seqfit.memory.pool_plan import pools_chunk_buffers
 from seqfit.memory.throughput import classifier_step_seconds
 
 __all__ = ["sequence_info_from_dir", "requested_classify_plan", "classify_candidates", "apply_classify_plan",
@@ -46,15 +47,6 @@ def sequence_info_from_dir(data_dir: str | Path, max_length: int = 0) -> Sequenc
                         num_features=store.num_features, longest=int(top[0]), top_lengths=tuple(top.tolist()))
 
 
-def pools_chunk_buffers(cfg: RunCfg, device: str, mode: str) -> bool:
-    """Whether a classifier plan reuses its chunk-sized buffers from a pool (memory/allocator.use_buffer_pool):
-    on CPU, in time chunks, one direction. Measured on a 32 x 16,000 classifier in exact mode: 2.1x faster a step,
-    about 50 MiB more at the peak (estimate_classify counts it). Not for a bidirectional stack (2.5x faster, but
-    its whole-layer pieces left 180-240 MiB of holes, varying from run to run), nor yet for other tasks: a language
-    model in exact mode ran only 1.1x faster for a peak 27-40% higher."""
-    return device == "cpu" and mode != "full" and not cfg.model.bidirectional
-
-
 def requested_classify_plan(cfg: RunCfg, device: str) -> dict:
     """The plan the config asks for as it stands (no budget): batching, BPTT mode and the classifier's options."""
     mem, t = cfg.memory, cfg.train
@@ -65,7 +57,7 @@ def requested_classify_plan(cfg: RunCfg, device: str) -> dict:
     mode = "truncated" if t.bptt else "exact" if mem.checkpoint_time else "full"
     return {"device": device, "precision": mem.precision, "micro_batch": micro,
             "max_tokens": mem.max_tokens, "accumulate": accumulate, "mode": mode,
-            "buffer_pool": pools_chunk_buffers(cfg, device, mode),
+            "buffer_pool": pools_chunk_buffers(device, mode, cfg.model.bidirectional),
             "bptt": t.bptt, "checkpoint_time": mem.checkpoint_time, "optimizer": t.optimizer,
             "max_length": t.max_length, "too_long": t.too_long, "class_weights": t.class_weights}
 
@@ -85,7 +77,7 @@ def classify_candidates(cfg: RunCfg, data: SequenceInfo, device: str) -> list[di
         for k in ks:
             mode = base["mode"] if base["mode"] != "full" else "exact" if k else "full"
             out.append({**base, "micro_batch": micro, "accumulate": eff // micro, "checkpoint_time": k, "mode": mode,
-                        "buffer_pool": pools_chunk_buffers(cfg, device, mode)})
+                        "buffer_pool": pools_chunk_buffers(device, mode, cfg.model.bidirectional)})
     return out
 
 

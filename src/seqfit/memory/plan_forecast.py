@@ -47,6 +47,7 @@ from seqfit.errors import SeqfitError
 from seqfit.memory.batch_split import apply_batch_plan, split_effective_batch
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
 from seqfit.memory.estimate import F32, GATES, Replay, blas_buffers, chunk_len, dot, optimizer_scratch
+from seqfit.memory.pool_plan import FORECASTER_POOL_SLACK, pool_slack, pools_chunk_buffers
 from seqfit.memory.throughput import classifier_step_seconds
 
 __all__ = ["ForecastInfo", "forecast_columns", "forecast_info_from_dir", "requested_forecast_plan",
@@ -134,8 +135,9 @@ def requested_forecast_plan(cfg: RunCfg, device: str) -> dict:
                           "use --checkpoint-time for long --lookback windows")
     micro, accumulate = split_effective_batch(cfg)
     quantiles = parse_quantiles(m.quantiles) if m.forecast_loss == "quantile" else []
+    mode = "exact" if mem.checkpoint_time else "full"
     return {"device": device, "precision": mem.precision, "micro_batch": micro, "max_tokens": 0,
-            "accumulate": accumulate, "mode": "exact" if mem.checkpoint_time else "full", "bptt": 0,
+            "accumulate": accumulate, "mode": mode, "buffer_pool": pools_chunk_buffers(device, mode), "bptt": 0,
             "checkpoint_time": mem.checkpoint_time, "optimizer": t.optimizer, "lookback": t.lookback,
             "horizon": m.horizon, "loss": m.forecast_loss, "quantiles": quantiles}
 
@@ -146,8 +148,8 @@ def forecast_candidates(cfg: RunCfg, data: ForecastInfo, device: str) -> list[di
     micros = sorted((d for d in range(1, eff + 1) if eff % d == 0), reverse=True)
     T = base["lookback"]
     ks = [base["checkpoint_time"]] if base["checkpoint_time"] else [0] + ([math.ceil(math.sqrt(T))] if T >= 4 else [])
-    return [{**base, "micro_batch": b, "accumulate": eff // b, "checkpoint_time": k, "mode": "exact" if k else "full"}
-            for b in micros for k in ks]
+    return [{**base, "micro_batch": b, "accumulate": eff // b, "checkpoint_time": k, "mode": "exact" if k else "full",
+             "buffer_pool": pools_chunk_buffers(device, "exact" if k else "full")} for b in micros for k in ks]
 
 
 apply_forecast_plan = apply_batch_plan  # micro-batch, accumulation and checkpointing: all the planner varies
@@ -234,7 +236,9 @@ def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Con
         fwd = max(fwd, dec + max(dot(coefs.fwd, feats(i, h, dec_inputs)) for i in range(L)))
         rise = max(rise, dec + max(dot(coefs.rise, feats(i, h, dec_inputs)) for i in range(L)))
     r.moment("forward", activations=kept + fwd)
-    r.moment("backward", activations=kept + rise, gradients=0 if acc > 1 else sizes["gradients"])
+    # with the buffer pool, freed chunk buffers stay in the heap between their uses (memory/pool_plan.py)
+    held = pool_slack(kept - states + rise, FORECASTER_POOL_SLACK) if plan.get("buffer_pool") else 0
+    r.moment("backward", activations=kept + rise, temporaries=held, gradients=0 if acc > 1 else sizes["gradients"])
     r.now.update(gradients=sizes["gradients"], activations=0,
                  temporaries=optimizer_scratch(cfg, plan["device"], {**sizes, "largest_parameter": F32 * max(map(math.prod, shapes))}))
     r.moment("optimizer")
