@@ -5,15 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
 from seqfit.cli.common import emit, json_flag
 from seqfit.errors import SeqfitError
 
 __all__ = ["detect"]
-
-CALIBRATION_ROWS = 5000  # rows of the train split's tail (shared by its series) that set the error scale without a valid split
-SERIES_CALIBRATION_ROWS = 100  # --scale series: at least this many train rows of each series (a scale of its own)
 
 
 @click.command(epilog="""\b
@@ -57,72 +53,24 @@ def detect(run_dir, data, out, split_name, threshold, scale_by, context, data_di
     the row index in the series' part of the split), value, forecast, score, anomaly (0/1). A flagged point
     is replaced by its forecast in the windows after it, so a spike is not flagged twice; two flags in a row
     in one direction count as a lasting change (the real values stand)."""
-    from seqfit.engine.forecast_output import (clean_rescore, context_split, default_split, one_step, open_series,
-                                               point_and_sigma, series_scales, write_table)
+    from seqfit.engine.detect import detect_anomalies
+    from seqfit.engine.forecast_output import default_split, open_series, write_table
     from seqfit.engine.run_dir import load_run
 
     if not Path(data).exists():
         raise SeqfitError(f"{data} does not exist")
     run = load_run(run_dir, data_dir=data_dir, device=device, task="forecast")
-    task = run.task
     store = open_series(run, data)
     name = default_split(store, split_name)
-    base = store.split(name)
-    split, borrowed = context_split(run, store, base) if context else (base, 0)
-    rows, series, values, pred = one_step(run, split)
-    if not len(rows):
-        raise SeqfitError(f"the {name} split has {len(base)} rows, no more than --lookback {task.lookback}"
-                          + (" in each series" if base.num_series > 1 else "") + ": nothing to score")
-    quantile = bool(task.quantiles)
-    valid = store.split("valid") if name != "valid" and store.has_split("valid") else None
-    if valid is not None and context:
-        valid = context_split(run, store, valid)[0]
-    cal = valid
-    cs, cv, cp = one_step(run, valid)[1:] if valid is not None else (None, [], None)
-    calib = "valid split"
-    if not len(cv):
-        cal = store.split("train")
-        share = -(-CALIBRATION_ROWS // cal.num_series)
-        cs, cv, cp = one_step(run, cal, tail=max(share, SERIES_CALIBRATION_ROWS) if scale_by == "series" else share)[1:]
-        calib = "train split's tail"
-        if not len(cv):
-            cal, cs, cv, cp, calib = split, series, values, pred, f"{name} split itself"
-
-    def raw_score(v, p):  # the error, in units of the point's own predicted spread for a quantile model
-        point, sigma = point_and_sigma(task, p)
-        err = v - point
-        return err / np.maximum(sigma, 1e-9 * np.maximum(1.0, np.abs(v))) if quantile else err
-
-    centres, scales, own = series_scales(raw_score(cv, cp), cs, cal.positions_in(base),
-                                         base.num_series, per_series=scale_by == "series")
-    bounds = np.searchsorted(series, np.arange(split.num_series + 1))  # each series' points: one contiguous run
-    cleaned = []
-    for s, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if a < b:
-            score_of = lambda v, p, s=s: np.abs(raw_score(v, p) - centres[s]) / scales[s]
-            cleaned.append(clean_rescore(run, split, rows[a:b], values[a:b], pred[a:b], score_of, threshold))
-    pred, score = np.concatenate([c[0] for c in cleaned]), np.concatenate([c[1] for c in cleaned])
-    point = task._point(pred)
-    flagged = score > threshold
-    at = split.split_rows(rows) if split is not base else rows  # rows of the split itself
-    times = store.times(name)
-    when = times[at] if times is not None else at - base.offsets[series]
-    T = len(task.targets)
-    table = {"series": np.repeat(np.asarray(base.names, dtype=str)[series], T)}
-    if T > 1:
-        table["target"] = np.tile(np.asarray(task.targets, dtype=str), len(rows))
-    table |= {"time": np.repeat(when, T), "value": values.ravel(), "forecast": point.ravel(), "score": score.ravel(),
-              "anomaly": flagged.ravel().astype(np.int64)}
-    write_table(Path(out), table)
-    scored_series = int(len(np.unique(series)))
-    by_own = int(own[np.unique(series)].sum())
-    result = {"out": str(out), "split": name, "series": base.num_series, "scored": int(score.size),
-              "anomalies": int(flagged.sum()), "threshold": threshold, "scale_from": calib, "scale": scale_by,
-              "series_own_scale": by_own, "series_global_scale": scored_series - by_own,
-              "context_series": borrowed}
-    how = (f"each series' own error scale ({by_own:,} of {scored_series:,} series; the rest the global one)"
+    found = detect_anomalies(run, store, name, threshold=threshold, per_series=scale_by == "series", context=context)
+    write_table(Path(out), found.table)
+    own, scored_series, borrowed = found.series_own_scale, found.scored_series, found.context_series
+    result = {"out": str(out), "split": name, "series": store.split(name).num_series, "scored": found.scored,
+              "anomalies": found.anomalies, "threshold": threshold, "scale_from": found.scale_from, "scale": scale_by,
+              "series_own_scale": own, "series_global_scale": scored_series - own, "context_series": borrowed}
+    how = (f"each series' own error scale ({own:,} of {scored_series:,} series; the rest the global one)"
            if scale_by == "series" else "one error scale")
-    emit(result, as_json, f"{score.size:,} points scored in the {name} split, {int(flagged.sum()):,} anomalies flagged "
-                          f"(score > {threshold:g}, {how} from the {calib}"
+    emit(result, as_json, f"{found.scored:,} points scored in the {name} split, {found.anomalies:,} anomalies flagged "
+                          f"(score > {threshold:g}, {how} from the {found.scale_from}"
                           + (f"; {borrowed:,} series forecast from their earlier rows at the start" if borrowed else "")
                           + f"); written to {out}")
