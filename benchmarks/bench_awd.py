@@ -8,10 +8,9 @@ bible-kjv packages when they are installed or in apt's cache, 5% of it held out 
 
     classic   pytorch/examples word_language_model: 2-layer LSTM 200, embed 200, dropout 0.2, SGD lr 20,
               clip 0.25, bptt 35, batch 20, lr /4 whenever validation does not improve (--schedule plateau)
-    awd       examples/awd-lstm-small.toml: 2 x 256 LSTM with an adaptive softmax, weight drop, locked and
-              embedding dropout, AR/TAR, variable BPTT around 70, batch 20, SGD then NT-ASGD (--average nt,
-              --nonmono 1); at character level with the tied full softmax instead (--loss auto --tie-weights,
-              as the recipe says: an adaptive head buys nothing over ~100 symbols)
+    awd       examples/awd-lstm-small.toml: tied 2 x 256 LSTM, weight drop, locked and embedding dropout,
+              AR/TAR, variable BPTT around 70, batch 20, Adam lr 0.003, weight averaging from the first stalled
+              validation (--average nt, --nonmono 1)
 
 The two recipes of a row pair run at the same time, as two children with one thread each
 (OMP_NUM_THREADS=1, torch.set_num_threads(1)), so each gets one of the 2 cores, and each stops after
@@ -68,8 +67,6 @@ RECIPES = {
                 "--schedule", "plateau"],
     "awd": ["--config", str(AWD_RECIPE)],
 }
-# Per corpus: at character level the AWD recipe keeps the tied full softmax (its own comment says why).
-CORPUS_RECIPES = {"wikitext-2": RECIPES, "char": {**RECIPES, "awd": RECIPES["awd"] + ["--loss", "auto", "--tie-weights"]}}
 WORD_BUDGETS, CHAR_BUDGETS = (10.0, 30.0), (10.0,)  # CPU minutes
 QUICK_WORD_BUDGETS, QUICK_CHAR_BUDGETS = (0.25, 0.5), (0.25,)
 EVAL_TOKENS = 50_000  # in-run validation: the first EVAL_TOKENS tokens of the valid split (10 streams)
@@ -216,9 +213,8 @@ def _children(recipes: dict[str, list[str]], budgets: tuple[float, ...]) -> list
 
 
 def _start_pair(corpus: str, data: Path, work: Path, *, precision: str, budgets: tuple[float, ...], full_eval: bool,
-                recipes: dict[str, list[str]] | None = None) -> dict:
+                recipes: dict[str, list[str]] = RECIPES) -> dict:
     """The recipes at once, one thread each: [(recipe, budgets, run_dir, process, log)]."""
-    recipes = recipes or CORPUS_RECIPES[corpus]
     started = []
     for recipe, own, suffix in _children(recipes, budgets):
         args = recipes[recipe]
@@ -322,7 +318,7 @@ def run(quick: bool = False, pairs_at_once: int = PAIRS_AT_ONCE, collect: bool =
                 jobs.append((corpus, data, precision, budgets))
     if collect:
         for corpus, _, precision, budgets in jobs:
-            for recipe, own, suffix in _children(CORPUS_RECIPES[corpus], budgets):
+            for recipe, own, suffix in _children(RECIPES, budgets):
                 legs = json.loads(Path(f"{work / f'{corpus}-{recipe}-{precision}{suffix}'}.legs.json").read_text())
                 rows += [_row(corpus, recipe, precision, b, leg, None) for b, leg in zip(own, legs)]
     for i in range(0, len(jobs) if not collect else 0, pairs_at_once):  # pairs_at_once pairs (2 children each)
@@ -342,8 +338,7 @@ def run(quick: bool = False, pairs_at_once: int = PAIRS_AT_ONCE, collect: bool =
                          for r in rows if "curve" in r},
               "char_corpus": _char_corpus(work)[1], "eval_tokens_in_run": EVAL_TOKENS,
               "corpora": {c: {k: m.get(k) for k in ("vocab_size", "splits")} for c, m in meta.items()},
-              "recipes": {corpus: {k: " ".join(v) for k, v in recipes.items()} for corpus, recipes in CORPUS_RECIPES.items()},
-              "awd_recipe": AWD_RECIPE.read_text(),
+              "recipes": {k: " ".join(v) for k, v in RECIPES.items()}, "awd_recipe": AWD_RECIPE.read_text(),
               "threads_per_run": 1, "pairs_at_once": pairs_at_once, "summary": _summary(rows)}
     if quick:
         result["note"] = "quick: budgets of seconds, in-run validation subset only; not the benchmark's figures"
