@@ -65,7 +65,7 @@ def detect(run_dir, data, out, split_name, threshold, scale_by, context, data_di
     found = detect_anomalies(run, store, name, threshold=threshold, per_series=scale_by == "series", context=context)
     write_table(Path(out), found.table)
     own, scored_series, borrowed = found.series_own_scale, found.scored_series, found.context_series
-    result = {"out": str(out), "split": name, "series": store.split(name).num_series, "scored": found.scored,
+    result = {"out": str(out), "split": name, "series": found.series, "scored": found.scored,
               "anomalies": found.anomalies, "threshold": threshold, "scale_from": found.scale_from, "scale": scale_by,
               "series_own_scale": own, "series_global_scale": scored_series - own, "context_series": borrowed}
     how = (f"each series' own error scale ({own:,} of {scored_series:,} series; the rest the global one)"

@@ -26,6 +26,7 @@ SERIES_CALIBRATION_ROWS = 100  # per-series scales: at least this many train row
 @dataclass
 class Detection:
     table: dict  # the columns `seqfit detect` writes, one row per scored point (and target)
+    series: int  # series in the split
     scored: int  # points scored
     anomalies: int  # points flagged
     scale_from: str  # where the error scale came from ("valid split", ...)
@@ -90,6 +91,6 @@ def detect_anomalies(run, store: SeriesStore, name: str, *, threshold: float, pe
     table |= {"time": np.repeat(when, T), "value": values.ravel(), "forecast": task._point(pred).ravel(),
               "score": score.ravel(), "anomaly": flagged.ravel().astype(np.int64)}
     scored_series = np.unique(series)
-    return Detection(table=table, scored=int(score.size), anomalies=int(flagged.sum()), scale_from=calib,
+    return Detection(table=table, series=base.num_series, scored=int(score.size), anomalies=int(flagged.sum()), scale_from=calib,
                      scored_series=int(len(scored_series)), series_own_scale=int(own[scored_series].sum()),
                      context_series=borrowed)
