@@ -226,7 +226,8 @@ def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Con
     runtime = consts.baseline + int(coefs.const) + blas_buffers(b * T, F_in, H, 1, g, "full", plan["device"], consts)
     r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=acc * window + index)
     states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H if k < T else 0
-    kept = states + sum(keep(i, k) for i in range(L))
+    chunk_keep = sum(keep(i, k) for i in range(L))
+    kept = states + chunk_keep
     r.now["gradients"] = sizes["gradients"] if acc > 1 else 0
     fwd = max(dot(coefs.fwd, feats(i, k)) for i in range(L))
     rise = max(dot(coefs.rise, feats(i, k)) for i in range(L))
@@ -237,7 +238,7 @@ def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Con
         rise = max(rise, dec + max(dot(coefs.rise, feats(i, h, dec_inputs)) for i in range(L)))
     r.moment("forward", activations=kept + fwd)
     # with the buffer pool, freed chunk buffers stay in the heap between their uses (memory/pool_plan.py)
-    held = pool_slack(kept - states + rise, FORECASTER_POOL_SLACK) if plan.get("buffer_pool") else 0
+    held = pool_slack(chunk_keep + rise, FORECASTER_POOL_SLACK) if plan.get("buffer_pool") else 0
     r.moment("backward", activations=kept + rise, temporaries=held, gradients=0 if acc > 1 else sizes["gradients"])
     r.now.update(gradients=sizes["gradients"], activations=0,
                  temporaries=optimizer_scratch(cfg, plan["device"], {**sizes, "largest_parameter": F32 * max(map(math.prod, shapes))}))
