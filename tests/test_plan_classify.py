@@ -174,4 +174,3 @@ def test_profile_command_predicts_a_classifiers_phases(sequences_dir, tmp_path):
     rows = {r["phase"]: r for r in json.loads(out)["phases"]}
     assert rows["backward"]["predicted"] > 0 and rows["forward"]["predicted"] > 0
     assert 0.5 < rows["backward"]["ratio"] < 2.0  # a loose band: tiny tensors, shared machine
-

@@ -201,8 +201,9 @@ def series_scales(errors: np.ndarray, series: np.ndarray, at: np.ndarray, num_se
                   per_series: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per series of a split (``num_series``), (centre (S, T), scale (S, T), own (S,) bool) of calibration errors
     (N, T) whose series (indices into the calibration split, non-decreasing) are ``series``; ``at``: each
-    calibration series' index in the split, -1 where it has none (SeriesSplit.positions_in). With ``per_series`` a series with at least MIN_SERIES_POINTS errors gets its own
-    robust_scale; the others (all, without it) the one of every error."""
+    calibration series' index in the split, -1 where it has none (SeriesSplit.positions_in). With
+    ``per_series`` a series with at least MIN_SERIES_POINTS errors gets its own robust_scale; the others
+    (all, without it) the one of every error."""
     centre, scale = robust_scale(errors)
     centres, scales = np.tile(centre, (num_series, 1)), np.tile(scale, (num_series, 1))
     own = np.zeros(num_series, dtype=bool)
