@@ -38,6 +38,9 @@ of system time a step, 2.1 s a step, and a peak 50 MiB higher (a chunk's buffers
 uses), which the planner counts (memory/pool_plan.py). Whole-sequence buffers (larger
 than 32 MiB) are still mapped and unmapped, so a full-BPTT run is not affected; it keeps the pinned
 threshold, as its few large buffers left the heap fragmented (peaks 25-45% higher) for no speed.
+The pool settles after a warm-up: a small allocation that lands beside a freed buffer makes glibc set that
+memory aside, so the heap may first grow by a few buffers (0 to 8 of one 8 MiB buffer across 31 processes,
+only in the first iterations; tests/test_allocator.py), varying with the process's layout.
 """
 
 from __future__ import annotations
