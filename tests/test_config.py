@@ -47,10 +47,12 @@ def test_bptt_zero_means_the_tasks_default(tmp_path):
     assert explicit.train.bptt == 35 and lm_bptt(merge(RunCfg(), {"train": {"bptt": 70}}).train) == 70
 
 
-def test_a_forecaster_defaults_to_adam_unless_the_optimizer_is_set(tmp_path):
+def test_a_forecaster_classifier_or_seq2seq_defaults_to_adam_unless_the_optimizer_is_set(tmp_path):
     from seqfit.config import from_options
 
     assert from_options({"task": "forecast"}).train.optimizer == "adam"
+    assert from_options({"task": "classify"}).train.optimizer == "adam"
+    assert from_options({"task": "seq2seq"}).train.optimizer == "adam"
     assert from_options({"task": "lm"}).train.optimizer == "sgd"  # the language model's classic recipe
     assert from_options({"task": "forecast", "optimizer": "sgd"}).train.optimizer == "sgd"  # asked for
     toml = tmp_path / "c.toml"

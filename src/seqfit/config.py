@@ -84,7 +84,7 @@ class TrainCfg:
                                       "process's threads counted (time.process_time; a fair budget on a shared "
                                       "machine; 0: no limit)", minimum=0)
     lr: float = opt(0.0, "learning rate (0: the optimizer's usual one: sgd 20, adam/adamw 0.001, adafactor 0.01)", minimum=0)
-    optimizer: str = opt("sgd", "optimizer (--task forecast: adam unless set)", ("sgd", "adam", "adamw", "adafactor"))
+    optimizer: str = opt("sgd", "optimizer (--task forecast, classify, seq2seq: adam unless set)", ("sgd", "adam", "adamw", "adafactor"))
     momentum: float = opt(0.0, "SGD momentum", minimum=0)
     weight_decay: float = opt(0.0, "weight decay", minimum=0)
     clip: float = opt(0.25, "clip the gradient norm to this (0: off)", minimum=0)
@@ -239,9 +239,12 @@ def section_of(key: str) -> str:
 
 # Where the defaults (a language model's classic recipe: SGD at lr 20, clip 0.25) are wrong for a task: a
 # forecaster at SGD lr 20 ended worse than the naive forecast in a new user's first run; Adam at its usual lr
-# is what forecasting libraries start from. Applied to new runs only, and only to keys neither the TOML file
+# is what forecasting libraries start from. A 4-class text classifier (13k lines of stdlib code by package)
+# reached 75.6% valid accuracy in 3 epochs at SGD lr 20 and 82.1% in 6, against 84.8% in 3 with Adam; every
+# encoder-decoder benchmark trains with Adam. Applied to new runs only, and only to keys neither the TOML file
 # nor an option sets (a resumed run's config.toml holds the value it started with).
-TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"forecast": {"train": {"optimizer": "adam"}}}
+_ADAM = {"train": {"optimizer": "adam"}}
+TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {"forecast": _ADAM, "classify": _ADAM, "seq2seq": _ADAM}
 
 
 def from_options(options: dict[str, Any], *, config_path: str | Path | None = None, base: RunCfg | None = None) -> RunCfg:
