@@ -40,6 +40,7 @@ from seqfit.memory.estimate_classify import estimate_classifier
 from seqfit.memory.plan_classify import describe_classify_plan, requested_classify_plan, sequence_info_from_dir
 from seqfit.memory.synthetic import write_synthetic_sequences, write_synthetic_store
 from seqfit.memory.throughput import tokens_per_second
+from seqfit.nn.precision import cpu_bf16_rnn_supported
 
 MB = 2**20
 
@@ -133,10 +134,18 @@ class _Stores:
         return self.dirs[vocab]
 
 
+def _runs_here(name: str, memory: dict, echo) -> bool:
+    """A bf16 row needs the CPU's bf16 recurrent kernels; elsewhere training refuses it, so the row is skipped."""
+    if memory.get("precision") == "bf16" and not cpu_bf16_rnn_supported():
+        echo(f"{name:<18} skipped: this CPU has no bf16 recurrent kernels")
+        return False
+    return True
+
+
 def _accuracy(names, stores: _Stores, echo) -> list[dict]:
     rows = []
     for name, model, train, memory, vocab in GRID:
-        if name not in names:
+        if name not in names or not _runs_here(name, memory, echo):
             continue
         cfg = _cfg(model, train, memory)
         data = DataInfo(vocab)
@@ -232,7 +241,7 @@ def _classify(quick: bool, root: Path, echo) -> tuple[list[dict], list[dict]]:
     stores = _SequenceStores(root)
     rows = []
     for name, T, features, model, train, memory in CLASSIFY_GRID:
-        if quick and name not in CLASSIFY_QUICK:
+        if (quick and name not in CLASSIFY_QUICK) or not _runs_here(name, memory, echo):
             continue
         cfg = _classify_cfg(model, train, memory)
         data_dir = stores.get(T, features)
