@@ -8,7 +8,7 @@ Probes (each a fresh child process running real training steps, seqfit.memory.pr
                   the slope between them, against the estimate's slope, scales that cell's
                   per-token constants -- two sizes, so the baseline's error cancels -- and what is
                   left at both sizes is that kernel library's one-time state (``const``)
-    timing        the same runs' step times fit seconds_per_flop and seconds_per_call
+    timing        the same runs' step times fit that cell's seconds_per_flop and seconds_per_call
 
 Probes stay small on purpose (under ~200 MB): on CPU an out-of-memory is a kill, so a probe must
 never be what runs out. The cache lives in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit) as
@@ -75,7 +75,9 @@ def load_constants(device: str, keys: list[tuple[str, str]] | None = None, *, ca
     """
     data = _read_cache(device)
     consts = Constants.from_dict(data["constants"]) if data else default_constants(device)
-    missing = [k for k in (keys or []) if f"{k[0]}/{_prec_key(k[1])}" not in data.get("keys", [])]
+    # a key probed before per-cell timing (no cell_speed) is probed again, once
+    missing = [k for k in (keys or []) if f"{k[0]}/{_prec_key(k[1])}" not in data.get("keys", [])
+               or f"{k[0]}/{_prec_key(k[1])}" not in consts.cell_speed]
     if missing and calibrate_missing and os.environ.get(NO_CALIBRATE_ENV, "") in ("", "0"):
         consts = calibrate(device, missing, echo=echo)
     return consts
@@ -131,7 +133,6 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
     cached = _read_cache(device)
     consts = Constants.from_dict(cached["constants"]) if cached else default_constants(device)
     done = set(cached.get("keys", []))
-    timings = []
     with tempfile.TemporaryDirectory(prefix="seqfit-calibrate-") as tmp:
         data_dir = write_synthetic_store(Path(tmp) / "data", PROBE_VOCAB, PROBE_TOKENS)
         if "baseline" not in done:
@@ -152,9 +153,8 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
             # the intercept left over is the kernel library's one-time state (oneDNN's RNN primitives)
             left = sum(m - _predicted(c, consts, device) for c, m in zip(cfgs, measured)) / len(cfgs)
             consts = _scale(consts, key, 1.0, const=max(0.0, consts.cells[key].const + left))
-            timings += [(c, min(r["step_seconds"][1:])) for c, r in zip(cfgs, runs)]
+            consts = _fit_timing(consts, key, [(c, min(r["step_seconds"][1:])) for c, r in zip(cfgs, runs)])
             done.add(key)
-    consts = _fit_timing(consts, timings)
     consts = dataclasses.replace(consts, calibrated=True, device=device,
                                  source=f"probes on this machine ({_cpu_model()})")
     path = cache_path(device)
@@ -163,17 +163,37 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
     return consts
 
 
-def _fit_timing(consts: Constants, timings: list[tuple[RunCfg, float]]) -> Constants:
-    """seconds_per_flop and seconds_per_call from two or more timed probes (kept when the fit is not sane)."""
+def _fit_timing(consts: Constants, key: str, timings: list[tuple[RunCfg, float]]) -> Constants:
+    """The cell key's seconds_per_flop from its timed probes, kept when the fit is not sane (no probe, or no
+    time left for the FLOPs).
+
+    The per-call overhead cannot be told apart from the FLOPs by these probes: both grow with the time steps
+    alone (every probe has the same batch and width), so a free fit put everything on one of them. It stays
+    at seconds_per_call, and the FLOPs take the rest of the measured time."""
     from seqfit.memory.throughput import step_seconds
 
-    if len(timings) < 2:
+    if not timings:
         return consts
+    others = {k: v for k, v in consts.cell_speed.items() if k != key}
+    spc = consts.seconds_per_call
+    flops, rest = 0.0, 0.0
+    for cfg, seconds in timings:
+        plan = requested_plan(cfg, DataInfo(PROBE_VOCAB), consts.device)
+        # step_seconds is linear in (seconds_per_flop, seconds_per_call): evaluate it on unit vectors
+        per_flop, per_call = (step_seconds(cfg.model, PROBE_VOCAB, plan, dataclasses.replace(
+            consts, seconds_per_flop=f, seconds_per_call=1.0 - f, cell_speed=others)) for f in (1.0, 0.0))
+        flops += per_flop
+        rest += seconds - per_call * spc
+    if rest <= 0:
+        return consts
+    return dataclasses.replace(consts, cell_speed={**others, key: [rest / flops, spc]})
     # step_seconds is linear in (seconds_per_flop, seconds_per_call): evaluate it on unit vectors
+    others = {k: v for k, v in consts.cell_speed.items() if k != key}
     rows = []
     for cfg, seconds in timings:
         plan = requested_plan(cfg, DataInfo(PROBE_VOCAB), consts.device)
-        unit = [dataclasses.replace(consts, seconds_per_flop=f, seconds_per_call=1.0 - f) for f in (1.0, 0.0)]
+        unit = [dataclasses.replace(consts, seconds_per_flop=f, seconds_per_call=1.0 - f, cell_speed=others)
+                for f in (1.0, 0.0)]
         a, c = (step_seconds(cfg.model, PROBE_VOCAB, plan, u) for u in unit)
         rows.append((a, c, seconds))
     import numpy as np
@@ -182,5 +202,5 @@ def _fit_timing(consts: Constants, timings: list[tuple[RunCfg, float]]) -> Const
     y = np.array([s for _, _, s in rows])
     (flop, call), *_ = np.linalg.lstsq(A, y, rcond=None)
     if flop > 0 and call >= 0:
-        return dataclasses.replace(consts, seconds_per_flop=float(flop), seconds_per_call=float(call))
+        return dataclasses.replace(consts, cell_speed={**others, key: [float(flop), float(call)]})
     return consts

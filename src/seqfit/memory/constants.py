@@ -58,12 +58,20 @@ class Constants:
     seconds_per_flop: float = 2.5e-11
     seconds_per_call: float = 4.0e-5  # per time step per layer kernel launch / Python overhead
     batch_half: float = 8.0  # micro-batch at which a time step's matmuls reach half their best speed
+    # per cell key: [seconds_per_flop, seconds_per_call], the first fitted on that cell's own probes (the
+    # second is seconds_per_call: calibrate._fit_timing); keys not probed use the two above. One fit over every cell's probes was off 10x: the CPU's GRU and RNN kernels ran at 23-29
+    # GFLOP/s where the fused LSTM ran at 67 (2 cores, H = 256), and a later probe of GRU alone refitted both.
+    cell_speed: dict[str, list[float]] = field(default_factory=dict)
     calibrated: bool = False  # True once fitted on this machine
     source: str = "defaults measured on the development machine"
 
     def coefs(self, cell: str, precision: str) -> CellCoefs:
-        key = f"{cell}/{'fp32' if precision == 'fp32' else 'bf16'}"  # fp16 (CUDA) is sized like bf16
-        return self.cells[key]
+        return self.cells[_key(cell, precision)]
+
+    def speed(self, cell: str, precision: str) -> tuple[float, float]:
+        """(seconds_per_flop, seconds_per_call) for this cell and precision."""
+        fitted = self.cell_speed.get(_key(cell, precision))
+        return (fitted[0], fitted[1]) if fitted else (self.seconds_per_flop, self.seconds_per_call)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,8 +81,16 @@ class Constants:
         cells = {k: CellCoefs(**{f: tuple(v) if isinstance(v, list) else v for f, v in c.items()})
                  for k, c in data.get("cells", {}).items()}
         rest = {k: v for k, v in data.items() if k != "cells" and k in cls.__dataclass_fields__}
+        if data.get("calibrated") and "cell_speed" not in data:
+            # a cache written before per-cell timing: its one fit may describe only the cells probed last
+            defaults = default_constants(data.get("device", "cpu"))
+            rest.update(seconds_per_flop=defaults.seconds_per_flop, seconds_per_call=defaults.seconds_per_call)
         base = _cuda_defaults() if data.get("device") == "cuda" else _defaults()
         return cls(**rest, cells={**base, **cells})
+
+
+def _key(cell: str, precision: str) -> str:
+    return f"{cell}/{'fp32' if precision == 'fp32' else 'bf16'}"  # fp16 (CUDA) is sized like bf16
 
 
 def _cuda_defaults() -> dict[str, CellCoefs]:

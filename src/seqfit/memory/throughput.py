@@ -31,20 +31,21 @@ def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DE
     g, H, E, L = GATES[model.cell], model.hidden, model.embed, model.layers
     n = b * T
     macs_per_step = sum(b * g * H * ((E if i == 0 else H) + H) for i in range(L))
+    spf, spc = consts.speed(model.cell, plan["precision"])
     efficiency = b / (b + consts.batch_half)
-    rnn = T * (3 * 2 * macs_per_step * consts.seconds_per_flop / efficiency + L * consts.seconds_per_call)
+    rnn = T * (3 * 2 * macs_per_step * spf / efficiency + L * spc)
     if chunk_len(plan.get("checkpoint_time", 0), T) < T:
         rnn *= 4 / 3
     if plan["loss"] == "adaptive":
-        head = 3 * 2 * n * H * min(vocab, 2 * H + 64) * consts.seconds_per_flop  # shortlist + projected tails
+        head = 3 * 2 * n * H * min(vocab, 2 * H + 64) * spf  # shortlist + projected tails
     else:
-        head = 3 * 2 * n * H * vocab * consts.seconds_per_flop
+        head = 3 * 2 * n * H * vocab * spf
         if plan["loss"] == "chunked":
             chunk = plan.get("loss_chunk") or default_chunk_tokens(vocab, n, 4 if plan["precision"] == "fp32" else 2)
             chunks = -(-n // chunk)
-            head += 8 * chunks * consts.seconds_per_call  # a few small kernels per chunk
+            head += 8 * chunks * spc  # a few small kernels per chunk
         else:
-            head += 3 * n * vocab * consts.seconds_per_flop * 10  # three memory-bound passes over (N, V) arrays
+            head += 3 * n * vocab * spf * 10  # three memory-bound passes over (N, V) arrays
     return acc * (rnn + head)
 
 
@@ -61,8 +62,9 @@ def classifier_step_seconds(model: ModelCfg, inputs: int, plan: dict, batch: tup
     g, H, L = GATES[model.cell], model.hidden, model.layers
     dirs = 2 if model.bidirectional else 1
     macs_per_token = sum(dirs * g * H * ((inputs if i == 0 else dirs * H) + H) for i in range(L))
+    spf, spc = consts.speed(model.cell, plan["precision"])
     efficiency = b / (b + consts.batch_half)
-    rnn = 3 * 2 * real * macs_per_token * consts.seconds_per_flop / efficiency + T * dirs * L * consts.seconds_per_call
+    rnn = 3 * 2 * real * macs_per_token * spf / efficiency + T * dirs * L * spc
     if plan["mode"] == "exact" and chunk_len(plan["checkpoint_time"], T) < T:
         rnn *= 4 / 3
     return plan["accumulate"] * rnn
@@ -85,9 +87,10 @@ def seq2seq_step_seconds(model: ModelCfg, data, plan: dict, batch: tuple[int, in
     efficiency = b / (b + consts.batch_half)
     flops = 3 * 2 * (enc + dec + att) / efficiency + 3 * 2 * b * T1 * H * data.tgt_vocab
     calls = S * dirs * L + (T1 * (L + 6) if model.input_feed else T1 * L)
-    seconds = flops * consts.seconds_per_flop + calls * consts.seconds_per_call
+    spf, spc = consts.speed(model.cell, plan["precision"])
+    seconds = flops * spf + calls * spc
     if plan["mode"] == "exact" and chunk_len(plan["checkpoint_time"], max(S, T1)) < max(S, T1):
         seconds *= 4 / 3
     if plan["loss"] == "chunked":
-        seconds += 2 * b * T1 * H * data.tgt_vocab * consts.seconds_per_flop  # each chunk's logits again
+        seconds += 2 * b * T1 * H * data.tgt_vocab * spf  # each chunk's logits again
     return plan["accumulate"] * seconds
