@@ -1,5 +1,6 @@
 """Chunked cross-entropy against F.cross_entropy on full logits: loss, gradients, memory."""
 
+import copy
 import gc
 
 import pytest
@@ -8,8 +9,9 @@ import torch.nn.functional as F
 
 from seqfit.errors import SeqfitError
 from seqfit.measure.memory import read_memory
-from seqfit.nn.chunked_loss import (chunk_tokens_for_budget, chunked_cross_entropy, chunked_log_softmax,
-                                       full_logits_peak_bytes)
+from seqfit.models.heads import LinearHead
+from seqfit.nn.chunked_loss import (LossWorkspace, chunk_tokens_for_budget, chunked_cross_entropy, chunked_log_softmax,
+                                    full_logits_peak_bytes)
 
 N, H, V = 60, 12, 97  # 60 rows: chunks of 16 leave a ragged last chunk, chunks of 20 divide evenly
 
@@ -58,6 +60,32 @@ def test_matches_full_cross_entropy(tied, pad, smoothing, chunk):
     assert rel(loss, ref_loss) < 1e-5
     for got, want in zip(grads, ref_grads):
         assert rel(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_a_target_whose_probability_underflows_keeps_its_exact_loss(smoothing):
+    # Rows 0-3 put their target 150 nats below the rest (p = e^-150 underflows fp32), rows 4-7 are ordinary:
+    # the loss is read off the softmax where it can be and recomputed from the logits where it cannot.
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(8, H, generator=g)
+    weight = torch.randn(V, H, generator=g)
+    targets = torch.randint(1, V, (8,), generator=g)
+    hidden[:4] = 0.0
+    hidden[:4, 0] = 1.0
+    weight[:, 0] = 0.0
+    weight[targets[:4], 0] = -150.0
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    loss = chunked_cross_entropy(hidden, weight, None, targets, chunk_tokens=5, label_smoothing=smoothing,
+                                 reduction="sum")
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    ref = F.cross_entropy(h64 @ w64.t(), targets, reduction="sum", label_smoothing=smoothing)
+    assert torch.isfinite(loss) and float(loss.detach()) > 4 * 140
+    assert rel(loss, ref) < 1e-6
+    got = torch.autograd.grad(loss, [hidden, weight])
+    want = torch.autograd.grad(ref, [h64, w64])
+    for a, b in zip(got, want):
+        assert rel(a, b) < 1e-5
 
 
 def test_mean_reduction_no_bias_and_scaled_gradient():
@@ -139,6 +167,38 @@ def test_bf16_autocast_close_to_fp32_reference():
         assert rel(a, b) < 3e-2
     # The matmul really ran narrow: the result differs from the fp32 one by more than fp32 rounding.
     assert rel(got, ref) > 1e-6
+
+
+def test_a_workspace_keeps_a_one_chunk_training_buffer_and_nothing_else():
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(N, H, generator=g, requires_grad=True)
+    weight = torch.randn(V, H, generator=g, requires_grad=True)
+    targets = torch.randint(0, V, (N,), generator=g)
+
+    def loss_and_grads(**kw):
+        loss = chunked_cross_entropy(hidden, weight, None, targets, label_smoothing=0.1, **kw)
+        return [loss.detach(), *torch.autograd.grad(loss, [hidden, weight])]
+
+    plain = loss_and_grads(chunk_tokens=64)
+    ws = LossWorkspace()
+    first = loss_and_grads(chunk_tokens=64, workspace=ws)  # one chunk of 60 rows: kept
+    assert ws.held_bytes == N * V * 4
+    kept = ws._buffer.data_ptr()
+    ws._buffer.fill_(float("nan"))  # whatever the last call left in it must not leak into the next
+    second = loss_and_grads(chunk_tokens=64, workspace=ws)
+    assert ws._buffer.data_ptr() == kept and ws.held_bytes == N * V * 4
+    for a, b, c in zip(plain, first, second):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    ws.release()
+    assert ws.held_bytes == 0
+    loss_and_grads(chunk_tokens=16, workspace=ws)  # four chunks reuse one buffer already: nothing kept
+    with torch.no_grad():  # an evaluation call is served, never sizes what is kept
+        chunked_cross_entropy(hidden, weight, None, targets, chunk_tokens=64, workspace=ws)
+    assert ws.held_bytes == 0
+    head = LinearHead(H, V, chunked=True, chunk_tokens=64)
+    head.loss(hidden, targets).backward()
+    assert head.workspace.held_bytes == N * V * 4
+    assert copy.deepcopy(head).workspace.held_bytes == 0  # a copy of the model does not copy the buffer
 
 
 def test_forward_saves_no_vocabulary_sized_tensor():

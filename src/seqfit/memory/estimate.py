@@ -166,15 +166,17 @@ def dot(c: tuple[float, ...], f: tuple[float, ...]) -> int:
     return int(sum(a * b for a, b in zip(c, f)))
 
 
-def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk: int, counts) -> dict[str, int]:
-    """Vocabulary-sized buffers of the output layer for n tokens: kept for backward, and each phase's extra."""
+def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk: int, counts,
+               device: str = "cpu") -> dict[str, int]:
+    """Vocabulary-sized buffers of the output layer for n tokens: kept for backward, each phase's extra, and
+    "held": what stays from step to step (the chunked loss's (C, V) buffer on CPU, nn/chunked_loss.LossWorkspace)."""
     bf16 = precision != "fp32"
     if loss == "full" and precision == "bf16":
         # train/narrow_loss.py: bf16 logits kept (their gradient overwrites them), fp32 softmax in ~4 MiB row
         # blocks; backward's two bf16 GEMMs are widened to fp32 afterwards
         block = max(8, 4 * 2**20 // (F32 * vocab)) * vocab * F32
         keep = 2 * n * vocab + 2 * (n + vocab) * hidden + F32 * n
-        return {"keep": keep, "fwd": block, "bwd": block + 6 * (n + vocab) * hidden, "bwd_linear": 0}
+        return {"keep": keep, "fwd": block, "bwd": block + 6 * (n + vocab) * hidden, "bwd_linear": 0, "held": 0}
     if loss == "full":
         # F.linear -> (.float()) -> log_softmax (kept); backward: the log-softmax's gradient and the logits'
         # (fp32) beside it; under bf16 the logits' gradient is then cast down for the linear's backward
@@ -182,23 +184,24 @@ def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk
         keep = F32 * n * vocab
         fwd = logits + (F32 * n * vocab if bf16 else 0)
         cast = 2 * (vocab * hidden + n * hidden) if bf16 else 0  # bf16 copies of the weight and features
-        return {"keep": keep + cast, "fwd": fwd, "bwd": 2 * F32 * n * vocab, "bwd_linear": logits}
+        return {"keep": keep + cast, "fwd": fwd, "bwd": 2 * F32 * n * vocab, "bwd_linear": logits, "held": 0}
     if loss == "chunked":
         c = min(chunk, n)
         narrow = 2 if bf16 else 0
-        buf = c * vocab * (F32 + 2 * narrow)  # (C, V) fp32 buffer (+ bf16 matmul output and gradient cast)
+        held = c * vocab * F32 if device == "cpu" and n <= chunk else 0  # the buffer of a one-chunk call, kept
+        buf = c * vocab * (F32 + 2 * narrow) - held  # (C, V) fp32 buffer (+ bf16 matmul output and gradient cast)
         w = narrow * vocab * hidden  # bf16 copy of the weight
         # the forward makes the weight's and the features' fp32 gradients (nn/chunked_loss.py) and keeps them
         # until backward scales them in place; under bf16 each chunk's (V, H) partial product is added in fp32
         grads = F32 * vocab * hidden + F32 * n * hidden
-        return {"keep": grads, "fwd": buf + w + narrow * vocab * hidden, "bwd": 0, "bwd_linear": 0}
+        return {"keep": grads, "fwd": buf + w + narrow * vocab * hidden, "bwd": 0, "bwd_linear": 0, "held": held}
     # adaptive: the head cluster's logits for all tokens, each tail's for the share of tokens it holds
     bounds, proj = _adaptive_layout(hidden, vocab, counts)
     width = bounds[0] + len(proj)
     share = _tail_shares(bounds, vocab, counts)
     tail = sum(s * n * (p + (hi - lo)) for s, p, lo, hi in zip(share, proj, bounds, bounds[1:]))
     keep = int(F32 * (n * width + tail))
-    return {"keep": keep + F32 * n * hidden, "fwd": keep, "bwd": 2 * keep, "bwd_linear": 0}
+    return {"keep": keep + F32 * n * hidden, "fwd": keep, "bwd": 2 * keep, "bwd_linear": 0, "held": 0}
 
 
 def _tail_shares(bounds: list[int], vocab: int, counts) -> list[float]:
@@ -231,7 +234,8 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     out_b = 2 if bf16 and m.cell != "gru" else F32  # autocast runs LSTM/RNN in bf16; GRU's output stays fp32
     g = GATES[m.cell]
     layer_params = [g * H * ((E if i == 0 else H) + H) for i in range(L)]
-    head = head_bytes(loss, n, V, H, plan["precision"], chunk, data.counts)
+    head = head_bytes(loss, n, V, H, plan["precision"], chunk, data.counts, device)
+    held = head["held"]
     # Native GRU/RNN kernels allocate a few (b, H) tensors per time step. Below the allocator's mmap
     # threshold they come from the heap, whose holes stay resident: the forward's scratch between the
     # saved tensors stays, and what backward frees is not returned before the step ends.
@@ -242,7 +246,8 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     head_grad = sizes["gradients"] - rnn_grads - (F32 * V * E if not m.freeze_embeddings else 0)  # output layer's
 
     runtime = consts.baseline + int(coefs.const) + blas_buffers(n, E, H, V, g, loss, device, consts)
-    r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=data_bytes)
+    r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=data_bytes,
+               output_loss=held)
     layers_kept = []
     for micro in range(2 if acc > 1 else 1):
         grads_before = sizes["gradients"] if micro else 0
@@ -285,13 +290,13 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
         layers_kept = kept
         # ---- loss forward
         r.moment("loss", output_loss=head["keep"] + head["fwd"])
-        r.now["output_loss"] = head["keep"]
+        r.now["output_loss"] = held + head["keep"]
         # ---- loss backward (vocabulary-sized gradients), then the head's weight gradient
         new_grad = head_grad
         r.moment("loss backward", output_loss=head["bwd"])
         r.moment("loss backward", output_loss=head["bwd_linear"] - head["keep"], activations=F32 * n * H,
                  gradients=new_grad)
-        r.now["output_loss"] = 0
+        r.now["output_loss"] = held
         r.now["gradients"] = grads_before + (0 if micro else new_grad)
         flow = out_b * n * H  # gradient of the features (in the layers' dtype), then of each layer's input
         if k < T:
@@ -319,7 +324,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
         emb_grad = F32 * V * E if not m.freeze_embeddings else 0
         r.moment("backward", activations=flow + F32 * n * E, gradients=emb_grad)
     # ---- optimizer step: weights, all gradients, state, and the step's scratch
-    r.now.update(activations=residue, output_loss=0, temporaries=optimizer_scratch(cfg, device, sizes),
+    r.now.update(activations=residue, output_loss=held, temporaries=optimizer_scratch(cfg, device, sizes),
                  gradients=sizes["gradients"])
     r.moment("optimizer")
     return {"peak": r.peak, "parts": r.parts, "phase": r.phase, "phases": r.phases,

@@ -154,13 +154,14 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
     drop_out = F32 * n_tgt * H * (2 if p else 1)  # h~ after dropout (and its mask)
     gathered = F32 * N * H
     chunk = plan.get("loss_chunk") or default_chunk_tokens(data.tgt_vocab, N, 2 if bf16 else 4)
-    head = head_bytes(plan["loss"], N, data.tgt_vocab, H, plan["precision"], chunk, None)
+    head = head_bytes(plan["loss"], N, data.tgt_vocab, H, plan["precision"], chunk, None, device)
+    held = head["held"]  # the chunked loss's buffer, kept from step to step on CPU
     data_bytes = acc * (8 * b * (S + 2 * T1) + 16 * b)
     runtime = consts.baseline + int(coefs.const) + blas_buffers(N, E, H, data.tgt_vocab, g, plan["loss"], device, consts)
     r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=data_bytes)
     for micro in range(2 if acc > 1 else 1):
         grads = sizes["gradients"] if micro else 0
-        r.now.update(gradients=grads, activations=0, temporaries=0, output_loss=0)
+        r.now.update(gradients=grads, activations=0, temporaries=0, output_loss=held)
         if plan["mode"] == "full":
             enc = sum(enc_keep(i, n_src) for i in range(L))
             r.moment("forward", activations=emb_src + enc + max(dot(coefs.fwd, enc_feats(i, n_src)) for i in range(L)))
@@ -186,10 +187,10 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
             # the gradient of the encoder's outputs (the whole source) beside one chunk's layers backward
             enc_back = states + emb_src + F32 * n_src * H + enc_chunk + max(enc_rise(i, b * ks) for i in range(L))
         r.moment("loss", output_loss=head["keep"] + head["fwd"])
-        r.now["output_loss"] = head["keep"]
+        r.now["output_loss"] = held + head["keep"]
         r.moment("loss backward", output_loss=head["bwd"])
         r.moment("loss backward", output_loss=head["bwd_linear"] - head["keep"], activations=F32 * N * H)
-        r.now["output_loss"] = 0
+        r.now["output_loss"] = held
         # backward: the features' gradient (B, T, H), attention's (B, T, S) gradients, one layer's scratch
         flow = F32 * n_tgt * H * 2 + 2 * F32 * b * T1 * S
         r.moment("backward", activations=flow + dec_rise, gradients=0 if micro else sizes["gradients"] // 2)
@@ -198,7 +199,7 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
                  gradients=0 if micro else sizes["gradients"] - enc_grads)
         r.now["gradients"] = sizes["gradients"]
     largest = F32 * max((math.prod(s) for s in trainable), default=0)
-    r.now.update(activations=0, output_loss=0,
+    r.now.update(activations=0, output_loss=held,
                  temporaries=optimizer_scratch(cfg, device, {**sizes, "largest_parameter": largest}))
     r.moment("optimizer")
     return {"peak": r.peak, "parts": r.parts, "phase": r.phase, "phases": r.phases, "sizes": sizes,

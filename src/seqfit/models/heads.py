@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqfit.errors import SeqfitError
-from seqfit.nn.chunked_loss import chunked_cross_entropy, chunked_log_softmax, full_logits_peak_bytes
+from seqfit.nn.chunked_loss import LossWorkspace, chunked_cross_entropy, chunked_log_softmax, full_logits_peak_bytes
 from seqfit.nn.narrow_loss import narrow_autocast, narrow_logits_cross_entropy
 
 __all__ = ["OutputHead", "LinearHead", "AdaptiveHead", "make_output_head", "choose_loss_kind", "adaptive_cutoffs",
@@ -65,6 +65,7 @@ class LinearHead(OutputHead):
         self._prior = None if counts is None else unigram_log_prior(counts)  # (V,) or None
         self.chunk_tokens = chunk_tokens
         self.label_smoothing = label_smoothing
+        self.workspace = LossWorkspace()  # the chunked loss's (C, V) buffer, kept between steps on CPU
         # A tuple hides the module from nn.Module's registration: no second copy in state_dict or parameters().
         self._tied = (tied_embedding,) if tied_embedding is not None else None
         if tied_embedding is None:
@@ -101,7 +102,7 @@ class LinearHead(OutputHead):
         if self.kind == "chunked":
             return chunked_cross_entropy(features, self.output_weight(), self.bias, targets,
                                          chunk_tokens=self.chunk_tokens, ignore_index=IGNORE_INDEX,
-                                         label_smoothing=smoothing)
+                                         label_smoothing=smoothing, workspace=self.workspace)
         if narrow_autocast(features) == torch.bfloat16:
             # bf16 logits kept, softmax in fp32 row blocks (train/narrow_loss.py): ~1.2x faster steps on CPU.
             # Not for fp16, whose range would need the loss scale inside the kernel.
