@@ -62,6 +62,16 @@ def test_matches_full_cross_entropy(tied, pad, smoothing, chunk):
         assert rel(got, want) < 1e-5
 
 
+def test_the_five_pass_softmax_where_the_one_pass_kernel_is_missing(monkeypatch):
+    run = make_problem(tied=False, pad=True)
+    ref_loss, ref_grads = run(lambda h, w, b, t: F.cross_entropy(F.linear(h, w, b), t, reduction="sum"))
+    monkeypatch.delattr(torch, "_softmax")
+    loss, grads = run(lambda h, w, b, t: chunked_cross_entropy(h, w, b, t, chunk_tokens=16))
+    assert rel(loss, ref_loss) < 1e-5
+    for got, want in zip(grads, ref_grads):
+        assert rel(got, want) < 1e-5
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_a_target_whose_probability_underflows_keeps_its_exact_loss(smoothing):
     # Rows 0-3 put their target 150 nats below the rest (p = e^-150 underflows fp32), rows 4-7 are ordinary:

@@ -35,9 +35,9 @@ import torch
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "chunked_log_softmax", "chunk_tokens_for_budget",
-           "default_chunk_tokens", "balanced_chunk", "full_logits_peak_bytes", "DEFAULT_CHUNK_ROWS",
-           "DEFAULT_CHUNK_BUDGET"]
+__all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "chunked_log_softmax",
+           "chunk_tokens_for_budget", "default_chunk_tokens", "balanced_chunk", "full_logits_peak_bytes",
+           "DEFAULT_CHUNK_ROWS", "DEFAULT_CHUNK_BUDGET"]
 
 # Every chunk re-reads the (V, H) weight and reads and writes its (V, H) gradient, while its matmuls
 # grow with the C rows, so the overhead is ~1/C whatever V is. Measured when the backward still recomputed
@@ -177,15 +177,16 @@ _TINY_PROB = 1e-30
 def _softmax_in_place(z: torch.Tensor) -> None:
     """z (c, V) <- softmax(z) over the last dim, without a second (c, V) buffer.
 
-    PyTorch's softmax kernel reads and writes one row at a time, so its out= may be its input: one pass over
-    the rows while each is in cache, 1.7x faster than max, subtract, exp, sum and divide as five in-place
-    passes (700 x 18,000 fp32 on 2 cores: 9.0 vs 15.4 ms). Where that kernel is not there, the five passes.
+    PyTorch's CPU softmax kernel reads and writes one row at a time, so its out= may be its input: one pass
+    over the rows while each is in cache, 1.7x faster than max, subtract, exp, sum and divide as five in-place
+    passes (700 x 18,000 fp32 on 2 cores: 9.0 vs 15.4 ms; the tests compare it with F.cross_entropy). Other
+    devices, not measured, and a PyTorch without that entry point take the five passes.
     """
-    try:
+    if z.device.type == "cpu" and hasattr(torch, "_softmax"):
         torch._softmax(z, 1, False, out=z)
-    except (AttributeError, RuntimeError, TypeError):
-        z.sub_(z.amax(1, keepdim=True)).exp_()
-        z.div_(z.sum(1, keepdim=True))
+        return
+    z.sub_(z.amax(1, keepdim=True)).exp_()
+    z.div_(z.sum(1, keepdim=True))
 
 
 def _target_nll(p: torch.Tensor, t: torch.Tensor, picked: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
