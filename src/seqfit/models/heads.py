@@ -252,7 +252,7 @@ def choose_loss_kind(vocab_size: int, tokens_per_batch: int, budget_bytes: int |
 
     The chunked loss builds its gradients in the forward while each chunk is in cache, with full logits'
     three matmuls and none of their (N, V) passes (nn/chunked_loss.py): measured side by side at V = 10k
-    to 250k it took 0.57-0.97x full logits' time (benchmarks/bench_loss.py). Below that, without a budget, full
+    to 250k it took 0.35-0.86x full logits' time (benchmarks/bench_loss.py). Below that, without a budget, full
     logits are fine below SMALL_LOGITS_BYTES of fp32; with one, the full loss's vocabulary-sized peak (logits,
     log-softmax and gradient: ~3 x N x V fp32) must stay under a quarter of it.
     """

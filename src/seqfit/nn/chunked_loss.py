@@ -44,7 +44,8 @@ __all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "chu
 # the logits (a fourth matmul), on 2 CPU cores at V=250k, H=512 (N=2048): 1.58x / 1.28x / 1.06x / 1.03x the
 # time of full logits at C = 64 / 256 / 512 / 1024 rows; at V=100k, H=256, N=3200: 1.40x / 1.10x / 1.03x /
 # 1.01x / 1.01x at C = 256 / 512 / 800 / 1024 / 2048. With the gradients made in the forward, the default
-# C = 1024 takes 0.57-0.97x full logits' time at V = 10k-250k (benchmarks/bench_loss.py, 2 threads).
+# C = 1024 takes 0.35-0.86x full logits' time at V = 10k-250k (benchmarks/bench_loss.py, 2 threads; 0.57-0.97x
+# before the one-pass softmax).
 # So the default chunk is sized in rows, at the knee, not in bytes: a byte budget alone (1 GiB before) let
 # one chunk hold all 12,800 rows of a 64 x 200 batch at V = 18k, i.e. the full logits, and 2,700 of 3,200
 # rows at V = 100k -- a user who asks for the chunked loss is asking for memory. DEFAULT_CHUNK_BUDGET caps
