@@ -84,7 +84,8 @@ class TrainCfg:
                                       "process's threads counted (time.process_time; a fair budget on a shared "
                                       "machine; 0: no limit)", minimum=0)
     lr: float = opt(0.0, "learning rate (0: the optimizer's usual one: sgd 20, adam/adamw 0.001, adafactor 0.01)", minimum=0)
-    optimizer: str = opt("sgd", "optimizer (--task forecast, classify, seq2seq: adam unless set)", ("sgd", "adam", "adamw", "adafactor"))
+    optimizer: str = opt("sgd", "optimizer (--task forecast, classify, seq2seq: adam unless set)",
+                         ("sgd", "adam", "adamw", "adafactor"))
     momentum: float = opt(0.0, "SGD momentum", minimum=0)
     weight_decay: float = opt(0.0, "weight decay", minimum=0)
     clip: float = opt(0.25, "clip the gradient norm to this (0: off)", minimum=0)

@@ -187,20 +187,3 @@ def _fit_timing(consts: Constants, key: str, timings: list[tuple[RunCfg, float]]
     if rest <= 0:
         return consts
     return dataclasses.replace(consts, cell_speed={**others, key: [rest / flops, spc]})
-    # step_seconds is linear in (seconds_per_flop, seconds_per_call): evaluate it on unit vectors
-    others = {k: v for k, v in consts.cell_speed.items() if k != key}
-    rows = []
-    for cfg, seconds in timings:
-        plan = requested_plan(cfg, DataInfo(PROBE_VOCAB), consts.device)
-        unit = [dataclasses.replace(consts, seconds_per_flop=f, seconds_per_call=1.0 - f, cell_speed=others)
-                for f in (1.0, 0.0)]
-        a, c = (step_seconds(cfg.model, PROBE_VOCAB, plan, u) for u in unit)
-        rows.append((a, c, seconds))
-    import numpy as np
-
-    A = np.array([[a, c] for a, c, _ in rows])
-    y = np.array([s for _, _, s in rows])
-    (flop, call), *_ = np.linalg.lstsq(A, y, rcond=None)
-    if flop > 0 and call >= 0:
-        return dataclasses.replace(consts, cell_speed={**others, key: [float(flop), float(call)]})
-    return consts

@@ -59,8 +59,9 @@ class Constants:
     seconds_per_call: float = 4.0e-5  # per time step per layer kernel launch / Python overhead
     batch_half: float = 8.0  # micro-batch at which a time step's matmuls reach half their best speed
     # per cell key: [seconds_per_flop, seconds_per_call], the first fitted on that cell's own probes (the
-    # second is seconds_per_call: calibrate._fit_timing); keys not probed use the two above. One fit over every cell's probes was off 10x: the CPU's GRU and RNN kernels ran at 23-29
-    # GFLOP/s where the fused LSTM ran at 67 (2 cores, H = 256), and a later probe of GRU alone refitted both.
+    # second is seconds_per_call: calibrate._fit_timing); keys not probed use the two above. One fit over
+    # every cell's probes was off 10x: the CPU's GRU and RNN kernels ran at 23-29 GFLOP/s where the fused
+    # LSTM ran at 48-67 (2 cores, H = 256), and a later probe of GRU alone refitted it for every cell.
     cell_speed: dict[str, list[float]] = field(default_factory=dict)
     calibrated: bool = False  # True once fitted on this machine
     source: str = "defaults measured on the development machine"
