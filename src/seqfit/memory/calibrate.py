@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from seqfit.config import RunCfg, merge
-from seqfit.memory.constants import CellCoefs, Constants, default_constants
+from seqfit.memory.constants import CellCoefs, Constants, cell_key, default_constants
 from seqfit.memory.estimate import DataInfo, estimate
 from seqfit.memory.requested import requested_plan
 
@@ -76,15 +76,11 @@ def load_constants(device: str, keys: list[tuple[str, str]] | None = None, *, ca
     data = _read_cache(device)
     consts = Constants.from_dict(data["constants"]) if data else default_constants(device)
     # a key probed before per-cell timing (no cell_speed) is probed again, once
-    missing = [k for k in (keys or []) if f"{k[0]}/{_prec_key(k[1])}" not in data.get("keys", [])
-               or f"{k[0]}/{_prec_key(k[1])}" not in consts.cell_speed]
+    probed = set(data.get("keys", [])) & set(consts.cell_speed)
+    missing = [k for k in (keys or []) if cell_key(*k) not in probed]
     if missing and calibrate_missing and os.environ.get(NO_CALIBRATE_ENV, "") in ("", "0"):
         consts = calibrate(device, missing, echo=echo)
     return consts
-
-
-def _prec_key(precision: str) -> str:
-    return "fp32" if precision == "fp32" else "bf16"
 
 
 def probe_config(cell: str, precision: str, device: str, micro: int, bptt: int, hidden: int = 256,
@@ -143,7 +139,7 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
             consts = dataclasses.replace(consts, baseline=int(got - rest))
             done.add("baseline")
         for cell, precision in keys:
-            key = f"{cell}/{_prec_key(precision)}"
+            key = cell_key(cell, precision)
             say(f"calibrating: {key} at two sizes")
             # 64 streams of 256 units: a time step's (b, H) fp32 tensors are 64 KiB, mmapped like a real run's
             cfgs = [probe_config(cell, precision, device, 64, bptt) for bptt in (8, 32)]

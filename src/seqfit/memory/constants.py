@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["CellCoefs", "Constants", "DEFAULT_CONSTANTS", "default_constants"]
+__all__ = ["CellCoefs", "Constants", "DEFAULT_CONSTANTS", "cell_key", "default_constants"]
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,11 @@ class Constants:
     source: str = "defaults measured on the development machine"
 
     def coefs(self, cell: str, precision: str) -> CellCoefs:
-        return self.cells[_key(cell, precision)]
+        return self.cells[cell_key(cell, precision)]
 
     def speed(self, cell: str, precision: str) -> tuple[float, float]:
         """(seconds_per_flop, seconds_per_call) for this cell and precision."""
-        fitted = self.cell_speed.get(_key(cell, precision))
+        fitted = self.cell_speed.get(cell_key(cell, precision))
         return (fitted[0], fitted[1]) if fitted else (self.seconds_per_flop, self.seconds_per_call)
 
     def to_dict(self) -> dict:
@@ -90,8 +90,9 @@ class Constants:
         return cls(**rest, cells={**base, **cells})
 
 
-def _key(cell: str, precision: str) -> str:
-    return f"{cell}/{'fp32' if precision == 'fp32' else 'bf16'}"  # fp16 (CUDA) is sized like bf16
+def cell_key(cell: str, precision: str) -> str:
+    """The key of a cell's constants ("lstm/fp32", ...): fp16 (CUDA) is sized like bf16."""
+    return f"{cell}/{'fp32' if precision == 'fp32' else 'bf16'}"
 
 
 def _cuda_defaults() -> dict[str, CellCoefs]:

@@ -186,9 +186,11 @@ def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk
         cast = 2 * (vocab * hidden + n * hidden) if bf16 else 0  # bf16 copies of the weight and features
         return {"keep": keep + cast, "fwd": fwd, "bwd": 2 * F32 * n * vocab, "bwd_linear": logits, "held": 0}
     if loss == "chunked":
+        from seqfit.nn.chunked_loss import kept_buffer_bytes  # the runtime's own rule, not a copy of it
+
         c = min(chunk, n)
         narrow = 2 if bf16 else 0
-        held = c * vocab * F32 if device == "cpu" and n <= chunk else 0  # the buffer of a one-chunk call, kept
+        held = kept_buffer_bytes(device, n, chunk, vocab)  # a one-chunk call's buffer, kept between steps
         buf = c * vocab * (F32 + 2 * narrow) - held  # (C, V) fp32 buffer (+ bf16 matmul output and gradient cast)
         w = narrow * vocab * hidden  # bf16 copy of the weight
         # the forward makes the weight's and the features' fp32 gradients (nn/chunked_loss.py) and keeps them

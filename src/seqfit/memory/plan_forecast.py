@@ -148,8 +148,9 @@ def forecast_candidates(cfg: RunCfg, data: ForecastInfo, device: str) -> list[di
     micros = sorted((d for d in range(1, eff + 1) if eff % d == 0), reverse=True)
     T = base["lookback"]
     ks = [base["checkpoint_time"]] if base["checkpoint_time"] else [0] + ([math.ceil(math.sqrt(T))] if T >= 4 else [])
-    return [{**base, "micro_batch": b, "accumulate": eff // b, "checkpoint_time": k, "mode": "exact" if k else "full",
-             "buffer_pool": pools_chunk_buffers(device, "exact" if k else "full")} for b in micros for k in ks]
+    modes = {k: "exact" if k else "full" for k in ks}
+    return [{**base, "micro_batch": b, "accumulate": eff // b, "checkpoint_time": k, "mode": modes[k],
+             "buffer_pool": pools_chunk_buffers(device, modes[k])} for b in micros for k in ks]
 
 
 apply_forecast_plan = apply_batch_plan  # micro-batch, accumulation and checkpointing: all the planner varies

@@ -65,7 +65,7 @@ class LinearHead(OutputHead):
         self._prior = None if counts is None else unigram_log_prior(counts)  # (V,) or None
         self.chunk_tokens = chunk_tokens
         self.label_smoothing = label_smoothing
-        self.workspace = LossWorkspace()  # the chunked loss's (C, V) buffer, kept between steps on CPU
+        self.workspace = LossWorkspace() if chunked else None  # the chunked loss's buffer, kept between steps
         # A tuple hides the module from nn.Module's registration: no second copy in state_dict or parameters().
         self._tied = (tied_embedding,) if tied_embedding is not None else None
         if tied_embedding is None:

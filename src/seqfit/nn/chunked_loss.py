@@ -35,7 +35,7 @@ import torch
 
 from seqfit.errors import SeqfitError
 
-__all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "chunked_log_softmax",
+__all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "kept_buffer_bytes", "chunked_log_softmax",
            "chunk_tokens_for_budget", "default_chunk_tokens", "balanced_chunk", "full_logits_peak_bytes",
            "DEFAULT_CHUNK_ROWS", "DEFAULT_CHUNK_BUDGET"]
 
@@ -170,6 +170,12 @@ class LossWorkspace:
         return LossWorkspace()
 
 
+def kept_buffer_bytes(device: str, tokens: int, chunk: int, vocab: int) -> int:
+    """Bytes a LossWorkspace keeps from one training call of ``tokens`` rows to the next: the buffer of a call
+    that runs as one chunk, on CPU (module docstring); the planner's estimates call this too."""
+    return tokens * vocab * 4 if device == "cpu" and tokens <= chunk else 0
+
+
 # Below this a target's probability has lost fp32 precision (denormals start at 1.2e-38): its -log is
 # taken from the row's log-sum-exp instead.
 _TINY_PROB = 1e-30
@@ -230,8 +236,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             w = weight.to(matmul_dtype)  # (V, H); a copy only when the matmul is narrower
             narrow = w.dtype != f32
             total = torch.zeros((), dtype=f32, device=dev)
-            # kept only for a training call of one chunk: a call of many reuses its buffer chunk to chunk already
-            keep = with_grad and n <= chunk
+            keep = with_grad and kept_buffer_bytes(dev.type, n, chunk, vocab) > 0
             buf = (workspace or LossWorkspace()).take(min(chunk, n), vocab, dev, keep=keep)  # (C, V)
             rows = torch.arange(min(chunk, n), device=dev)  # (C,)
             for s in range(0, n, chunk):
