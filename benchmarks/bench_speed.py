@@ -15,6 +15,8 @@ no download), timed by `seqfit profile --time`'s machinery (engine/time_run.py) 
 
 bf16 rows run where the ceilings found native bf16 products (otherwise the ceilings say why not).
 Model FLOPs: recurrent and output matrix products, forward and backward (measure/flops.py).
+Each row is timed for MIN_SECONDS and read at its median step (tok/s, ms/step, %ceil; "mean ms" beside
+it); steal% is the share of the machine's CPU time the hypervisor gave to other guests meanwhile.
 ``--quick`` shrinks every shape (a smoke test: its numbers say nothing about the issue's targets).
 Timings on a shared machine are noise; rerun on a quiet one.
 
@@ -49,6 +51,9 @@ QUICK_LM_ROWS = {
 LOSSES = ("full", "chunked")
 CLS = {"hidden": 64, "embed": 64, "vocab": 256, "classes": 4, "batch": 32, "T": 16_000}
 QUICK_CLS = {**CLS, "batch": 4, "T": 1_000}
+# Each row is timed for at least this long (3 steps at the least): a 0.2 s step timed 3 times measured
+# whichever second of contention it fell in. Rows read the median step; the mean is beside it.
+MIN_SECONDS = 10.0
 
 
 def child(spec: dict) -> dict:
@@ -63,15 +68,17 @@ def child(spec: dict) -> dict:
     from seqfit.measure.ceilings import load_ceilings
 
     cfg = merge(RunCfg(), spec["cfg"])
-    session, prof, stats = time_steps(cfg, Path(spec["data"]), spec["steps"], spec["warmup"])
+    session, prof, stats = time_steps(cfg, Path(spec["data"]), spec["steps"], spec["warmup"], spec["min_seconds"])
     report = time_report(session, prof, stats, load_ceilings(session.device.type))
-    phases = report["phases"]
-    return {"seconds": phases["step"]["seconds"], "tokens_per_second": report["tokens_per_second"],
-            "achieved_flops": report["achieved_flops"], "fraction": report["fraction_of_ceiling"],
-            "ceiling": report["ceiling"], "phases": phases}
+    median = report["median"]
+    return {"seconds": median["seconds"], "mean_seconds": report["phases"]["step"]["seconds"],
+            "steps": report["steps"], "tokens_per_second": median["tokens_per_second"],
+            "achieved_flops": median["achieved_flops"], "fraction": median["fraction_of_ceiling"],
+            "ceiling": report["ceiling"], "phases": report["phases"], "host_steal": report["host_steal"]}
 
 
 def _bare_lstm(spec: dict) -> dict:
+    import statistics
     import time
 
     import torch
@@ -81,14 +88,15 @@ def _bare_lstm(spec: dict) -> dict:
     lstm = torch.nn.LSTM(c["embed"], c["hidden"], batch_first=True)
     x = torch.randn(c["batch"], c["T"], c["embed"], requires_grad=True)  # (B, T, E)
     times = []
-    for _ in range(spec["warmup"] + spec["steps"]):
+    while len(times) < spec["warmup"] + spec["steps"] or sum(times[spec["warmup"]:]) < spec["min_seconds"]:
         t0 = time.perf_counter()
         out, _ = lstm(x)  # (B, T, H)
         out[:, -1].sum().backward()  # the last step, as the classifier's "last" pooling
         times.append(time.perf_counter() - t0)
         lstm.zero_grad(set_to_none=True)
         x.grad = None
-    return {"seconds": sum(times[spec["warmup"]:]) / spec["steps"]}
+    timed = times[spec["warmup"]:]
+    return {"seconds": statistics.median(timed), "steps": len(timed)}
 
 
 _CHILD = "import json, sys; sys.path.insert(0, {here!r}); import bench_speed; print(json.dumps(bench_speed.child(json.loads(sys.argv[1]))))"
@@ -114,7 +122,8 @@ def _cls_store(c: dict) -> Path:
 def _row(name: str, precision: str, out: dict) -> dict:
     ph = out["phases"]
     row = {"row": name, "prec": precision, "tok/s": round(out["tokens_per_second"]),
-           "ms/step": round(out["seconds"] * 1000, 1),
+           "ms/step": round(out["seconds"] * 1000, 1), "mean ms": round(out["mean_seconds"] * 1000, 1),
+           "steps": out["steps"],
            "GFLOP/s": round(out["achieved_flops"] / 1e9, 2) if out["achieved_flops"] else None,
            "%ceil": round(100 * out["fraction"], 1) if out["fraction"] is not None else None,
            "ceiling": out["ceiling"]["path"] if out["ceiling"] else None}
@@ -128,6 +137,8 @@ def _row(name: str, precision: str, out: dict) -> dict:
         row["out%"] = round(100 * (ph["loss"]["share"] + parts.get("backward.output", 0)))
     row["sys%"] = round(100 * ph["step"]["system_s"] / max(ph["step"]["seconds"], 1e-12))
     row["minflt"] = ph["step"]["minflt"]
+    if out["host_steal"] is not None:
+        row["steal%"] = round(100 * out["host_steal"], 1)
     return row
 
 
@@ -140,14 +151,15 @@ def run(quick: bool = False, threads: int = 0) -> dict:
     torch.set_num_threads(threads)  # the ceilings are cached per thread count: the children use the same
     ceilings = load_ceilings("cpu", echo=lambda s: print(s, file=sys.stderr, flush=True))
     precisions = ["fp32"] + (["bf16"] if best_ceiling(ceilings, "bf16") else [])
-    steps, warmup = (2, 1) if quick else (3, 1)
+    steps, warmup, min_seconds = (2, 1, 0.0) if quick else (3, 1, MIN_SECONDS)
     rows, seconds = [], {}
     here = str(HERE)
 
     def go(spec: dict) -> dict | None:
         try:
             return run_child(_CHILD.format(here=here), json.dumps({**spec, "threads": threads, "steps": steps,
-                                                                    "warmup": warmup}), timeout=3600)
+                                                                    "warmup": warmup, "min_seconds": min_seconds}),
+                             timeout=3600)
         except Exception as e:  # a failed (or killed) row is a row, not a crash
             rows.append({"row": spec.get("name", "?"), "status": f"failed: {str(e).splitlines()[0][:80]}"})
             return None
@@ -169,7 +181,8 @@ def run(quick: bool = False, threads: int = 0) -> dict:
     if bare:
         seconds["bare"] = bare["seconds"]
         rows.append({"row": f"bare nn.LSTM {c['embed']}->{c['hidden']} {c['batch']}x{c['T']}", "prec": "fp32",
-                     "tok/s": round(c["batch"] * c["T"] / bare["seconds"]), "ms/step": round(bare["seconds"] * 1000, 1)})
+                     "tok/s": round(c["batch"] * c["T"] / bare["seconds"]), "ms/step": round(bare["seconds"] * 1000, 1),
+                     "steps": bare["steps"]})
     for mode, k in (("full", 0), ("exact", -1)):
         for precision in precisions:
             cfg = {"model": {"task": "classify", "cell": "lstm", "layers": 1, "hidden": c["hidden"], "embed": c["embed"],

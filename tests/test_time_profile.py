@@ -135,3 +135,72 @@ def test_profile_time_json_reports_every_phase(cli, data_dir, tmp_path, monkeypa
 def test_profile_time_refuses_a_memory_plot(cli, data_dir):
     code, _, err = cli("profile", data_dir, "--time", "--plot", "x.png")
     assert code == 2 and "--plot" in err
+
+
+def _small_run():
+    from seqfit.config import RunCfg, merge
+
+    return merge(RunCfg(), {"model": {"layers": 1, "hidden": 16, "embed": 8, "dropout": 0.0},
+                            "train": {"batch_size": 4, "bptt": 8},
+                            "memory": {"device": "cpu", "loss": "full"}})
+
+
+def test_time_steps_keeps_stepping_until_min_seconds_and_stops_at_max_steps(data_dir, monkeypatch):
+    import seqfit.engine.time_run as time_run
+
+    _, prof, stats = time_run.time_steps(_small_run(), data_dir, steps=1, warmup=1, min_seconds=0.2)
+    assert len(stats) == len(prof.steps) >= 2  # one step of this size takes milliseconds
+    assert sum(prof.step_seconds()) >= 0.2
+    assert sum(prof.step_seconds()[:-1]) < 0.2  # and no step more than it needed
+    monkeypatch.setattr(time_run, "MAX_STEPS", 3)
+    _, prof, stats = time_run.time_steps(_small_run(), data_dir, steps=1, warmup=0, min_seconds=1e9)
+    assert len(stats) == 3
+    _, prof, stats = time_run.time_steps(_small_run(), data_dir, steps=5, warmup=0, min_seconds=1e9)
+    assert len(stats) == 5  # `steps` is a floor the cap never cuts
+
+
+def test_the_report_reads_rates_off_the_median_step_too(data_dir):
+    from seqfit.engine.time_run import time_report, time_steps
+
+    session, prof, stats = time_steps(_small_run(), data_dir, steps=5, warmup=1)
+    prof.steps[2]["step"] = prof.steps[2]["step"] + type(prof.steps[2]["step"])(wall=10.0)  # one stalled step
+    report = time_report(session, prof, stats, dict(FAKE))
+    walls = sorted(s["step"].wall for s in prof.steps)
+    median = report["median"]
+    assert median["seconds"] == pytest.approx(walls[2]) and median["seconds"] < 1.0
+    assert report["phases"]["step"]["seconds"] > 2.0  # the mean carries the stall
+    assert median["tokens_per_second"] == pytest.approx(report["tokens_per_step"] / walls[2])
+    assert median["fraction_of_ceiling"] == pytest.approx(report["flops_per_step"] / walls[2] / 20e9)
+
+
+def test_host_steal_is_the_stolen_share_of_the_timed_steps_ticks(monkeypatch):
+    import seqfit.measure.time_profile as tp
+
+    readings = iter([(100, 1000), (130, 1100),  # step 1: 30 of 100 ticks stolen
+                     (130, 1100), (140, 1400)])  # step 2: 10 of 300
+    monkeypatch.setattr(tp, "cpu_jiffies", lambda: next(readings))
+    prof = TimeProfiler("cpu")
+    for _ in range(2):
+        with prof.step():
+            pass
+    assert prof.host_steal() == pytest.approx(40 / 400)
+    assert prof.to_json()["host_steal"] == pytest.approx(0.1)
+    monkeypatch.setattr(tp, "cpu_jiffies", lambda: None)  # not Linux
+    prof = TimeProfiler("cpu")
+    with prof.step():
+        pass
+    assert prof.host_steal() is None
+
+
+def test_cpu_jiffies_reads_steal_from_proc_stat():
+    import os
+
+    from seqfit.measure.time_profile import cpu_jiffies
+
+    if not os.path.exists("/proc/stat"):
+        assert cpu_jiffies() is None
+        return
+    with open("/proc/stat") as f:  # cpu user nice system idle iowait irq softirq steal ...
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    steal, total = cpu_jiffies()  # read a moment later: the counters only grow
+    assert fields[7] <= steal <= total and total >= sum(fields)

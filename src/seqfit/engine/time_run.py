@@ -20,6 +20,7 @@ in forward and in recomputation: a split there would mislabel).
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import torch
@@ -31,12 +32,18 @@ from seqfit.measure.flops import step_flops
 from seqfit.measure.time_profile import TimeProfiler
 from seqfit.memory.allocator import configure_allocator
 
-__all__ = ["time_steps", "time_report", "part_hooks"]
+__all__ = ["time_steps", "time_report", "part_hooks", "MAX_STEPS"]
 
 
-def time_steps(cfg: RunCfg, data_dir: Path, steps: int, warmup: int = 1) -> tuple[Session, TimeProfiler, list[dict]]:
-    """Build the run, take ``warmup`` untimed steps, then ``steps`` timed ones; returns the session, the
-    profiler and each timed step's statistics with its model FLOPs ("flops", None where not counted)."""
+MAX_STEPS = 500  # the most timed steps ``min_seconds`` may ask for
+
+
+def time_steps(cfg: RunCfg, data_dir: Path, steps: int, warmup: int = 1,
+               min_seconds: float = 0.0) -> tuple[Session, TimeProfiler, list[dict]]:
+    """Build the run, take ``warmup`` untimed steps, then ``steps`` timed ones, and more until the timed steps
+    add up to ``min_seconds`` (at most MAX_STEPS: a short step timed a few times is noise); returns the
+    session, the profiler and each timed step's statistics with its model FLOPs ("flops", None where not
+    counted)."""
     device = torch.device("cuda" if cfg.memory.device != "cpu" and torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         configure_allocator()  # as `seqfit train` does: time the allocator training will run with
@@ -46,14 +53,14 @@ def time_steps(cfg: RunCfg, data_dir: Path, steps: int, warmup: int = 1) -> tupl
     handles = part_hooks(s.module, prof) if s.task.name == "lm" else []
     stats = []
     try:
-        for i in range(warmup + steps):
-            group = s.task.probe_group(i)
-            if i < warmup:
-                s.step(group)
-                continue
+        for i in range(warmup):
+            s.step(s.task.probe_group(i))
+        i = warmup
+        while len(stats) < steps or (sum(prof.step_seconds()) < min_seconds and len(stats) < MAX_STEPS):
             with prof.step():
-                step = s.step(group, phase=prof.phase)
+                step = s.step(s.task.probe_group(i), phase=prof.phase)
             stats.append({**step, "flops": step_flops(s.task.name, s.module, step)})
+            i += 1
     finally:
         for h in handles:
             h.remove()
@@ -88,18 +95,23 @@ def part_hooks(model: torch.nn.Module, prof: TimeProfiler) -> list:
 
 
 def time_report(session: Session, prof: TimeProfiler, stats: list[dict], ceilings: dict) -> dict:
-    """The profile with the step's tokens/s, model FLOP/s and its fraction of the ceiling of the run's precision."""
+    """The profile with the step's tokens/s, model FLOP/s and its fraction of the ceiling of the run's precision,
+    from the mean step (as the phases are), and again from the median step ("median": a few steps slowed by
+    another process on the machine move the mean, not the median)."""
     profile = prof.to_json()
-    seconds = profile["phases"]["step"]["seconds"]
     tokens = sum(s["tokens"] for s in stats) / max(1, len(stats))
     flops = [s["flops"] for s in stats]
     flops_per_step = sum(flops) / len(flops) if flops and None not in flops else None
-    achieved = flops_per_step / seconds if flops_per_step is not None and seconds > 0 else None
     precision = session.plan["precision"]
     best = best_ceiling(ceilings, precision)
-    fraction = achieved / (best[1] * 1e9) if achieved is not None and best else None
+
+    def rates(seconds: float) -> dict:
+        achieved = flops_per_step / seconds if flops_per_step is not None and seconds > 0 else None
+        return {"tokens_per_second": tokens / seconds if seconds > 0 else None, "achieved_flops": achieved,
+                "fraction_of_ceiling": achieved / (best[1] * 1e9) if achieved is not None and best else None}
+
+    median = statistics.median(prof.step_seconds()) if prof.steps else 0.0
     return {"plan": session.plan, "precision": precision, "tokens_per_step": tokens,
-            "tokens_per_second": tokens / seconds if seconds > 0 else None,
-            "flops_per_step": flops_per_step, "achieved_flops": achieved,
-            "ceiling": {"path": best[0], "gflops": best[1]} if best else None,
-            "fraction_of_ceiling": fraction, "ceilings": ceilings, **profile}
+            "flops_per_step": flops_per_step, **rates(profile["phases"]["step"]["seconds"]),
+            "median": {"seconds": median, **rates(median)},
+            "ceiling": {"path": best[0], "gflops": best[1]} if best else None, "ceilings": ceilings, **profile}

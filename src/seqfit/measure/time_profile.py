@@ -19,6 +19,10 @@ first part of a phase is labelled by ``first_part`` (default "other").
 
 Nothing here samples memory or resets counters: the memory profile's sampler thread and VmHWM resets
 would be timed with the step.
+
+On a virtual machine the host may run other guests on our cores: each step also reads the machine's
+"steal" time (/proc/stat), the share of CPU time the hypervisor took away. A step timed while steal was
+high measured the neighbours, not the code.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 
 from seqfit.measure.profile import PHASES
 
-__all__ = ["Times", "TimeProfiler", "FIRST_PARTS", "format_phases", "format_time_report"]
+__all__ = ["Times", "TimeProfiler", "FIRST_PARTS", "cpu_jiffies", "format_phases", "format_time_report"]
 
 FIRST_PARTS = {"backward": "output"}  # a backward starts with the output layer's and the loss's gradients
 
@@ -60,6 +64,17 @@ class Times:
     def __add__(self, other: "Times") -> "Times":
         return Times(self.wall + other.wall, self.user + other.user, self.system + other.system,
                      self.minflt + other.minflt, self.majflt + other.majflt)
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """The machine's (steal, total) CPU time in clock ticks since boot, all CPUs (/proc/stat); None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user and nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def _mean(spans: list[Times]) -> dict:
@@ -90,11 +105,14 @@ class TimeProfiler:
     @contextmanager
     def step(self) -> Iterator[None]:
         self._step = {"phases": {}, "parts": {}}
-        start = self._now()
+        jiffies, start = cpu_jiffies(), self._now()
         try:
             yield
         finally:
             self._step["step"] = self._now() - start
+            end = cpu_jiffies()
+            if jiffies and end:
+                self._step["jiffies"] = (end[0] - jiffies[0], end[1] - jiffies[1])
             self.steps.append(self._step)
             self._step = None
 
@@ -159,8 +177,20 @@ class TimeProfiler:
                 r["share"] = r["seconds"] / step_wall
         return out
 
+    def step_seconds(self) -> list[float]:
+        """Each timed step's wall seconds, in order."""
+        return [s["step"].wall for s in self.steps]
+
+    def host_steal(self) -> float | None:
+        """The share of the machine's CPU time the hypervisor took during the timed steps (None: not known;
+        0 on bare metal). Ticks are 10 ms: steps shorter than that read as a few ticks or none."""
+        ticks = [s["jiffies"] for s in self.steps if "jiffies" in s]
+        total = sum(t for _, t in ticks)
+        return sum(s for s, _ in ticks) / total if ticks and total else None
+
     def to_json(self) -> dict:
         return {"device": str(self.device), "steps": len(self.steps), "phases": self.table(),
+                "host_steal": self.host_steal(),
                 "per_step": [{"step": asdict(s["step"]), "phases": {k: asdict(v) for k, v in s["phases"].items()},
                               "parts": {k: {lab: asdict(t) for lab, t in v.items()} for k, v in s["parts"].items()}}
                              for s in self.steps]}
@@ -194,8 +224,13 @@ def format_time_report(report: dict) -> str:
     lines = [format_phases(report["phases"])]
     step = report["phases"]["step"]
     rate = report.get("tokens_per_second")
+    median = report.get("median") or {}
     lines.append(f"{report['steps']} steps on {report['device']} ({report['precision']}): "
-                 f"{step['seconds'] * 1000:.1f} ms a step" + (f", {rate:,.0f} tokens/s" if rate else ""))
+                 f"{step['seconds'] * 1000:.1f} ms a step" + (f", {rate:,.0f} tokens/s" if rate else "")
+                 + (f" (median step {median['seconds'] * 1000:.1f} ms)" if median.get("seconds") else ""))
+    steal = report.get("host_steal")
+    if steal is not None and steal >= 0.01:
+        lines.append(f"host steal: {steal:.0%} of the machine's CPU time went to other guests: the timings are noisy")
     gflops = report["ceilings"].get("gflops", {})
     skipped = report["ceilings"].get("skipped", {})
     ceil = ", ".join(f"{k} {v:,.0f}" for k, v in gflops.items()) or "none measured"
