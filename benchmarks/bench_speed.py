@@ -206,6 +206,7 @@ def run(quick: bool = False, threads: int = 0) -> dict:
 def _summary(rows: list[dict], ceilings: dict, seconds: dict, quick: bool) -> dict:
     g = ceilings["gflops"]
     out = {"ceilings GFLOP/s": ", ".join(f"{k} {v:,.0f}" for k, v in g.items()) or "none",
+           "ceilings measured with host steal": ceilings.get("host_steal"),
            **{f"no {k}": why for k, why in ceilings.get("skipped", {}).items()}}
     lm = [r for r in rows if r["row"].startswith("lm") and r.get("%ceil") is not None]
     if lm:

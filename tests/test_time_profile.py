@@ -174,7 +174,7 @@ def test_the_report_reads_rates_off_the_median_step_too(data_dir):
 
 
 def test_host_steal_is_the_stolen_share_of_the_timed_steps_ticks(monkeypatch):
-    import seqfit.measure.time_profile as tp
+    import seqfit.measure.time_profile as tp  # the profiler reads the clock ticks through its own name
 
     readings = iter([(100, 1000), (130, 1100),  # step 1: 30 of 100 ticks stolen
                      (130, 1100), (140, 1400)])  # step 2: 10 of 300
@@ -195,7 +195,7 @@ def test_host_steal_is_the_stolen_share_of_the_timed_steps_ticks(monkeypatch):
 def test_cpu_jiffies_reads_steal_from_proc_stat():
     import os
 
-    from seqfit.measure.time_profile import cpu_jiffies
+    from seqfit.measure.machine import cpu_jiffies
 
     if not os.path.exists("/proc/stat"):
         assert cpu_jiffies() is None
@@ -204,3 +204,16 @@ def test_cpu_jiffies_reads_steal_from_proc_stat():
         fields = [int(v) for v in f.readline().split()[1:9]]
     steal, total = cpu_jiffies()  # read a moment later: the counters only grow
     assert fields[7] <= steal <= total and total >= sum(fields)
+
+
+def test_a_ceiling_is_the_best_of_its_timed_products_and_records_the_host_steal(monkeypatch):
+    import time
+
+    sleeps = iter([0.0, 0.06, 0.01, 0.04] + [0.06] * 10)  # warm-up, then one quick product among slow ones
+    gflops = ceilings_mod._best_gflops(lambda: time.sleep(next(sleeps)), size=100, repeats=4)
+    assert 2 * 100**3 / 0.02 / 1e9 < gflops <= 2 * 100**3 / 0.01 / 1e9  # the quick one, not the mean
+    monkeypatch.setattr(ceilings_mod, "CPU_SIZE", 64)
+    measured = ceilings_mod.measure_ceilings("cpu")
+    assert measured["size"] == 64 and measured["gflops"]["fp32_mkl"] > 0
+    steal = measured["host_steal"]
+    assert steal is None or 0.0 <= steal <= 1.0

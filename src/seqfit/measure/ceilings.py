@@ -11,7 +11,9 @@ and bf16 runs ~2x fp32 with AVX512-BF16 (~6x with AMX) but is emulated, ~100x sl
                        otherwise left out, and ``skipped`` says why
     cuda  fp32, bf16, fp16   torch.mm
 
-Each is the best of a few products of SIZE^3 after a warm-up (a few seconds in all). The result is
+Each is the best of up to eight products of SIZE^3 after a warm-up (a few seconds in all): on a shared
+virtual machine a second of another guest's work must not become the ceiling every later run is read
+against. The result records the host's steal time over the measurement ("host_steal", /proc/stat). The result is
 cached in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit, beside the memory calibration) as
 ceilings-<torch>-<device>-<hash>.json, the hash over what decides the numbers: CPU (or GPU) model, the
 CPU flags for AVX-512/bf16/AMX, torch's version and the thread count. ``refresh=True`` measures again.
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from seqfit.atomic import write_text_atomic
-from seqfit.measure.machine import cpu_flags, cpu_model
+from seqfit.measure.machine import cpu_flags, cpu_jiffies, cpu_model
 
 __all__ = ["cache_dir", "ceilings_key", "ceilings_path", "load_ceilings", "measure_ceilings", "best_ceiling"]
 
@@ -88,7 +90,7 @@ def measure_ceilings(device: str = "cpu") -> dict:
     """Time each path of ``device`` now (seconds; see the module docstring)."""
     import torch
 
-    started = time.perf_counter()
+    started, jiffies = time.perf_counter(), cpu_jiffies()
     gflops, skipped = {}, {}
     if device == "cuda":
         size = CUDA_SIZE
@@ -111,11 +113,14 @@ def measure_ceilings(device: str = "cpu") -> dict:
         else:
             a16, b16 = a.bfloat16(), b.bfloat16()
             gflops["bf16"] = _best_gflops(lambda: torch.mm(a16, b16), size)
+    end = cpu_jiffies()
+    steal = (end[0] - jiffies[0]) / max(1, end[1] - jiffies[1]) if jiffies and end else None
     return {"gflops": {k: round(v, 1) for k, v in gflops.items()}, "skipped": skipped, "size": size,
-            "seconds": round(time.perf_counter() - started, 2)}
+            "seconds": round(time.perf_counter() - started, 2),
+            "host_steal": None if steal is None else round(steal, 3)}
 
 
-def _best_gflops(run: Callable[[], object], size: int, *, repeats: int = 3, budget_s: float = 2.0,
+def _best_gflops(run: Callable[[], object], size: int, *, repeats: int = 8, budget_s: float = 2.0,
                  sync: Callable[[], None] | None = None) -> float:
     """Best GFLOP/s of ``run`` (one size^3 product) over up to ``repeats`` timed calls after a warm-up (the
     first call picks and caches a kernel); fewer calls once ``budget_s`` is spent."""

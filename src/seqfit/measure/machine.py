@@ -13,7 +13,7 @@ import os
 import platform
 import time
 
-__all__ = ["machine_info", "describe_machine", "cpu_model", "cpu_flags", "gemm_gflops", "FLAGS"]
+__all__ = ["machine_info", "describe_machine", "cpu_model", "cpu_flags", "cpu_jiffies", "gemm_gflops", "FLAGS"]
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide fp32/bf16 matmul speed
 
@@ -37,6 +37,17 @@ def cpu_flags() -> dict[str, bool | None]:
     """Each of FLAGS: present or not (None where /proc/cpuinfo is unreadable, e.g. macOS)."""
     flags = set(_cpuinfo_field("flags").split())
     return {name: (name in flags) if flags else None for name in FLAGS}
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """The machine's (steal, total) CPU time in clock ticks since boot, all CPUs (/proc/stat); None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user and nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def gemm_gflops(dtype, size: int = 1024, seconds: float = 0.5) -> float:

@@ -35,9 +35,10 @@ from typing import Iterator
 
 import torch
 
+from seqfit.measure.machine import cpu_jiffies
 from seqfit.measure.profile import PHASES
 
-__all__ = ["Times", "TimeProfiler", "FIRST_PARTS", "cpu_jiffies", "format_phases", "format_time_report"]
+__all__ = ["Times", "TimeProfiler", "FIRST_PARTS", "format_phases", "format_time_report"]
 
 FIRST_PARTS = {"backward": "output"}  # a backward starts with the output layer's and the loss's gradients
 
@@ -64,17 +65,6 @@ class Times:
     def __add__(self, other: "Times") -> "Times":
         return Times(self.wall + other.wall, self.user + other.user, self.system + other.system,
                      self.minflt + other.minflt, self.majflt + other.majflt)
-
-
-def cpu_jiffies() -> tuple[int, int] | None:
-    """The machine's (steal, total) CPU time in clock ticks since boot, all CPUs (/proc/stat); None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user and nice]
-    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
 def _mean(spans: list[Times]) -> dict:
@@ -234,8 +224,11 @@ def format_time_report(report: dict) -> str:
     gflops = report["ceilings"].get("gflops", {})
     skipped = report["ceilings"].get("skipped", {})
     ceil = ", ".join(f"{k} {v:,.0f}" for k, v in gflops.items()) or "none measured"
+    ceiling_steal = report["ceilings"].get("host_steal") or 0.0
     lines.append(f"ceilings (GFLOP/s, {report['ceilings'].get('size')}^3 products): {ceil}"
-                 + "".join(f"; {k}: {why}" for k, why in skipped.items()))
+                 + "".join(f"; {k}: {why}" for k, why in skipped.items())
+                 + (f"; measured with {ceiling_steal:.0%} host steal (--recalibrate on a quiet machine)"
+                    if ceiling_steal >= 0.01 else ""))
     if report.get("achieved_flops") is None:
         lines.append("model FLOPs: not counted for this task")
     elif report.get("ceiling") is None:
