@@ -211,7 +211,8 @@ def _summary(rows: list[dict], ceilings: dict, seconds: dict, quick: bool) -> di
     lm = [r for r in rows if r["row"].startswith("lm") and r.get("%ceil") is not None]
     auto = [r for r in lm if r["row"].endswith(", chunked loss)")]  # what --loss auto runs from V = 10k up
     if auto:
-        out["LM rows as --loss auto runs them (chunked) >= 50% of ceiling (target)"] = all(r["%ceil"] >= 50 for r in auto)
+        target = "LM rows as --loss auto runs them (chunked) >= 50% of ceiling (target)"
+        out[target] = all(r["%ceil"] >= 50 for r in auto)
     if lm:
         out["every LM row, full logits too, >= 50% of ceiling"] = all(r["%ceil"] >= 50 for r in lm)
     full = {(r["row"].replace(", full loss", ""), r["prec"]): r for r in rows if r["row"].endswith(", full loss)")}

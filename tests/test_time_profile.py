@@ -174,18 +174,18 @@ def test_the_report_reads_rates_off_the_median_step_too(data_dir):
 
 
 def test_host_steal_is_the_stolen_share_of_the_timed_steps_ticks(monkeypatch):
-    import seqfit.measure.time_profile as tp  # the profiler reads the clock ticks through its own name
+    import seqfit.measure.machine as machine
 
     readings = iter([(100, 1000), (130, 1100),  # step 1: 30 of 100 ticks stolen
                      (130, 1100), (140, 1400)])  # step 2: 10 of 300
-    monkeypatch.setattr(tp, "cpu_jiffies", lambda: next(readings))
+    monkeypatch.setattr(machine, "cpu_jiffies", lambda: next(readings))
     prof = TimeProfiler("cpu")
     for _ in range(2):
         with prof.step():
             pass
     assert prof.host_steal() == pytest.approx(40 / 400)
     assert prof.to_json()["host_steal"] == pytest.approx(0.1)
-    monkeypatch.setattr(tp, "cpu_jiffies", lambda: None)  # not Linux
+    monkeypatch.setattr(machine, "cpu_jiffies", lambda: None)  # not Linux
     prof = TimeProfiler("cpu")
     with prof.step():
         pass

@@ -13,8 +13,8 @@ and bf16 runs ~2x fp32 with AVX512-BF16 (~6x with AMX) but is emulated, ~100x sl
 
 Each is the best of up to eight products of SIZE^3 after a warm-up (a few seconds in all): on a shared
 virtual machine a second of another guest's work must not become the ceiling every later run is read
-against. The result records the host's steal time over the measurement ("host_steal", /proc/stat). The result is
-cached in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit, beside the memory calibration) as
+against; the host's steal time over the measurement is recorded too ("host_steal", /proc/stat). The result
+is cached in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit, beside the memory calibration) as
 ceilings-<torch>-<device>-<hash>.json, the hash over what decides the numbers: CPU (or GPU) model, the
 CPU flags for AVX-512/bf16/AMX, torch's version and the thread count. ``refresh=True`` measures again.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from seqfit.atomic import write_text_atomic
-from seqfit.measure.machine import cpu_flags, cpu_jiffies, cpu_model
+from seqfit.measure.machine import cpu_flags, cpu_jiffies, cpu_model, jiffies_since, steal_share
 
 __all__ = ["cache_dir", "ceilings_key", "ceilings_path", "load_ceilings", "measure_ceilings", "best_ceiling"]
 
@@ -113,8 +113,7 @@ def measure_ceilings(device: str = "cpu") -> dict:
         else:
             a16, b16 = a.bfloat16(), b.bfloat16()
             gflops["bf16"] = _best_gflops(lambda: torch.mm(a16, b16), size)
-    end = cpu_jiffies()
-    steal = (end[0] - jiffies[0]) / max(1, end[1] - jiffies[1]) if jiffies and end else None
+    steal = steal_share([jiffies_since(jiffies)])
     return {"gflops": {k: round(v, 1) for k, v in gflops.items()}, "skipped": skipped, "size": size,
             "seconds": round(time.perf_counter() - started, 2),
             "host_steal": None if steal is None else round(steal, 3)}

@@ -13,9 +13,11 @@ import os
 import platform
 import time
 
-__all__ = ["machine_info", "describe_machine", "cpu_model", "cpu_flags", "cpu_jiffies", "gemm_gflops", "FLAGS"]
+__all__ = ["machine_info", "describe_machine", "cpu_model", "cpu_flags", "cpu_jiffies", "jiffies_since", "steal_share",
+           "gemm_gflops", "FLAGS", "NOISY_STEAL"]
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide fp32/bf16 matmul speed
+NOISY_STEAL = 0.01  # a host steal share from which reports say the timings were taken with neighbours busy
 
 
 def _cpuinfo_field(name: str) -> str:
@@ -48,6 +50,20 @@ def cpu_jiffies() -> tuple[int, int] | None:
         return None
     # user nice system idle iowait irq softirq steal [guest guest_nice: already counted in user and nice]
     return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def jiffies_since(start: tuple[int, int] | None) -> tuple[int, int] | None:
+    """(steal, total) ticks from ``start`` (a cpu_jiffies() reading) to now; None where either reading is missing."""
+    end = cpu_jiffies()
+    return (end[0] - start[0], end[1] - start[1]) if start and end else None
+
+
+def steal_share(spans: list[tuple[int, int] | None]) -> float | None:
+    """The share of the machine's CPU time the hypervisor took over ``spans`` (jiffies_since results); None
+    when none was read or no tick passed (ticks are 10 ms)."""
+    read = [s for s in spans if s]
+    total = sum(t for _, t in read)
+    return sum(s for s, _ in read) / total if total else None
 
 
 def gemm_gflops(dtype, size: int = 1024, seconds: float = 0.5) -> float:

@@ -35,7 +35,8 @@ from typing import Iterator
 
 import torch
 
-from seqfit.measure.machine import cpu_jiffies
+from seqfit.measure import machine
+from seqfit.measure.machine import NOISY_STEAL, steal_share
 from seqfit.measure.profile import PHASES
 
 __all__ = ["Times", "TimeProfiler", "FIRST_PARTS", "format_phases", "format_time_report"]
@@ -95,14 +96,12 @@ class TimeProfiler:
     @contextmanager
     def step(self) -> Iterator[None]:
         self._step = {"phases": {}, "parts": {}}
-        jiffies, start = cpu_jiffies(), self._now()
+        jiffies, start = machine.cpu_jiffies(), self._now()
         try:
             yield
         finally:
             self._step["step"] = self._now() - start
-            end = cpu_jiffies()
-            if jiffies and end:
-                self._step["jiffies"] = (end[0] - jiffies[0], end[1] - jiffies[1])
+            self._step["jiffies"] = machine.jiffies_since(jiffies)
             self.steps.append(self._step)
             self._step = None
 
@@ -174,9 +173,7 @@ class TimeProfiler:
     def host_steal(self) -> float | None:
         """The share of the machine's CPU time the hypervisor took during the timed steps (None: not known;
         0 on bare metal). Ticks are 10 ms: steps shorter than that read as a few ticks or none."""
-        ticks = [s["jiffies"] for s in self.steps if "jiffies" in s]
-        total = sum(t for _, t in ticks)
-        return sum(s for s, _ in ticks) / total if ticks and total else None
+        return steal_share([s.get("jiffies") for s in self.steps])
 
     def to_json(self) -> dict:
         return {"device": str(self.device), "steps": len(self.steps), "phases": self.table(),
@@ -219,7 +216,7 @@ def format_time_report(report: dict) -> str:
                  f"{step['seconds'] * 1000:.1f} ms a step" + (f", {rate:,.0f} tokens/s" if rate else "")
                  + (f" (median step {median['seconds'] * 1000:.1f} ms)" if median.get("seconds") else ""))
     steal = report.get("host_steal")
-    if steal is not None and steal >= 0.01:
+    if steal is not None and steal >= NOISY_STEAL:
         lines.append(f"host steal: {steal:.0%} of the machine's CPU time went to other guests: the timings are noisy")
     gflops = report["ceilings"].get("gflops", {})
     skipped = report["ceilings"].get("skipped", {})
@@ -228,7 +225,7 @@ def format_time_report(report: dict) -> str:
     lines.append(f"ceilings (GFLOP/s, {report['ceilings'].get('size')}^3 products): {ceil}"
                  + "".join(f"; {k}: {why}" for k, why in skipped.items())
                  + (f"; measured with {ceiling_steal:.0%} host steal (--recalibrate on a quiet machine)"
-                    if ceiling_steal >= 0.01 else ""))
+                    if ceiling_steal >= NOISY_STEAL else ""))
     if report.get("achieved_flops") is None:
         lines.append("model FLOPs: not counted for this task")
     elif report.get("ceiling") is None:
