@@ -10,10 +10,15 @@ import torch.nn.functional as F
 from seqfit.errors import SeqfitError
 from seqfit.measure.memory import read_memory
 from seqfit.models.heads import LinearHead
+from seqfit.nn import products
 from seqfit.nn.chunked_loss import (LossWorkspace, chunk_tokens_for_budget, chunked_cross_entropy, chunked_log_softmax,
                                     full_logits_peak_bytes)
 
 N, H, V = 60, 12, 97  # 60 rows: chunks of 16 leave a ragged last chunk, chunks of 20 divide evenly
+# fp32 products through each library this torch has (nn/products.py), whichever this machine would pick
+LIBRARIES = [pytest.param(lib, marks=pytest.mark.skipif(lib == "onednn" and products._linear() is None,
+                                                       reason="no oneDNN linear in this torch"))
+             for lib in products.LIBRARIES]
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -50,12 +55,14 @@ def make_problem(tied: bool, pad: bool, seed: int = 0):
 @pytest.mark.parametrize("pad", [False, True])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("chunk", [16, 20, 1000])
-def test_matches_full_cross_entropy(tied, pad, smoothing, chunk):
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_matches_full_cross_entropy(tied, pad, smoothing, chunk, library):
     run = make_problem(tied, pad)
     ref_loss, ref_grads = run(lambda h, w, b, t: F.cross_entropy(F.linear(h, w, b), t, reduction="sum",
                                                                     label_smoothing=smoothing))
-    loss, grads = run(lambda h, w, b, t: chunked_cross_entropy(h, w, b, t, chunk_tokens=chunk,
-                                                               label_smoothing=smoothing))
+    with products.use_library(library):
+        loss, grads = run(lambda h, w, b, t: chunked_cross_entropy(h, w, b, t, chunk_tokens=chunk,
+                                                                   label_smoothing=smoothing))
     assert loss.dtype == torch.float32 and loss.dim() == 0
     assert rel(loss, ref_loss) < 1e-5
     for got, want in zip(grads, ref_grads):
@@ -179,7 +186,13 @@ def test_bf16_autocast_close_to_fp32_reference():
     assert rel(got, ref) > 1e-6
 
 
-def test_a_workspace_keeps_a_one_chunk_training_buffer_and_nothing_else():
+@pytest.fixture
+def blas_products():
+    with products.use_library("blas"):  # oneDNN writes fresh logits and keeps no buffer
+        yield
+
+
+def test_a_workspace_keeps_a_one_chunk_training_buffer_and_nothing_else(blas_products):
     g = torch.Generator().manual_seed(4)
     hidden = torch.randn(N, H, generator=g, requires_grad=True)
     weight = torch.randn(V, H, generator=g, requires_grad=True)

@@ -186,17 +186,21 @@ def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk
         cast = 2 * (vocab * hidden + n * hidden) if bf16 else 0  # bf16 copies of the weight and features
         return {"keep": keep + cast, "fwd": fwd, "bwd": 2 * F32 * n * vocab, "bwd_linear": logits, "held": 0}
     if loss == "chunked":
-        from seqfit.nn.chunked_loss import kept_buffer_bytes  # the runtime's own rule, not a copy of it
+        # the runtime's own rules, not copies of them
+        from seqfit.nn.chunked_loss import fresh_logits_used, kept_buffer_bytes
 
         c = min(chunk, n)
         narrow = 2 if bf16 else 0
-        held = kept_buffer_bytes(device, n, chunk, vocab)  # a one-chunk call's buffer, kept between steps
+        fresh = fresh_logits_used(device, precision)
+        held = kept_buffer_bytes(device, n, chunk, vocab, fresh)  # a one-chunk call's buffer, kept between steps
         buf = c * vocab * (F32 + 2 * narrow) - held  # (C, V) fp32 buffer (+ bf16 matmul output and gradient cast)
         w = narrow * vocab * hidden  # bf16 copy of the weight
         # the forward makes the weight's and the features' fp32 gradients (nn/chunked_loss.py) and keeps them
-        # until backward scales them in place; under bf16 each chunk's (V, H) partial product is added in fp32
+        # until backward scales them in place; each chunk's (V, H) partial product (bf16, or fp32 from oneDNN)
+        # is added to them
         grads = F32 * vocab * hidden + F32 * n * hidden
-        return {"keep": grads, "fwd": buf + w + narrow * vocab * hidden, "bwd": 0, "bwd_linear": 0, "held": held}
+        partial = (F32 if fresh else narrow) * vocab * hidden
+        return {"keep": grads, "fwd": buf + w + partial, "bwd": 0, "bwd_linear": 0, "held": held}
     # adaptive: the head cluster's logits for all tokens, each tail's for the share of tokens it holds
     bounds, proj = _adaptive_layout(hidden, vocab, counts)
     width = bounds[0] + len(proj)

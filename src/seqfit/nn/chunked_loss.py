@@ -34,8 +34,10 @@ import contextlib
 import torch
 
 from seqfit.errors import SeqfitError
+from seqfit.nn import products
 
-__all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "kept_buffer_bytes", "chunked_log_softmax",
+__all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "kept_buffer_bytes", "fresh_logits_used",
+           "chunked_log_softmax",
            "chunk_tokens_for_budget", "default_chunk_tokens", "balanced_chunk", "full_logits_peak_bytes",
            "DEFAULT_CHUNK_ROWS", "DEFAULT_CHUNK_BUDGET"]
 
@@ -119,14 +121,21 @@ def _matmul_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
-def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-    """out (C, V) fp32 <- h (C, H) @ w (V, H)^T + bias, with the matmul in w's dtype."""
+def _fresh_logits(w: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the fp32 logits come from oneDNN, which writes a fresh (C, V) tensor and takes no buffer."""
+    return (w.dtype == torch.float32 and w.device.type == "cpu" and (bias is None or bias.dtype == torch.float32)
+            and products.fp32_library() == "onednn")
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+                  out: torch.Tensor | None) -> torch.Tensor:
+    """(C, V) fp32 <- h (C, H) @ w (V, H)^T + bias, with the matmul in w's dtype: in ``out`` when given, else
+    a fresh tensor (_fresh_logits)."""
     if w.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
-        h = h.to(torch.float32)
         # Writing straight into the reused buffer saves a (C, V) allocation and its page faults per chunk.
-        if bias is None:
-            return torch.mm(h, w.t(), out=out)  # (C, V)
-        return torch.addmm(bias, h, w.t(), out=out)  # (C, V)
+        z = products.mm_nt(h.to(torch.float32), w, bias, out=out)  # (C, V)
+        return z if out is None or z is out else out.copy_(z)
+    out = torch.empty(h.shape[0], w.shape[0], device=h.device) if out is None else out
     out.copy_(torch.mm(h.to(w.dtype), w.t()))  # (C, V) narrow matmul, widened to fp32
     if bias is not None:
         out.add_(bias)  # bias added in fp32, after the narrow matmul
@@ -170,10 +179,18 @@ class LossWorkspace:
         return LossWorkspace()
 
 
-def kept_buffer_bytes(device: str, tokens: int, chunk: int, vocab: int) -> int:
+def kept_buffer_bytes(device: str, tokens: int, chunk: int, vocab: int, fresh_logits: bool = False) -> int:
     """Bytes a LossWorkspace keeps from one training call of ``tokens`` rows to the next: the buffer of a call
-    that runs as one chunk, on CPU (module docstring); the planner's estimates call this too."""
-    return tokens * vocab * 4 if device == "cpu" and tokens <= chunk else 0
+    that runs as one chunk, on CPU (module docstring), unless oneDNN makes the logits (``fresh_logits``,
+    fresh_logits_used); the planner's estimates call this too."""
+    return tokens * vocab * 4 if device == "cpu" and tokens <= chunk and not fresh_logits else 0
+
+
+def fresh_logits_used(device: str, precision: str) -> bool:
+    """Whether a training call on ``device`` in ``precision`` gets its fp32 logits fresh from oneDNN (no kept
+    buffer; the weight gradient's (V, H) partial product fresh per chunk too): the planner's view of
+    _fresh_logits."""
+    return device == "cpu" and precision == "fp32" and products.fp32_library() == "onednn"
 
 
 # Below this a target's probability has lost fp32 precision (denormals start at 1.2e-38): its -log is
@@ -236,13 +253,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             w = weight.to(matmul_dtype)  # (V, H); a copy only when the matmul is narrower
             narrow = w.dtype != f32
             total = torch.zeros((), dtype=f32, device=dev)
-            keep = with_grad and kept_buffer_bytes(dev.type, n, chunk, vocab) > 0
-            buf = (workspace or LossWorkspace()).take(min(chunk, n), vocab, dev, keep=keep)  # (C, V)
+            fresh = _fresh_logits(w, bias)
+            keep = with_grad and kept_buffer_bytes(dev.type, n, chunk, vocab, fresh) > 0
+            buf = None if fresh else (workspace or LossWorkspace()).take(min(chunk, n), vocab, dev, keep=keep)  # (C, V)
             rows = torch.arange(min(chunk, n), device=dev)  # (C,)
             for s in range(0, n, chunk):
+                z = g = None  # fresh logits: the last chunk's go before the next chunk's are made
                 e = min(s + chunk, n)
                 h = hidden[s:e].to(w.dtype)  # (c, H)
-                z = _chunk_logits(h, w, bias, buf[: e - s])  # (c, V)
+                z = _chunk_logits(h, w, bias, None if fresh else buf[: e - s])  # (c, V)
                 t = targets[s:e]  # (c,)
                 picked = z.gather(1, t[:, None]).squeeze(1)  # (c,) target logits
                 mean_z = z.mean(1) if smoothing else None  # (c,)
@@ -265,12 +284,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                     if narrow:
                         grad_h[s:e] = torch.mm(g, w)  # (c, H)
                     else:
-                        torch.mm(g, w, out=grad_h[s:e])  # (c, H)
+                        products.mm_nn(g, w, out=grad_h[s:e])  # (c, H)
                 if need_w:
                     if narrow:
                         grad_w += torch.mm(g.t(), h)  # (V, H): bf16 partial, fp32 accumulation across chunks
                     else:
-                        grad_w.addmm_(g.t(), h)  # (V, H)
+                        products.mm_tn_into(grad_w, g, h)  # (V, H)
                 if need_b:
                     grad_b += z.sum(0)  # (V,)
         ctx.grads = (grad_h, grad_w, grad_b)
