@@ -12,7 +12,8 @@ from seqfit.measure.memory import read_memory
 from seqfit.models.heads import LinearHead
 from seqfit.nn import products
 from seqfit.nn.chunked_loss import (LossWorkspace, chunk_tokens_for_budget, chunked_cross_entropy, chunked_log_softmax,
-                                    full_logits_peak_bytes)
+                                    full_logits_peak_bytes, kept_buffer_bytes)
+from seqfit.nn.precision import cpu_bf16_rnn_supported
 
 N, H, V = 60, 12, 97  # 60 rows: chunks of 16 leave a ragged last chunk, chunks of 20 divide evenly
 # fp32 products through each library this torch has (nn/products.py), whichever this machine would pick
@@ -206,10 +207,10 @@ def test_a_workspace_keeps_a_one_chunk_training_buffer_and_nothing_else(blas_pro
     ws = LossWorkspace()
     first = loss_and_grads(chunk_tokens=64, workspace=ws)  # one chunk of 60 rows: kept
     assert ws.held_bytes == N * V * 4
-    kept = ws._buffer.data_ptr()
-    ws._buffer.fill_(float("nan"))  # whatever the last call left in it must not leak into the next
+    kept = ws.kept().data_ptr()
+    ws.kept().fill_(float("nan"))  # whatever the last call left in it must not leak into the next
     second = loss_and_grads(chunk_tokens=64, workspace=ws)
-    assert ws._buffer.data_ptr() == kept and ws.held_bytes == N * V * 4
+    assert ws.kept().data_ptr() == kept and ws.held_bytes == N * V * 4
     for a, b, c in zip(plain, first, second):
         assert torch.equal(a, b) and torch.equal(a, c)
     ws.release()
@@ -222,6 +223,30 @@ def test_a_workspace_keeps_a_one_chunk_training_buffer_and_nothing_else(blas_pro
     head.loss(hidden, targets).backward()
     assert head.workspace.held_bytes == N * V * 4
     assert copy.deepcopy(head).workspace.held_bytes == 0  # a copy of the model does not copy the buffer
+
+
+@pytest.mark.skipif(not cpu_bf16_rnn_supported(), reason="this CPU emulates bf16")
+def test_a_bf16_workspace_keeps_both_buffers_and_nothing_leaks_between_calls():
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(N, H, generator=g, requires_grad=True)
+    weight = torch.randn(V, H, generator=g, requires_grad=True)
+    bias = torch.randn(V, generator=g, requires_grad=True)
+    targets = torch.randint(0, V, (N,), generator=g)
+
+    def loss_and_grads(**kw):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = chunked_cross_entropy(hidden, weight, bias, targets, chunk_tokens=64, **kw)
+        return [loss.detach(), *torch.autograd.grad(loss, [hidden, weight, bias])]
+
+    plain = loss_and_grads()
+    ws = LossWorkspace()
+    first = loss_and_grads(workspace=ws)
+    assert ws.held_bytes == kept_buffer_bytes("cpu", N, 64, V, narrow_bytes=2) == N * V * 6
+    for dtype in (torch.float32, torch.bfloat16):
+        ws.kept(dtype).fill_(float("nan"))
+    second = loss_and_grads(workspace=ws)
+    for a, b, c in zip(plain, first, second):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_forward_saves_no_vocabulary_sized_tensor():

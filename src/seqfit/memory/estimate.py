@@ -187,13 +187,15 @@ def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk
         return {"keep": keep + cast, "fwd": fwd, "bwd": 2 * F32 * n * vocab, "bwd_linear": logits, "held": 0}
     if loss == "chunked":
         # the runtime's own rules, not copies of them
-        from seqfit.nn.chunked_loss import fresh_logits_used, kept_buffer_bytes
+        from seqfit.nn.chunked_loss import block_rows, fresh_logits_used, kept_buffer_bytes
 
         c = min(chunk, n)
         narrow = 2 if bf16 else 0
         fresh = fresh_logits_used(device, precision)
-        held = kept_buffer_bytes(device, n, chunk, vocab, fresh)  # a one-chunk call's buffer, kept between steps
-        buf = c * vocab * (F32 + 2 * narrow) - held  # (C, V) fp32 buffer (+ bf16 matmul output and gradient cast)
+        held = kept_buffer_bytes(device, n, chunk, vocab, fresh, narrow)  # a one-chunk call's buffers, kept between steps
+        # (C, V) fp32 buffer (fresh from oneDNN or kept); under bf16 a (C, V) bf16 one (the matmul's output, then the
+        # gradient cast) and a block of fp32 rows
+        buf = (c * vocab * narrow + min(block_rows(vocab), c) * vocab * F32 if bf16 else c * vocab * F32) - held
         w = narrow * vocab * hidden  # bf16 copy of the weight
         # the forward makes the weight's and the features' fp32 gradients (nn/chunked_loss.py) and keeps them
         # until backward scales them in place; each chunk's (V, H) partial product (bf16, or fp32 from oneDNN)

@@ -127,8 +127,7 @@ def _fresh_logits(w: torch.Tensor, bias: torch.Tensor | None) -> bool:
             and products.fp32_library() == "onednn")
 
 
-def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-                  out: torch.Tensor | None) -> torch.Tensor:
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor:
     """(C, V) fp32 <- h (C, H) @ w (V, H)^T + bias, with the matmul in w's dtype: in ``out`` when given, else
     a fresh tensor (_fresh_logits)."""
     if w.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32):
@@ -143,7 +142,8 @@ def _chunk_logits(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
 
 
 class LossWorkspace:
-    """The chunked loss's (C, V) fp32 buffer, kept between calls on CPU (module docstring).
+    """The chunked loss's (C, V) fp32 buffer, and under bf16 autocast its (C, V) bf16 one (the product, then the
+    gradient cast down), kept between calls on CPU (module docstring).
 
     Its owner decides how long the memory stays: a LinearHead's lives as long as the model. Only the calls
     that keep it (a training call of one chunk) size it, so what it holds is the training step's buffer, which
@@ -155,35 +155,46 @@ class LossWorkspace:
     """
 
     def __init__(self):
-        self._buffer: torch.Tensor | None = None
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}
 
-    def take(self, rows: int, vocab: int, device: torch.device, keep: bool = True) -> torch.Tensor:
-        """A (rows, vocab) fp32 buffer, uninitialised: the kept one when it is large enough."""
-        kept = self._buffer
+    def take(self, rows: int, vocab: int, device: torch.device, keep: bool = True,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A (rows, vocab) buffer of ``dtype``, uninitialised: the kept one when it is large enough."""
+        kept = self._buffers.get(dtype)
         if device.type == "cpu" and kept is not None and kept.numel() >= rows * vocab:
             return kept[: rows * vocab].view(rows, vocab)
         if device.type != "cpu" or not keep:
-            return torch.empty(rows, vocab, dtype=torch.float32, device=device)
-        self._buffer = None  # the old one goes before the larger one is made
-        self._buffer = torch.empty(rows * vocab, dtype=torch.float32)
-        return self._buffer.view(rows, vocab)
+            return torch.empty(rows, vocab, dtype=dtype, device=device)
+        self._buffers.pop(dtype, None)  # the old one goes before the larger one is made
+        self._buffers[dtype] = torch.empty(rows * vocab, dtype=dtype)
+        return self._buffers[dtype].view(rows, vocab)
+
+    def kept(self, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """The buffer of ``dtype`` held now, if any."""
+        return self._buffers.get(dtype)
 
     @property
     def held_bytes(self) -> int:
-        return 0 if self._buffer is None else self._buffer.numel() * self._buffer.element_size()
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
     def release(self) -> None:
-        self._buffer = None
+        self._buffers = {}
 
     def __deepcopy__(self, memo) -> "LossWorkspace":
         return LossWorkspace()
 
 
-def kept_buffer_bytes(device: str, tokens: int, chunk: int, vocab: int, fresh_logits: bool = False) -> int:
-    """Bytes a LossWorkspace keeps from one training call of ``tokens`` rows to the next: the buffer of a call
-    that runs as one chunk, on CPU (module docstring), unless oneDNN makes the logits (``fresh_logits``,
-    fresh_logits_used); the planner's estimates call this too."""
-    return tokens * vocab * 4 if device == "cpu" and tokens <= chunk and not fresh_logits else 0
+def kept_buffer_bytes(device: str, tokens: int, chunk: int, vocab: int, fresh_logits: bool = False,
+                      narrow_bytes: int = 0) -> int:
+    """Bytes a LossWorkspace keeps from one training call of ``tokens`` rows to the next: the buffers of a call
+    that runs as one chunk, on CPU (module docstring): fp32, unless oneDNN makes the logits (``fresh_logits``,
+    fresh_logits_used), and one of the matmul's dtype when it is narrower (``narrow_bytes`` an element, 0 for
+    fp32). The planner's estimates call this too."""
+    if device != "cpu" or tokens > chunk:
+        return 0
+    if narrow_bytes:  # the narrow product and a block of fp32 rows (_ChunkedCrossEntropy)
+        return tokens * vocab * narrow_bytes + min(block_rows(vocab), tokens) * vocab * 4
+    return 0 if fresh_logits else tokens * vocab * 4
 
 
 def fresh_logits_used(device: str, precision: str) -> bool:
@@ -191,6 +202,16 @@ def fresh_logits_used(device: str, precision: str) -> bool:
     buffer; the weight gradient's (V, H) partial product fresh per chunk too): the planner's view of
     _fresh_logits."""
     return device == "cpu" and precision == "fp32" and products.fp32_library() == "onednn"
+
+
+# The softmax and gradient passes walk a chunk in row blocks of about this many fp32 bytes, which stay in cache.
+ROW_BLOCK_BYTES = 4 * 2**20
+
+
+def block_rows(vocab: int) -> int:
+    """Rows of one cache-sized block of fp32 logits (ROW_BLOCK_BYTES), a multiple of 8, at least 8."""
+    rows = ROW_BLOCK_BYTES // (4 * max(vocab, 1))
+    return max(8, rows - rows % 8)
 
 
 # Below this a target's probability has lost fp32 precision (denormals start at 1.2e-38): its -log is
@@ -231,6 +252,29 @@ def _target_nll(p: torch.Tensor, t: torch.Tensor, picked: torch.Tensor, h: torch
     return nll
 
 
+def _rows_loss(z: torch.Tensor, t: torch.Tensor, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+               smoothing: float, make_grad: bool, grad_b: torch.Tensor | None) -> torch.Tensor:
+    """Summed loss of a block of fp32 logits z (r, V) against t (r,); with ``make_grad`` z becomes d loss / d z
+    in place and grad_b (V,) gains its column sums."""
+    picked = z.gather(1, t[:, None]).squeeze(1)  # (r,) target logits
+    mean_z = z.mean(1) if smoothing else None  # (r,)
+    _softmax_in_place(z)  # (r, V)
+    # -log p(t) = lse - z_t, read off the softmax; where p(t) underflows its rows are recomputed.
+    nll = _target_nll(z, t, picked, h, w, bias)  # (r,)
+    token_loss = (1.0 - smoothing) * nll
+    if smoothing:
+        # F.cross_entropy's smoothing: eps * mean over classes of -log p = eps * (lse - mean z).
+        token_loss += smoothing * (picked + nll - mean_z)
+    if make_grad:
+        # d loss / d z = softmax(z) - (1 - eps) onehot(t) - eps / V, built in place.
+        if smoothing:
+            z.sub_(smoothing / z.shape[1])
+        z[torch.arange(z.shape[0], device=z.device), t] -= 1.0 - smoothing
+        if grad_b is not None:
+            grad_b += z.sum(0)  # (V,)
+    return token_loss.sum()
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of hidden @ weight^T + bias against targets; no ignored rows inside.
 
@@ -247,7 +291,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         f32, dev = torch.float32, hidden.device
         need_h, need_w, need_b = ctx.needs_input_grad[:3] if with_grad else (False, False, False)
         grad_h = torch.empty(n, width, dtype=f32, device=dev) if need_h else None  # (N, H)
-        grad_w = torch.zeros(vocab, width, dtype=f32, device=dev) if need_w else None  # (V, H)
+        # (V, H); a narrow matmul's first chunk overwrites it, others accumulate into zeros
+        grad_w = None if not need_w else (torch.empty if matmul_dtype != f32 else torch.zeros)(vocab, width, dtype=f32,
+                                                                                             device=dev)
         grad_b = torch.zeros(vocab, dtype=f32, device=dev) if need_b else None  # (V,)
         with _autocast_off(dev.type):
             w = weight.to(matmul_dtype)  # (V, H); a copy only when the matmul is narrower
@@ -255,43 +301,52 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             total = torch.zeros((), dtype=f32, device=dev)
             fresh = _fresh_logits(w, bias)
             keep = with_grad and kept_buffer_bytes(dev.type, n, chunk, vocab, fresh) > 0
-            buf = None if fresh else (workspace or LossWorkspace()).take(min(chunk, n), vocab, dev, keep=keep)  # (C, V)
-            rows = torch.arange(min(chunk, n), device=dev)  # (C,)
+            workspace = workspace or LossWorkspace()
+            rows = min(block_rows(vocab), chunk, n)
+            if narrow:  # the narrow product, then the gradient cast down; fp32 work a row block at a time
+                nbuf = workspace.take(min(chunk, n), vocab, dev, keep=keep, dtype=w.dtype)  # (C, V)
+                scratch = workspace.take(rows, vocab, dev, keep=keep)  # (rows, V) fp32
+                partial = torch.empty(vocab, width, dtype=w.dtype, device=dev) if need_w else None  # (V, H)
+            else:  # (C, V) fp32, unless oneDNN makes it fresh
+                buf = None if fresh else workspace.take(min(chunk, n), vocab, dev, keep=keep)
+            make_grads = need_h or need_w or need_b
             for s in range(0, n, chunk):
-                z = g = None  # fresh logits: the last chunk's go before the next chunk's are made
+                z = None  # fresh logits: the last chunk's go before the next chunk's are made
                 e = min(s + chunk, n)
                 h = hidden[s:e].to(w.dtype)  # (c, H)
-                z = _chunk_logits(h, w, bias, None if fresh else buf[: e - s])  # (c, V)
-                t = targets[s:e]  # (c,)
-                picked = z.gather(1, t[:, None]).squeeze(1)  # (c,) target logits
-                mean_z = z.mean(1) if smoothing else None  # (c,)
-                _softmax_in_place(z)  # (c, V)
-                # -log p(t) = lse - z_t, read off the softmax; where p(t) underflows its rows are recomputed.
-                nll = _target_nll(z, t, picked, h, w, bias)  # (c,)
-                token_loss = (1.0 - smoothing) * nll
-                if smoothing:
-                    # F.cross_entropy's smoothing: eps * mean over classes of -log p = eps * (lse - mean z).
-                    token_loss += smoothing * (picked + nll - mean_z)
-                total += token_loss.sum()
-                if not (need_h or need_w or need_b):
+                if narrow:  # (c, V) narrow product; the gradient, cast down, overwrites it
+                    z = torch.mm(h, w.t(), out=nbuf[: e - s])
+                else:  # (c, V) fp32 logits, turned into their gradient in place
+                    z = _chunk_logits(h, w, bias, None if fresh else buf[: e - s])
+                # The elementwise work row block by row block, each in cache: a pass over the whole (c, V)
+                # chunk per step of it went to memory each time (about half the loss's time under bf16).
+                for r in range(0, e - s, rows):
+                    q = min(r + rows, e - s)
+                    zb = z[r:q]
+                    if narrow:
+                        zb = scratch[: q - r].copy_(zb)  # widened to fp32
+                        if bias is not None:
+                            zb.add_(bias)
+                    total += _rows_loss(zb, targets[s + r:s + q], h[r:q], w, bias, smoothing, make_grads, grad_b)
+                    if narrow and make_grads:
+                        z[r:q].copy_(zb)
+                if not make_grads:
                     continue
-                # d loss / d z = softmax(z) - (1 - eps) onehot(t) - eps / V, built in place in the buffer.
-                if smoothing:
-                    z.sub_(smoothing / vocab)
-                z[rows[: e - s], t] -= 1.0 - smoothing
-                g = z.to(w.dtype) if narrow else z  # (c, V) matmul operand
+                g = z  # (c, V) matmul operand
                 if need_h:
                     if narrow:
                         grad_h[s:e] = torch.mm(g, w)  # (c, H)
                     else:
                         products.mm_nn(g, w, out=grad_h[s:e])  # (c, H)
                 if need_w:
-                    if narrow:
-                        grad_w += torch.mm(g.t(), h)  # (V, H): bf16 partial, fp32 accumulation across chunks
+                    if narrow:  # (V, H): bf16 partial, fp32 accumulation across chunks
+                        torch.mm(g.t(), h, out=partial)
+                        if s == 0:
+                            grad_w.copy_(partial)
+                        else:
+                            grad_w.add_(partial)
                     else:
                         products.mm_tn_into(grad_w, g, h)  # (V, H)
-                if need_b:
-                    grad_b += z.sum(0)  # (V,)
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total
