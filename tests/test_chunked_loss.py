@@ -241,9 +241,9 @@ def test_a_bf16_workspace_keeps_both_buffers_and_nothing_leaks_between_calls():
     plain = loss_and_grads()
     ws = LossWorkspace()
     first = loss_and_grads(workspace=ws)
-    assert ws.held_bytes == kept_buffer_bytes("cpu", N, 64, V, narrow_bytes=2) == N * V * 6
-    for dtype in (torch.float32, torch.bfloat16):
-        ws.kept(dtype).fill_(float("nan"))
+    assert ws.held_bytes == kept_buffer_bytes("cpu", N, 64, V, narrow_bytes=2, hidden=H) == N * V * 6 + 4 * V * H
+    for name in ("narrow", "rows", "weight", "partial"):
+        ws.kept(name).fill_(float("nan"))
     second = loss_and_grads(workspace=ws)
     for a, b, c in zip(plain, first, second):
         assert torch.equal(a, b) and torch.equal(a, c)

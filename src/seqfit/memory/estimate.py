@@ -130,14 +130,15 @@ def parameter_sizes(cfg: RunCfg, shapes: list[tuple[str, tuple[int, ...], bool]]
 def optimizer_scratch(cfg: RunCfg, device: str, sizes: dict[str, int]) -> int:
     """Bytes the optimizer step allocates on top of weights, gradients and state.
 
-    On CPU torch's optimizers run their per-parameter loop (foreach kernels are CUDA-only), so scratch is
-    per parameter: Adam's denominator (sqrt, then a division: two temporaries of the largest parameter),
-    an L2 term added to the gradient. On CUDA the foreach path makes the same temporaries for all at once.
+    Adam and AdamW run fused (nn/optim.py): one kernel a parameter, no temporaries, weight decay included.
+    The others on CPU run torch's per-parameter loop (foreach kernels are CUDA-only), so scratch is per
+    parameter: Adafactor's three factored temporaries of the largest parameter, an L2 term added to SGD's
+    gradient. On CUDA the foreach path makes the same temporaries for all at once.
     """
     name, t = cfg.train.optimizer, cfg.train
     unit = sizes["gradients"] if device == "cuda" else sizes["largest_parameter"]
-    temps = {"sgd": 0, "adam": 2, "adamw": 2, "adafactor": 3}[name]
-    if t.weight_decay and name in ("sgd", "adam"):
+    temps = {"sgd": 0, "adam": 0, "adamw": 0, "adafactor": 3}[name]
+    if t.weight_decay and name == "sgd":
         temps += 1
     if name == "sgd" and t.momentum:
         temps = max(temps, 1)  # the first step clones the gradient into the buffer
@@ -192,17 +193,18 @@ def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk
         c = min(chunk, n)
         narrow = 2 if bf16 else 0
         fresh = fresh_logits_used(device, precision)
-        held = kept_buffer_bytes(device, n, chunk, vocab, fresh, narrow)  # a one-chunk call's buffers, kept between steps
+        # a one-chunk call's buffers, kept between steps
+        held = kept_buffer_bytes(device, n, chunk, vocab, fresh, narrow, hidden)
         # (C, V) fp32 buffer (fresh from oneDNN or kept); under bf16 a (C, V) bf16 one (the matmul's output, then the
         # gradient cast) and a block of fp32 rows
-        buf = (c * vocab * narrow + min(block_rows(vocab), c) * vocab * F32 if bf16 else c * vocab * F32) - held
+        buf = c * vocab * narrow + min(block_rows(vocab), c) * vocab * F32 if bf16 else c * vocab * F32
         w = narrow * vocab * hidden  # bf16 copy of the weight
         # the forward makes the weight's and the features' fp32 gradients (nn/chunked_loss.py) and keeps them
         # until backward scales them in place; each chunk's (V, H) partial product (bf16, or fp32 from oneDNN)
         # is added to them
         grads = F32 * vocab * hidden + F32 * n * hidden
         partial = (F32 if fresh else narrow) * vocab * hidden
-        return {"keep": grads, "fwd": buf + w + partial, "bwd": 0, "bwd_linear": 0, "held": held}
+        return {"keep": grads, "fwd": buf + w + partial - held, "bwd": 0, "bwd_linear": 0, "held": held}
     # adaptive: the head cluster's logits for all tokens, each tail's for the share of tokens it holds
     bounds, proj = _adaptive_layout(hidden, vocab, counts)
     width = bounds[0] + len(proj)

@@ -155,23 +155,26 @@ class LossWorkspace:
     """
 
     def __init__(self):
-        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+        self._buffers: dict[str, torch.Tensor] = {}
 
-    def take(self, rows: int, vocab: int, device: torch.device, keep: bool = True,
+    def take(self, name: str, shape: tuple[int, int], device: torch.device, keep: bool = True,
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A (rows, vocab) buffer of ``dtype``, uninitialised: the kept one when it is large enough."""
-        kept = self._buffers.get(dtype)
-        if device.type == "cpu" and kept is not None and kept.numel() >= rows * vocab:
-            return kept[: rows * vocab].view(rows, vocab)
+        """The buffer ``name`` of ``shape`` and ``dtype``, uninitialised: the kept one when it is large enough."""
+        size = shape[0] * shape[1]
+        kept = self._buffers.get(name)
+        if device.type == "cpu" and kept is not None and kept.dtype == dtype and kept.numel() >= size:
+            return kept[:size].view(shape)
         if device.type != "cpu" or not keep:
-            return torch.empty(rows, vocab, dtype=dtype, device=device)
-        self._buffers.pop(dtype, None)  # the old one goes before the larger one is made
-        self._buffers[dtype] = torch.empty(rows * vocab, dtype=dtype)
-        return self._buffers[dtype].view(rows, vocab)
+            return torch.empty(shape, dtype=dtype, device=device)
+        self._buffers.pop(name, None)  # the old one goes before the larger one is made
+        self._buffers[name] = torch.empty(size, dtype=dtype)
+        return self._buffers[name].view(shape)
 
-    def kept(self, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
-        """The buffer of ``dtype`` held now, if any."""
-        return self._buffers.get(dtype)
+    def kept(self, name: str = "logits") -> torch.Tensor | None:
+        """The buffer ``name`` held now, if any: "logits" (fp32), under autocast "narrow" (the product and the
+        gradient cast down), "rows" (a block of fp32 rows), "weight" (the weight cast down) and "partial" (the
+        weight gradient's product)."""
+        return self._buffers.get(name)
 
     @property
     def held_bytes(self) -> int:
@@ -185,15 +188,17 @@ class LossWorkspace:
 
 
 def kept_buffer_bytes(device: str, tokens: int, chunk: int, vocab: int, fresh_logits: bool = False,
-                      narrow_bytes: int = 0) -> int:
+                      narrow_bytes: int = 0, hidden: int = 0) -> int:
     """Bytes a LossWorkspace keeps from one training call of ``tokens`` rows to the next: the buffers of a call
-    that runs as one chunk, on CPU (module docstring): fp32, unless oneDNN makes the logits (``fresh_logits``,
-    fresh_logits_used), and one of the matmul's dtype when it is narrower (``narrow_bytes`` an element, 0 for
-    fp32). The planner's estimates call this too."""
+    that runs as one chunk, on CPU (module docstring): the fp32 logits, unless oneDNN makes them
+    (``fresh_logits``, fresh_logits_used); under a matmul narrower than fp32 (``narrow_bytes`` an element, 0 for
+    fp32) the narrow product, a block of fp32 rows, and the (V, ``hidden``) weight copy and partial product.
+    The planner's estimates call this too."""
     if device != "cpu" or tokens > chunk:
         return 0
-    if narrow_bytes:  # the narrow product and a block of fp32 rows (_ChunkedCrossEntropy)
-        return tokens * vocab * narrow_bytes + min(block_rows(vocab), tokens) * vocab * 4
+    if narrow_bytes:
+        return (tokens * vocab * narrow_bytes + min(block_rows(vocab), tokens) * vocab * 4
+                + 2 * vocab * hidden * narrow_bytes)
     return 0 if fresh_logits else tokens * vocab * 4
 
 
@@ -296,22 +301,24 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                                                                                              device=dev)
         grad_b = torch.zeros(vocab, dtype=f32, device=dev) if need_b else None  # (V,)
         with _autocast_off(dev.type):
-            w = weight.to(matmul_dtype)  # (V, H); a copy only when the matmul is narrower
-            narrow = w.dtype != f32
-            total = torch.zeros((), dtype=f32, device=dev)
-            fresh = _fresh_logits(w, bias)
-            keep = with_grad and kept_buffer_bytes(dev.type, n, chunk, vocab, fresh) > 0
+            narrow = matmul_dtype != f32
+            fresh = not narrow and _fresh_logits(weight, bias)
+            keep = with_grad and dev.type == "cpu" and n <= chunk  # kept_buffer_bytes' rule
             workspace = workspace or LossWorkspace()
-            rows = min(block_rows(vocab), chunk, n)
+            c, rows = min(chunk, n), min(block_rows(vocab), chunk, n)
             if narrow:  # the narrow product, then the gradient cast down; fp32 work a row block at a time
-                nbuf = workspace.take(min(chunk, n), vocab, dev, keep=keep, dtype=w.dtype)  # (C, V)
-                scratch = workspace.take(rows, vocab, dev, keep=keep)  # (rows, V) fp32
-                partial = torch.empty(vocab, width, dtype=w.dtype, device=dev) if need_w else None  # (V, H)
+                # (a fresh (V, H) bf16 copy of the weight faulted in 6.0 ms where a kept one is written in 0.3)
+                w = workspace.take("weight", (vocab, width), dev, keep, matmul_dtype).copy_(weight)  # (V, H)
+                nbuf = workspace.take("narrow", (c, vocab), dev, keep, matmul_dtype)  # (C, V)
+                scratch = workspace.take("rows", (rows, vocab), dev, keep)  # (rows, V) fp32
+                partial = workspace.take("partial", (vocab, width), dev, keep, matmul_dtype) if need_w else None
             else:  # (C, V) fp32, unless oneDNN makes it fresh
-                buf = None if fresh else workspace.take(min(chunk, n), vocab, dev, keep=keep)
+                w = weight
+                buf = None if fresh else workspace.take("logits", (c, vocab), dev, keep)
+            total = torch.zeros((), dtype=f32, device=dev)
             make_grads = need_h or need_w or need_b
             for s in range(0, n, chunk):
-                z = None  # fresh logits: the last chunk's go before the next chunk's are made
+                z = zb = g = None  # fresh logits: the last chunk's (and views of them) go before the next's are made
                 e = min(s + chunk, n)
                 h = hidden[s:e].to(w.dtype)  # (c, H)
                 if narrow:  # (c, V) narrow product; the gradient, cast down, overwrites it
