@@ -102,3 +102,25 @@ print(json.dumps({"pooled": pooled, "off": [buffer() for _ in range(3)]}))
 """)
     assert all(b["mapped_alive"] == 0 for b in out["pooled"]), out
     assert all(_mapped_afresh(b) for b in out["off"]), out  # mapped afresh again, as a run without the pool expects
+
+
+def test_the_window_pool_keeps_a_step_sized_buffer_in_the_heap_and_maps_a_large_one():
+    out = _run("""
+assert allocator.use_buffer_pool("window") and allocator.buffer_pool_active()
+medium = [buffer(1 << 20) for _ in range(30)]  # 1 MiB: under the window threshold
+large = buffer(8 << 20)  # 8 MiB: over it
+print(json.dumps({"medium": medium, "large": large}))
+""")
+    assert all(b["mapped_alive"] == 0 and b["used_alive"] >= 1 for b in out["medium"]), out
+    settled = out["medium"][10:]
+    assert all(b["heap_alive"] == 0 and b["heap_after"] == 0 for b in settled), out  # reused, not regrown
+    assert _mapped_afresh(out["large"]), out
+
+
+def test_an_unknown_pool_is_refused():
+    _run("""
+try:
+    allocator.use_buffer_pool("everything")
+except ValueError:
+    print("{}")
+""")

@@ -45,7 +45,7 @@ class Session:
             device = torch.device("cuda", dist.local_rank)
         task = make_task(cfg, data_dir, device, dist)
         # chunk-sized buffers reused, not remapped per chunk (memory/allocator.py; a no-op unless pinned)
-        use_buffer_pool(bool(task.plan.get("buffer_pool")))
+        use_buffer_pool(task.plan.get("buffer_pool") or False)
         if warn is not None:
             task.check_data(warn)
         seed_everything(cfg.train.seed)

@@ -32,6 +32,9 @@ from seqfit.memory.requested import requested_plan
 
 __all__ = ["cache_dir", "cache_path", "load_constants", "calibrate", "probe_config", "NO_CALIBRATE_ENV"]
 
+# Bumped when what the probes measure changes under the same torch (2: the LM window pool, oneDNN loss products,
+# fused Adam), so that constants fitted before are measured again.
+PROBE_REVISION = 2
 NO_CALIBRATE_ENV = "SEQFIT_NO_CALIBRATE"  # set to 1: never run probes, use the cache or the defaults
 PROBE_VOCAB = 64
 PROBE_TOKENS = 40_000
@@ -56,7 +59,7 @@ def cache_path(device: str) -> Path:
     import torch
 
     name = torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
-    digest = hashlib.sha256(f"{name}|{os.cpu_count()}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{name}|{os.cpu_count()}|{PROBE_REVISION}".encode()).hexdigest()[:12]
     return cache_dir() / f"calibration-{torch.__version__}-{device}-{digest}.json"
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from seqfit.config import ModelCfg, RunCfg
 from seqfit.memory.allocator import MMAP_THRESHOLD
 from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
+from seqfit.memory.pool_plan import window_pool_slack
 
 __all__ = ["DataInfo", "PARTS", "GATES", "F32", "param_shapes", "static_bytes", "estimate", "chunk_len",
            "phase_predictions", "Replay", "dot", "blas_buffers", "optimizer_scratch", "head_bytes", "parameter_sizes"]
@@ -255,7 +256,8 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     rnn_grads = F32 * sum(lp + 2 * g * H + (2 * H if m.layer_norm else 0) for lp in layer_params)
     head_grad = sizes["gradients"] - rnn_grads - (F32 * V * E if not m.freeze_embeddings else 0)  # output layer's
 
-    runtime = consts.baseline + int(coefs.const) + blas_buffers(n, E, H, V, g, loss, device, consts)
+    runtime = (consts.baseline + int(coefs.const) + blas_buffers(n, E, H, V, g, loss, device, consts)
+               + window_pool_slack(plan))
     r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=data_bytes,
                output_loss=held)
     layers_kept = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from seqfit.config import RunCfg, lm_bptt
 from seqfit.memory.batch_split import split_effective_batch
 from seqfit.memory.estimate import DataInfo
+from seqfit.memory.pool_plan import pools_window_buffers
 
 __all__ = ["requested_plan", "plan_dict", "run_device"]
 
@@ -32,4 +33,5 @@ def plan_dict(device, precision, loss, loss_chunk, micro, accumulate, bptt, chec
     return {"device": device, "precision": precision, "loss": loss,
             "loss_chunk": loss_chunk if loss == "chunked" else 0, "micro_batch": micro, "accumulate": accumulate,
             "batch_size": micro * accumulate, "bptt": bptt,
-            "checkpoint_time": checkpoint_time, "optimizer": optimizer}
+            "checkpoint_time": checkpoint_time, "optimizer": optimizer,
+            "buffer_pool": pools_window_buffers(device, checkpoint_time)}
