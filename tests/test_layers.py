@@ -1,6 +1,6 @@
 """The package's layers point one way, with no import circles (imports inside functions count too).
 
-    config, errors, atomic, device   (foundation)
+    config, errors, atomic, device, cache, cpu   (foundation)
     data                             stores, readers, batching
     nn                               tensor-level pieces: losses, precision, optimizers, recurrent runners
     models                           built from nn
@@ -29,7 +29,7 @@ ALLOWED = {
     "api": {"data", "nn", "models", "measure", "memory", "engine"},
     "cli": {"data", "nn", "models", "measure", "memory", "engine", "api"},
 }
-FOUNDATION = {"config", "errors", "atomic", "device", "version"}
+FOUNDATION = {"config", "errors", "atomic", "device", "version", "cache", "cpu"}
 
 
 def module_name(path: Path) -> str:

@@ -23,24 +23,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 from seqfit.atomic import write_text_atomic
-from seqfit.measure.machine import cpu_flags, cpu_jiffies, cpu_model, jiffies_since, steal_share
+from seqfit.cache import cache_dir
+from seqfit.measure.machine import (
+    cpu_flags,
+    cpu_jiffies,
+    cpu_model,
+    jiffies_since,
+    steal_share,
+)
 
 __all__ = ["cache_dir", "ceilings_key", "ceilings_path", "load_ceilings", "measure_ceilings", "best_ceiling"]
 
 CPU_SIZE, CUDA_SIZE = 2048, 8192
 BF16_CHECK_SIZE = 512  # the emulation check: bf16 vs fp32 at this size
 BF16_MIN_RATIO = 0.9  # bf16 slower than this times fp32 is emulated (native runs it 2-6x faster)
-
-
-def cache_dir() -> Path:
-    # The same place as seqfit.memory.calibrate's cache (measure sits below memory, so it is not imported).
-    return Path(os.environ.get("SEQFIT_CACHE_DIR") or Path.home() / ".cache" / "seqfit")
 
 
 def ceilings_key(device: str = "cpu") -> dict:

@@ -13,32 +13,12 @@ import os
 import platform
 import time
 
+from seqfit.cpu import FLAGS, cpu_flags, cpu_model
+
 __all__ = ["machine_info", "describe_machine", "cpu_model", "cpu_flags", "cpu_jiffies", "jiffies_since", "steal_share",
            "gemm_gflops", "FLAGS", "NOISY_STEAL"]
 
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide fp32/bf16 matmul speed
 NOISY_STEAL = 0.01  # a host steal share from which reports say the timings were taken with neighbours busy
-
-
-def _cpuinfo_field(name: str) -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(name):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def cpu_model() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> dict[str, bool | None]:
-    """Each of FLAGS: present or not (None where /proc/cpuinfo is unreadable, e.g. macOS)."""
-    flags = set(_cpuinfo_field("flags").split())
-    return {name: (name in flags) if flags else None for name in FLAGS}
 
 
 def cpu_jiffies() -> tuple[int, int] | None:

@@ -21,11 +21,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
+from seqfit.cache import cache_dir
 from seqfit.config import RunCfg, merge
+from seqfit.cpu import cpu_model
 from seqfit.memory.constants import CellCoefs, Constants, cell_key, default_constants
 from seqfit.memory.estimate import DataInfo, estimate
 from seqfit.memory.requested import requested_plan
@@ -40,25 +41,10 @@ PROBE_VOCAB = 64
 PROBE_TOKENS = 40_000
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SEQFIT_CACHE_DIR") or Path.home() / ".cache" / "seqfit")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cache_path(device: str) -> Path:
     import torch
 
-    name = torch.cuda.get_device_name() if device == "cuda" else _cpu_model()
+    name = torch.cuda.get_device_name() if device == "cuda" else cpu_model()
     digest = hashlib.sha256(f"{name}|{os.cpu_count()}|{PROBE_REVISION}".encode()).hexdigest()[:12]
     return cache_dir() / f"calibration-{torch.__version__}-{device}-{digest}.json"
 
@@ -155,7 +141,7 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
             consts = _fit_timing(consts, key, [(c, min(r["step_seconds"][1:])) for c, r in zip(cfgs, runs)])
             done.add(key)
     consts = dataclasses.replace(consts, calibrated=True, device=device,
-                                 source=f"probes on this machine ({_cpu_model()})")
+                                 source=f"probes on this machine ({cpu_model()})")
     path = cache_path(device)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"keys": sorted(done), "constants": consts.to_dict()}, indent=1))

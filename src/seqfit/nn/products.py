@@ -5,9 +5,12 @@ have AVX-512; oneDNN (``torch.ops.mkldnn._linear_pointwise``, dense tensors in a
 there. Measured on a 2-core AMD EPYC (Zen 5, AVX-512), the chunked loss's three products at
 700 x 200 x 18,000: MKL 158-190 GFLOP/s, oneDNN 336-445. On an AVX2-only EPYC (Zen 3) it was the
 other way round: oneDNN 51-58 ms where MKL took 32 at the same shape. So the library is chosen by
-timing one product of each, once per process and thread count (about 20 ms), not by vendor name,
-and only a clear win (PREFER_RATIO) moves fp32 products away from MKL, so that one machine keeps
-making the same choice. ``SEQFIT_FP32_PRODUCTS=onednn|blas`` fixes it (reproducing a run exactly on a
+timing one product of each, not by vendor name: ROUNDS rounds that time both in turn, each library read at
+its best (about 50 ms in all), and only a clear win (PREFER_RATIO) moves fp32 products away from MKL. The
+choice is cached per machine, torch and thread count in $SEQFIT_CACHE_DIR (products-<torch>-<hash>.json,
+beside the memory calibration), so every later process on the machine makes the same one: timed afresh
+in each process, a burst of another guest's work during the 20 ms probe sent one of four identical runs to
+MKL (94 vs 142 ms a step). ``SEQFIT_FP32_PRODUCTS=onednn|blas`` fixes it (reproducing a run exactly on a
 machine where the two are close); ``use_library`` does the same in a test.
 
 The three products of a linear layer's forward and backward, x @ w^T, g @ w and g^T @ x, take every
@@ -18,15 +21,22 @@ fresh tensors (it has no out=), the callers add them where they accumulate.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 
 import torch
 
+from seqfit.atomic import write_text_atomic
+from seqfit.cache import cache_dir
+from seqfit.cpu import cpu_flags, cpu_model
+
 __all__ = ["LIBRARIES", "fp32_library", "use_library", "mm_nt", "mm_nn", "mm_tn_into", "PREFER_RATIO"]
 
 LIBRARIES = ("onednn", "blas")
 PREFER_RATIO = 1.25  # oneDNN must be this much faster than MKL on the probe to take the fp32 products
+ROUNDS = 5  # probe rounds, each timing both libraries once
 _PROBE = (256, 256, 4096)  # rows, width, outputs: a chunk of the loss, small enough to time in ~20 ms
 _ENV = "SEQFIT_FP32_PRODUCTS"
 _chosen: dict[int, str] = {}  # thread count -> library
@@ -47,8 +57,33 @@ def fp32_library() -> str:
         return wanted if wanted == "blas" or _linear() is not None else "blas"
     threads = torch.get_num_threads()
     if threads not in _chosen:
-        _chosen[threads] = _measure()
+        _chosen[threads] = _cached_choice()
     return _chosen[threads]
+
+
+def _cache_path():
+    key = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(), "flags": cpu_flags(),
+           "capability": torch.backends.cpu.get_cpu_capability()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / f"products-{torch.__version__}-{digest}.json"
+
+
+def _cached_choice() -> str:
+    """The library this machine chose before, or a fresh measurement, kept for the next process."""
+    path = _cache_path()
+    try:
+        cached = json.loads(path.read_text()).get("fp32")
+        if cached in LIBRARIES:
+            return cached
+    except (OSError, ValueError, AttributeError):
+        pass
+    chosen = _measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps({"fp32": chosen}))
+    except OSError:  # a read-only home: measure again next time
+        pass
+    return chosen
 
 
 @contextlib.contextmanager
@@ -65,13 +100,21 @@ def use_library(name: str):
         _forced.pop()
 
 
-def _best_seconds(run, repeats: int = 3) -> float:
-    run()  # the first call builds (and caches) the kernel
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _seconds(run) -> float:
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
+def _best_seconds(runs: dict, rounds: int = ROUNDS) -> dict:
+    """Each run's best time over ``rounds`` rounds that call every run once, in turn (after one call each, which
+    builds and caches the kernels): a burst of other work slows one call of each, not all of one."""
+    for run in runs.values():
         run()
-        best = min(best, time.perf_counter() - t0)
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = min(best[name], _seconds(run))
     return best
 
 
@@ -83,11 +126,11 @@ def _measure() -> str:
     x, w = torch.randn(rows, width), torch.randn(outputs, width)  # (C, H), (V, H)
     out = torch.empty(rows, outputs)  # (C, V)
     try:
-        onednn = _best_seconds(lambda: linear(x, w, None, "none", [], ""))
+        best = _best_seconds({"onednn": lambda: linear(x, w, None, "none", [], ""),
+                              "blas": lambda: torch.mm(x, w.t(), out=out)})
     except RuntimeError:  # a build whose oneDNN cannot make the primitive
         return "blas"
-    blas = _best_seconds(lambda: torch.mm(x, w.t(), out=out))
-    return "onednn" if onednn * PREFER_RATIO <= blas else "blas"
+    return "onednn" if best["onednn"] * PREFER_RATIO <= best["blas"] else "blas"
 
 
 def _onednn(*tensors: torch.Tensor) -> bool:

@@ -1,0 +1,34 @@
+"""Which CPU this is: its model name and the flags that decide how fast fp32 and bf16 matrix products run.
+
+The keys of everything seqfit measures once per machine and caches (memory calibration, product ceilings, the
+fp32 product library) are made of these.
+"""
+
+from __future__ import annotations
+
+import platform
+
+__all__ = ["FLAGS", "cpu_model", "cpu_flags"]
+
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide fp32/bf16 matmul speed
+
+
+def _cpuinfo_field(name: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_model() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> dict[str, bool | None]:
+    """Each of FLAGS: present or not (None where /proc/cpuinfo is unreadable, e.g. macOS)."""
+    flags = set(_cpuinfo_field("flags").split())
+    return {name: (name in flags) if flags else None for name in FLAGS}
