@@ -21,6 +21,7 @@ CPU flags for AVX-512/bf16/AMX, torch's version and the thread count. ``refresh=
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -37,7 +38,8 @@ from seqfit.measure.machine import (
     steal_share,
 )
 
-__all__ = ["cache_dir", "ceilings_key", "ceilings_path", "load_ceilings", "measure_ceilings", "best_ceiling"]
+__all__ = ["cache_dir", "ceilings_key", "ceilings_path", "load_ceilings", "measure_ceilings", "measure_cpu_path",
+           "best_ceiling"]
 
 CPU_SIZE, CUDA_SIZE = 2048, 8192
 BF16_CHECK_SIZE = 512  # the emulation check: bf16 vs fp32 at this size
@@ -101,23 +103,41 @@ def measure_ceilings(device: str = "cpu") -> dict:
             del a, b
     else:
         size = CPU_SIZE
-        a, b = torch.randn(size, size), torch.randn(size, size)  # (n, n) fp32
-        gflops["fp32_mkl"] = _best_gflops(lambda: torch.mm(a, b), size)
-        onednn = _onednn_linear(a, b)
-        if onednn is None:
-            skipped["fp32_onednn"] = "this torch build has no oneDNN linear (torch._C._nn.mkldnn_linear)"
-        else:
-            gflops["fp32_onednn"] = _best_gflops(onednn, size)
         why = _bf16_emulated()
-        if why:
-            skipped["bf16"] = why
-        else:
-            a16, b16 = a.bfloat16(), b.bfloat16()
-            gflops["bf16"] = _best_gflops(lambda: torch.mm(a16, b16), size)
+        for path in ("fp32_mkl", "fp32_onednn", "bf16"):
+            if path == "bf16" and why:
+                skipped["bf16"] = why
+                continue
+            got = measure_cpu_path(path)
+            if got is None:
+                skipped[path] = "this torch build has no oneDNN linear (torch._C._nn.mkldnn_linear)"
+            else:
+                gflops[path] = got
     steal = steal_share([jiffies_since(jiffies)])
     return {"gflops": {k: round(v, 1) for k, v in gflops.items()}, "skipped": skipped, "size": size,
             "seconds": round(time.perf_counter() - started, 2),
             "host_steal": None if steal is None else round(steal, 3)}
+
+
+def measure_cpu_path(path: str, *, repeats: int = 8, budget_s: float = 2.0) -> float | None:
+    """GFLOP/s of one CPU path ("fp32_mkl", "fp32_onednn", "bf16") now, as measure_ceilings times it; None where
+    this build lacks it. A benchmark reads a row against this measured beside it, when other guests' work
+    moves the machine's speed from minute to minute."""
+    import torch
+
+    size = CPU_SIZE
+    a, b = torch.randn(size, size), torch.randn(size, size)  # (n, n) fp32
+    if path == "fp32_mkl":
+        run = functools.partial(torch.mm, a, b)
+    elif path == "fp32_onednn":
+        run = _onednn_linear(a, b)
+        if run is None:
+            return None
+    elif path == "bf16":
+        run = functools.partial(torch.mm, a.bfloat16(), b.bfloat16())
+    else:
+        raise ValueError(f"unknown CPU path {path!r}")
+    return _best_gflops(run, size, repeats=repeats, budget_s=budget_s)
 
 
 def _best_gflops(run: Callable[[], object], size: int, *, repeats: int = 8, budget_s: float = 2.0,
