@@ -38,11 +38,12 @@ def predicted_bytes(method: str, tokens: int, vocab: int, hidden: int = HIDDEN, 
         return 5 * logits + grads
     if method == "full":
         return full_logits_peak_bytes(tokens, vocab) + grads
-    if method == "chunked" and bf16:  # narrower chunks (bf16 matmul output and gradient) + a bf16 weight copy
-        rows = min(tokens, default_chunk_tokens(vocab, tokens, 2))
-        return rows * vocab * 8 + vocab * hidden * 2 + grads
-    if method == "chunked":  # one (C, V) fp32 buffer, C = the default chunk
-        return min(tokens, default_chunk_tokens(vocab, tokens, 4)) * vocab * 4 + grads
+    if method == "chunked":  # the planner's own count: the chunk's buffers (kept or fresh) and the gradients
+        from seqfit.memory.estimate import head_bytes
+
+        chunk = default_chunk_tokens(vocab, tokens, 2 if bf16 else 4)
+        head = head_bytes("chunked", tokens, vocab, hidden, "bf16" if bf16 else "fp32", chunk, None, "cpu")
+        return head["keep"] + head["fwd"] + head["held"] + vocab * 4  # + the bias gradient
     # adaptive: every token scores the head (shortlist + one logit per tail); the tokens of tail i (its
     # share of the Zipf mass) score its ids too. Logits, log-softmax and two gradients of each, fp32.
     counts, cutoffs = _zipf_targets_and_cutoffs(vocab)
