@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, print_table, wikitext, write_result  # noqa: E402
+from common import CALL_CLI, WORK, print_table, wikitext, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 AWD_RECIPE = REPO / "examples" / "awd-lstm-small.toml"
@@ -79,22 +79,11 @@ KJV_RANGE = "Gen1:1-Rev22:21"  # bible(1): the whole text
 # One child per recipe and corpus: trains for the first budget, scores the whole valid split, then resumes
 # (bit-exactly, from the checkpoint the budget's stop wrote) for the next budget's remaining CPU minutes.
 CHILD = """
-import contextlib, io, json, resource, sys, time
+import json, resource, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from seqfit.cli.main import main
-
-def call(args):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            main(args)
-        except SystemExit as e:
-            if e.code:
-                raise
-    return out.getvalue()
-
+""" + CALL_CLI + """
 run_dir, full_eval, legs, train_args = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3], sys.argv[4:]
 resumed = legs.startswith("+")  # "+8": every leg continues the run already in run_dir
 out = []

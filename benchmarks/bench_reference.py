@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import WORK, print_table, run_child, wikitext, write_result  # noqa: E402
+from common import CALL_CLI, WORK, print_table, run_child, wikitext, write_result  # noqa: E402
 
 EPOCHS, QUICK_EPOCHS = 1, 1
 REPEATS = 2
@@ -140,24 +140,13 @@ print(json.dumps({"tokens_per_s": tokens / train_s, "valid_ppl": curve[-1], "cur
 """
 
 SEQFIT = """
-import contextlib, io, json, resource, sys
+import json, resource, sys
 import torch
-from seqfit.cli.main import main
-
-def call(args):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        try:
-            main(args)
-        except SystemExit as e:
-            if e.code:
-                raise
-    return json.loads(out.getvalue())
-
+""" + CALL_CLI + """
 data_dir, run_dir, threads, args = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 torch.set_num_threads(threads)
-summary = call(["train", data_dir, "--out", run_dir, *args, "--json"])
-full = call(["evaluate", run_dir, "--split", "valid", "--json"])
+summary = json.loads(call(["train", data_dir, "--out", run_dir, *args, "--json"]))
+full = json.loads(call(["evaluate", run_dir, "--split", "valid", "--json"]))
 print(json.dumps({"tokens_per_s": summary["tokens_per_s"], "valid_ppl": full["ppl"], "summary_ppl": summary["valid_ppl"],
                   "steps": summary["step"], "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """

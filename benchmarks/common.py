@@ -19,6 +19,24 @@ def wikitext() -> Path | None:
     return path if (path / "test.txt").is_file() and (path / "valid.txt").is_file() else None
 
 
+# The start of a child script that runs seqfit commands in its own process: call(["train", ...]) returns
+# what the command printed (its --json summary), and raises if it exited with an error.
+CALL_CLI = """
+import contextlib, io
+from seqfit.cli.main import main
+
+def call(args):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(args)
+        except SystemExit as e:
+            if e.code:
+                raise
+    return out.getvalue()
+"""
+
+
 def run_child(code: str, *args: str, timeout: float = 1800) -> dict:
     """Run Python ``code`` in a fresh interpreter (so memory peaks don't bleed between rows).
 
