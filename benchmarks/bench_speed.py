@@ -67,6 +67,11 @@ def child(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     if spec["kind"] == "bare":
         return _bare_lstm(spec)
+    from seqfit.memory.allocator import configure_allocator
+
+    # Before the ceilings' tensors: PyTorch reads THP_MEM_ALLOC_ENABLE at its first CPU allocation, and a
+    # run whose allocator was pinned after it took 64 instead of 51 ms a step (2 x 200 bf16: 4 KiB faults).
+    configure_allocator()
     from seqfit.config import RunCfg, merge
     from seqfit.engine.time_run import time_report, time_steps
     from seqfit.measure.ceilings import best_ceiling, load_ceilings, measure_cpu_path

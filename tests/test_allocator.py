@@ -13,10 +13,12 @@ afresh), so the tests allow the warm-up and require that it ends."""
 from __future__ import annotations
 
 import ctypes
+import os
 import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +126,38 @@ try:
 except ValueError:
     print("{}")
 """)
+
+
+def _thp_possible() -> bool:
+    try:
+        return "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _thp_possible(), reason="transparent huge pages are off on this kernel")
+def test_training_asks_for_huge_pages_before_the_planner_makes_any_tensor(tmp_path):
+    """PyTorch reads THP_MEM_ALLOC_ENABLE at its first CPU allocation; under --budget the planner's first use on a
+    machine times the fp32 product library (tensors), so training must configure the allocator before it."""
+    code = f"""
+import json, os
+from pathlib import Path
+from seqfit.config import RunCfg, merge
+from seqfit.engine.loop import train
+from seqfit.memory.synthetic import write_synthetic_store
+import torch
+data = write_synthetic_store(Path({str(tmp_path)!r}) / "data", 500, 20_000)
+cfg = merge(RunCfg(), {{"model": {{"cell": "lstm", "layers": 1, "hidden": 16, "embed": 8}},
+                        "train": {{"batch_size": 4, "bptt": 10, "max_steps": 1, "epochs": 1}},
+                        "memory": {{"device": "cpu", "budget": "2GB"}}}})
+train(cfg, data, Path({str(tmp_path)!r}) / "run", echo=lambda *a, **k: None)
+x = torch.ones((64 << 20) // 4)  # 64 MiB: backed by huge pages if PyTorch saw the switch
+huge = [int(l.split()[1]) for l in open("/proc/self/smaps_rollup") if l.startswith("AnonHugePages")]
+print(json.dumps({{"huge_kb": huge[0]}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env["SEQFIT_CACHE_DIR"] = str(tmp_path / "cache")  # nothing cached: the planner measures here
+    env["SEQFIT_NO_CALIBRATE"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["huge_kb"] >= 32 * 1024

@@ -49,14 +49,17 @@ def train(cfg: RunCfg, data_dir: Path, run_dir: Path, *, resume: bool = False, e
     run_dir = Path(run_dir)
     if not resume and (has_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
         raise SeqfitError(f"{run_dir} already holds a run; use --resume to continue it or choose another --out")
+    if resolve_device(cfg.memory.device).type == "cpu":
+        # before any tensor, the planner's included (its first use on a machine times the fp32 product library):
+        # freed tensors >= 64 KiB return to the kernel, and PyTorch reads THP_MEM_ALLOC_ENABLE at its first
+        # CPU allocation (memory/allocator.py)
+        configure_allocator()
     budget = budget_bytes(cfg)
     if budget and not resume:  # a resumed run keeps the plan its config.toml holds; a budget is per process
         choice = plan_for_budget(cfg, data_info_for(cfg, data_dir), budget)  # BudgetError: nothing built yet
         cfg = choice.cfg
         plan_line = (f"--budget {format_bytes(budget)}: predicted peak {format_bytes(choice.plan['predicted_peak_bytes'])}, "
                      f"{choice.plan['reason']}")
-    if resolve_device(cfg.memory.device).type == "cpu":
-        configure_allocator()  # before any tensor: freed tensors >= 64 KiB return to the kernel (memory/allocator.py)
     s = Session.build(cfg, data_dir, warn=echo)  # checks data and options before anything is written
     task, t, dist = s.task, cfg.train, s.dist
     if not dist.main:
