@@ -25,6 +25,11 @@ runs as one chunk (N <= C): its fresh buffer would be a fresh mapping, faulted i
 kept). A call of many chunks allocates once for all of them, and keeping its buffer would add C x V to
 every other phase of the step (+71 MB at the backward peak of a 2 x 650 LSTM on 64 x 200 tokens, V = 18k).
 LinearHead and ChunkedCrossEntropy own one.
+
+Within a chunk the softmax and gradient passes walk row blocks of ~4 MiB (ROW_BLOCK_BYTES) that stay in cache;
+under bf16 autocast the chunk lives as the bf16 product (then its gradient, cast down) and only one block is
+widened to fp32 at a time. fp32 products go through oneDNN where it is clearly faster than MKL (nn/products.py,
+measured once per machine); oneDNN writes its logits into a fresh tensor, so such a call keeps no buffer.
 """
 
 from __future__ import annotations
@@ -37,8 +42,7 @@ from seqfit.errors import SeqfitError
 from seqfit.nn import products
 
 __all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "kept_buffer_bytes", "fresh_logits_used",
-           "chunked_log_softmax",
-           "chunk_tokens_for_budget", "default_chunk_tokens", "balanced_chunk", "full_logits_peak_bytes",
+           "block_rows", "ROW_BLOCK_BYTES", "chunked_log_softmax", "chunk_tokens_for_budget", "default_chunk_tokens", "balanced_chunk", "full_logits_peak_bytes",
            "DEFAULT_CHUNK_ROWS", "DEFAULT_CHUNK_BUDGET"]
 
 # Every chunk re-reads the (V, H) weight and reads and writes its (V, H) gradient, while its matmuls
