@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 
-__all__ = ["FLAGS", "cpu_model", "cpu_flags"]
+__all__ = ["FLAGS", "cpu_model", "cpu_flags", "cpu_key"]
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the ones that decide fp32/bf16 matmul speed
 
@@ -32,3 +32,12 @@ def cpu_flags() -> dict[str, bool | None]:
     """Each of FLAGS: present or not (None where /proc/cpuinfo is unreadable, e.g. macOS)."""
     flags = set(_cpuinfo_field("flags").split())
     return {name: (name in flags) if flags else None for name in FLAGS}
+
+
+def cpu_key() -> dict:
+    """What a CPU timing depends on: the CPU and its flags, torch's version, the kernels it picked for this CPU
+    and its thread count. A cache of timings written under another key is measured again."""
+    import torch
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(), "flags": cpu_flags(),
+            "capability": torch.backends.cpu.get_cpu_capability()}

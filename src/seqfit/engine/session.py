@@ -44,7 +44,8 @@ class Session:
         if dist.enabled and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
         task = make_task(cfg, data_dir, device, dist)
-        # chunk-sized buffers reused, not remapped per chunk (memory/allocator.py; a no-op unless pinned)
+        # the plan's buffer pool: chunk- or step-sized buffers reused, not remapped (memory/allocator.py; a no-op
+        # unless pinned)
         use_buffer_pool(task.plan.get("buffer_pool") or False)
         if warn is not None:
             task.check_data(warn)

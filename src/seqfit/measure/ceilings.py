@@ -30,13 +30,8 @@ from typing import Callable
 
 from seqfit.atomic import write_text_atomic
 from seqfit.cache import cache_dir
-from seqfit.measure.machine import (
-    cpu_flags,
-    cpu_jiffies,
-    cpu_model,
-    jiffies_since,
-    steal_share,
-)
+from seqfit.cpu import cpu_key
+from seqfit.measure.machine import cpu_jiffies, jiffies_since, steal_share
 
 __all__ = ["cache_dir", "ceilings_key", "ceilings_path", "load_ceilings", "measure_ceilings", "measure_cpu_path",
            "best_ceiling"]
@@ -50,12 +45,10 @@ def ceilings_key(device: str = "cpu") -> dict:
     """What the ceilings depend on: a cache written under another key is measured again."""
     import torch
 
-    key = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads()}
     if device == "cuda":
-        key["gpu"] = torch.cuda.get_device_name()
-    else:
-        key |= {"cpu": cpu_model(), "flags": cpu_flags(), "capability": torch.backends.cpu.get_cpu_capability()}
-    return key
+        return {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "gpu": torch.cuda.get_device_name()}
+    return {"device": device, **cpu_key()}
 
 
 def ceilings_path(key: dict) -> Path:

@@ -42,8 +42,8 @@ from seqfit.errors import SeqfitError
 from seqfit.nn import products
 
 __all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "kept_buffer_bytes", "fresh_logits_used",
-           "block_rows", "ROW_BLOCK_BYTES", "chunked_log_softmax", "chunk_tokens_for_budget", "default_chunk_tokens", "balanced_chunk", "full_logits_peak_bytes",
-           "DEFAULT_CHUNK_ROWS", "DEFAULT_CHUNK_BUDGET"]
+           "block_rows", "ROW_BLOCK_BYTES", "chunked_log_softmax", "chunk_tokens_for_budget", "default_chunk_tokens",
+           "balanced_chunk", "full_logits_peak_bytes", "DEFAULT_CHUNK_ROWS", "DEFAULT_CHUNK_BUDGET"]
 
 # Every chunk re-reads the (V, H) weight and reads and writes its (V, H) gradient, while its matmuls
 # grow with the C rows, so the overhead is ~1/C whatever V is. Measured when the backward still recomputed
@@ -191,6 +191,11 @@ class LossWorkspace:
         return LossWorkspace()
 
 
+def _keeps_buffers(device: str, tokens: int, chunk: int) -> bool:
+    """Whether a training call keeps its buffers for the next one: on CPU, when it runs as one chunk."""
+    return device == "cpu" and tokens <= chunk
+
+
 def kept_buffer_bytes(device: str, tokens: int, chunk: int, vocab: int, fresh_logits: bool = False,
                       narrow_bytes: int = 0, hidden: int = 0) -> int:
     """Bytes a LossWorkspace keeps from one training call of ``tokens`` rows to the next: the buffers of a call
@@ -198,7 +203,7 @@ def kept_buffer_bytes(device: str, tokens: int, chunk: int, vocab: int, fresh_lo
     (``fresh_logits``, fresh_logits_used); under a matmul narrower than fp32 (``narrow_bytes`` an element, 0 for
     fp32) the narrow product, a block of fp32 rows, and the (V, ``hidden``) weight copy and partial product.
     The planner's estimates call this too."""
-    if device != "cpu" or tokens > chunk:
+    if not _keeps_buffers(device, tokens, chunk):
         return 0
     if narrow_bytes:
         return (tokens * vocab * narrow_bytes + min(block_rows(vocab), tokens) * vocab * 4
@@ -262,9 +267,9 @@ def _target_nll(p: torch.Tensor, t: torch.Tensor, picked: torch.Tensor, h: torch
 
 
 def _rows_loss(z: torch.Tensor, t: torch.Tensor, h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
-               smoothing: float, make_grad: bool, grad_b: torch.Tensor | None) -> torch.Tensor:
+               smoothing: float, make_grad: bool, grad_b: torch.Tensor | None, arange: torch.Tensor) -> torch.Tensor:
     """Summed loss of a block of fp32 logits z (r, V) against t (r,); with ``make_grad`` z becomes d loss / d z
-    in place and grad_b (V,) gains its column sums."""
+    in place and grad_b (V,) gains its column sums. ``arange``: 0..r-1 or longer, made once per call."""
     picked = z.gather(1, t[:, None]).squeeze(1)  # (r,) target logits
     mean_z = z.mean(1) if smoothing else None  # (r,)
     _softmax_in_place(z)  # (r, V)
@@ -278,7 +283,7 @@ def _rows_loss(z: torch.Tensor, t: torch.Tensor, h: torch.Tensor, w: torch.Tenso
         # d loss / d z = softmax(z) - (1 - eps) onehot(t) - eps / V, built in place.
         if smoothing:
             z.sub_(smoothing / z.shape[1])
-        z[torch.arange(z.shape[0], device=z.device), t] -= 1.0 - smoothing
+        z[arange[: z.shape[0]], t] -= 1.0 - smoothing
         if grad_b is not None:
             grad_b += z.sum(0)  # (V,)
     return token_loss.sum()
@@ -300,14 +305,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         f32, dev = torch.float32, hidden.device
         need_h, need_w, need_b = ctx.needs_input_grad[:3] if with_grad else (False, False, False)
         grad_h = torch.empty(n, width, dtype=f32, device=dev) if need_h else None  # (N, H)
-        # (V, H); a narrow matmul's first chunk overwrites it, others accumulate into zeros
-        grad_w = None if not need_w else (torch.empty if matmul_dtype != f32 else torch.zeros)(vocab, width, dtype=f32,
-                                                                                             device=dev)
+        # (V, H): a narrow matmul's first chunk overwrites it; the fp32 products accumulate into zeros
+        alloc = torch.empty if matmul_dtype != f32 else torch.zeros
+        grad_w = alloc(vocab, width, dtype=f32, device=dev) if need_w else None
         grad_b = torch.zeros(vocab, dtype=f32, device=dev) if need_b else None  # (V,)
         with _autocast_off(dev.type):
             narrow = matmul_dtype != f32
             fresh = not narrow and _fresh_logits(weight, bias)
-            keep = with_grad and dev.type == "cpu" and n <= chunk  # kept_buffer_bytes' rule
+            keep = with_grad and _keeps_buffers(dev.type, n, chunk)
             workspace = workspace or LossWorkspace()
             c, rows = min(chunk, n), min(block_rows(vocab), chunk, n)
             if narrow:  # the narrow product, then the gradient cast down; fp32 work a row block at a time
@@ -320,9 +325,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 w = weight
                 buf = None if fresh else workspace.take("logits", (c, vocab), dev, keep)
             total = torch.zeros((), dtype=f32, device=dev)
+            arange = torch.arange(rows, device=dev)  # (rows,) the target columns' row indices
             make_grads = need_h or need_w or need_b
             for s in range(0, n, chunk):
-                z = zb = g = None  # fresh logits: the last chunk's (and views of them) go before the next's are made
+                z = zb = None  # fresh logits: the last chunk's (and views of them) go before the next's are made
                 e = min(s + chunk, n)
                 h = hidden[s:e].to(w.dtype)  # (c, H)
                 if narrow:  # (c, V) narrow product; the gradient, cast down, overwrites it
@@ -338,26 +344,27 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                         zb = scratch[: q - r].copy_(zb)  # widened to fp32
                         if bias is not None:
                             zb.add_(bias)
-                    total += _rows_loss(zb, targets[s + r:s + q], h[r:q], w, bias, smoothing, make_grads, grad_b)
+                    total += _rows_loss(zb, targets[s + r:s + q], h[r:q], w, bias, smoothing, make_grads, grad_b,
+                                        arange)
                     if narrow and make_grads:
                         z[r:q].copy_(zb)
                 if not make_grads:
                     continue
-                g = z  # (c, V) matmul operand
+                # z (c, V) now holds d loss / d logits: the backward products' operand
                 if need_h:
                     if narrow:
-                        grad_h[s:e] = torch.mm(g, w)  # (c, H)
+                        grad_h[s:e] = torch.mm(z, w)  # (c, H)
                     else:
-                        products.mm_nn(g, w, out=grad_h[s:e])  # (c, H)
+                        products.mm_nn(z, w, out=grad_h[s:e])  # (c, H)
                 if need_w:
                     if narrow:  # (V, H): bf16 partial, fp32 accumulation across chunks
-                        torch.mm(g.t(), h, out=partial)
+                        torch.mm(z.t(), h, out=partial)
                         if s == 0:
                             grad_w.copy_(partial)
                         else:
                             grad_w.add_(partial)
                     else:
-                        products.mm_tn_into(grad_w, g, h)  # (V, H)
+                        products.mm_tn_into(grad_w, z, h)  # (V, H)
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total

@@ -30,7 +30,7 @@ import torch
 
 from seqfit.atomic import write_text_atomic
 from seqfit.cache import cache_dir
-from seqfit.cpu import cpu_flags, cpu_model
+from seqfit.cpu import cpu_key
 
 __all__ = ["LIBRARIES", "fp32_library", "use_library", "mm_nt", "mm_nn", "mm_tn_into", "PREFER_RATIO"]
 
@@ -62,9 +62,7 @@ def fp32_library() -> str:
 
 
 def _cache_path():
-    key = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(), "flags": cpu_flags(),
-           "capability": torch.backends.cpu.get_cpu_capability()}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps(cpu_key(), sort_keys=True).encode()).hexdigest()[:12]
     return cache_dir() / f"products-{torch.__version__}-{digest}.json"
 
 
