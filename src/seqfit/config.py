@@ -135,6 +135,8 @@ class MemoryCfg:
     accumulate: int = opt(1, "micro-batches per optimizer step", minimum=1)
     effective_batch: int = opt(0, "sequences per optimizer step; sets --accumulate (0: unused)", minimum=0)
     max_tokens: int = opt(0, "token budget per batch for variable-length data (0: fixed --batch-size)", minimum=0)
+    spare_grads: bool = opt(True, "language model on CPU: write the embedding's and the chunked loss's gradients into "
+                            "the last step's memory (faster; holds them through the forward; --budget may turn it off)")
     device: str = opt("auto", "where to train", ("auto", "cpu", "cuda"))
 
 

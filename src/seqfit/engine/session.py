@@ -79,6 +79,7 @@ class Session:
 
     def step(self, group, phase: Phase = no_phase) -> dict[str, float]:
         stats = train_step(self.task, self.model, group, precision=self.precision, optimizer=self.optimizer,
-                           clip=self.cfg.train.clip, phase=phase, dist=self.dist)
+                           clip=self.cfg.train.clip, phase=phase, dist=self.dist,
+                           spare_grads=bool(self.plan.get("spare_grads")))
         self.average.step()
         return stats

@@ -14,16 +14,20 @@ from torch import nn
 
 from seqfit.engine.distributed import Dist, sync_unless
 from seqfit.engine.task import Phase, Task, add_stats, no_phase
+from seqfit.nn import spare_grads as spares
 
 __all__ = ["train_step"]
 
 
 def train_step(task: Task, model: nn.Module, group, *, precision, optimizer: torch.optim.Optimizer, clip: float,
-               phase: Phase = no_phase, dist: Dist = Dist()) -> dict[str, float]:
+               phase: Phase = no_phase, dist: Dist = Dist(), spare_grads: bool = False) -> dict[str, float]:
     """Train on ``group`` (one entry of task.epoch_groups); returns the step's summed statistics and
-    "stepped" (False when fp16 found inf/nan gradients and skipped the update)."""
+    "stepped" (False when fp16 found inf/nan gradients and skipped the update). ``spare_grads`` (the plan's):
+    the last step's large gradients are handed to the kernels that make the next ones (nn/spare_grads.py)."""
     with phase("data"):
         micro = task.micro_batches(group)
+    if spare_grads:
+        spares.hand_back(model)
     optimizer.zero_grad(set_to_none=True)
     denom = task.denominator(micro)
     if dist.enabled:

@@ -256,6 +256,14 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     rnn_grads = F32 * sum(lp + 2 * g * H + (2 * H if m.layer_norm else 0) for lp in layer_params)
     head_grad = sizes["gradients"] - rnn_grads - (F32 * V * E if not m.freeze_embeddings else 0)  # output layer's
 
+    # gradients written into the last step's memory (nn/spare_grads.py): held from the step's start until the
+    # kernel that takes them makes the new gradient in them
+    spares = {}
+    if plan.get("spare_grads"):
+        from seqfit.models.lm import spare_grad_bytes
+
+        spares = spare_grad_bytes(m, V, loss)
+    loss_spare, emb_spare = spares.get("loss", 0), spares.get("embedding", 0)
     runtime = (consts.baseline + int(coefs.const) + blas_buffers(n, E, H, V, g, loss, device, consts)
                + window_pool_slack(plan))
     r = Replay(baseline=runtime, weights=sizes["weights"], optimizer_state=sizes["optimizer_state"], data=data_bytes,
@@ -263,7 +271,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
     layers_kept = []
     for micro in range(2 if acc > 1 else 1):
         grads_before = sizes["gradients"] if micro else 0
-        r.now["gradients"] = grads_before
+        r.now["gradients"] = grads_before + (0 if micro else loss_spare + emb_spare)
         r.now["activations"] = 0
         r.now["temporaries"] = 0
 
@@ -300,16 +308,18 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
                     r.now["activations"] += out_b * n * H  # the layer's output lives on as the next input
                 kept.append(keep)
         layers_kept = kept
-        # ---- loss forward
-        r.moment("loss", output_loss=head["keep"] + head["fwd"])
-        r.now["output_loss"] = held + head["keep"]
+        # ---- loss forward (its weight gradient made in the spare, when there is one)
+        keep = head["keep"] - (0 if micro else loss_spare)
+        r.moment("loss", output_loss=keep + head["fwd"])
+        r.now["output_loss"] = held + keep
         # ---- loss backward (vocabulary-sized gradients), then the head's weight gradient
-        new_grad = head_grad
+        # (a tied weight's gradient is the embedding's, which head_grad leaves out; its spare stays counted)
+        new_grad = head_grad - (0 if micro or m.tie_weights else loss_spare)
         r.moment("loss backward", output_loss=head["bwd"])
-        r.moment("loss backward", output_loss=head["bwd_linear"] - head["keep"], activations=F32 * n * H,
+        r.moment("loss backward", output_loss=head["bwd_linear"] - keep, activations=F32 * n * H,
                  gradients=new_grad)
         r.now["output_loss"] = held
-        r.now["gradients"] = grads_before + (0 if micro else new_grad)
+        r.now["gradients"] = grads_before + (0 if micro else new_grad + loss_spare + emb_spare)
         flow = out_b * n * H  # gradient of the features (in the layers' dtype), then of each layer's input
         if k < T:
             # backward recomputes one chunk at a time: its keep and the top layer's scratch, beside the whole
@@ -334,7 +344,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
                 r.now["gradients"] += 0 if micro else layer_grad
                 flow = F32 * n * E if i == 0 else out_b * n * H
         emb_grad = F32 * V * E if not m.freeze_embeddings else 0
-        r.moment("backward", activations=flow + F32 * n * E, gradients=emb_grad)
+        r.moment("backward", activations=flow + F32 * n * E, gradients=emb_grad - (0 if micro else emb_spare))
     # ---- optimizer step: weights, all gradients, state, and the step's scratch
     r.now.update(activations=residue, output_loss=held, temporaries=optimizer_scratch(cfg, device, sizes),
                  gradients=sizes["gradients"])

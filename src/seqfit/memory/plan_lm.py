@@ -72,8 +72,10 @@ def candidates(cfg: RunCfg, data: DataInfo, device: str | None = None) -> list[d
         for k in _checkpoint_options(cfg):
             for loss in losses:
                 for chunk in (_chunk_options(cfg, data, micro * lm_bptt(cfg.train)) if loss == "chunked" else [0]):
-                    out.append(plan_dict(device, cfg.memory.precision, loss, chunk, micro, eff // micro, lm_bptt(cfg.train),
-                                     k, cfg.train.optimizer))
+                    # spare gradients are faster and hold a gradient or two longer: both, where they apply
+                    for spare in ((True, False) if device == "cpu" and cfg.memory.spare_grads else (False,)):
+                        out.append(plan_dict(device, cfg.memory.precision, loss, chunk, micro, eff // micro,
+                                             lm_bptt(cfg.train), k, cfg.train.optimizer, spare))
     return out
 
 
@@ -82,7 +84,8 @@ def apply_plan(cfg: RunCfg, plan: dict) -> RunCfg:
     return dataclasses.replace(
         cfg, train=dataclasses.replace(cfg.train, batch_size=plan["micro_batch"]),
         memory=dataclasses.replace(cfg.memory, accumulate=plan["accumulate"], effective_batch=0, loss=plan["loss"],
-                                   loss_chunk=plan["loss_chunk"], checkpoint_time=plan["checkpoint_time"]))
+                                   loss_chunk=plan["loss_chunk"], checkpoint_time=plan["checkpoint_time"],
+                                   spare_grads=plan.get("spare_grads", cfg.memory.spare_grads)))
 
 
 def describe_plan(plan: dict) -> str:
@@ -90,8 +93,9 @@ def describe_plan(plan: dict) -> str:
     loss = f"{plan['loss']} loss"
     if plan["loss"] == "chunked" and plan["loss_chunk"]:
         loss = f"chunked loss ({plan['loss_chunk']} tokens a chunk)"
+    spares = ", no spare gradients" if plan.get("device") == "cpu" and not plan.get("spare_grads") else ""
     return (f"micro-batch {plan['micro_batch']} x {plan['accumulate']} accumulated, bptt {plan['bptt']}, {ckpt}, "
-            f"{loss}, {plan['precision']}, {plan['optimizer']}")
+            f"{loss}, {plan['precision']}, {plan['optimizer']}{spares}")
 
 
 def score_lm_plan(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants) -> dict:

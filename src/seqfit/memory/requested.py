@@ -26,12 +26,15 @@ def requested_plan(cfg: RunCfg, data: DataInfo, device: str | None = None) -> di
     micro, accumulate = split_effective_batch(cfg)
     loss = mem.loss if mem.loss != "auto" else choose_loss_kind(data.vocab_size, micro * lm_bptt(cfg.train), None)
     return plan_dict(device, mem.precision, loss, mem.loss_chunk, micro, accumulate, lm_bptt(cfg.train),
-                 mem.checkpoint_time, cfg.train.optimizer)
+                 mem.checkpoint_time, cfg.train.optimizer, mem.spare_grads)
 
 
-def plan_dict(device, precision, loss, loss_chunk, micro, accumulate, bptt, checkpoint_time, optimizer) -> dict:
+def plan_dict(device, precision, loss, loss_chunk, micro, accumulate, bptt, checkpoint_time, optimizer,
+              spare_grads) -> dict:
     return {"device": device, "precision": precision, "loss": loss,
             "loss_chunk": loss_chunk if loss == "chunked" else 0, "micro_batch": micro, "accumulate": accumulate,
             "batch_size": micro * accumulate, "bptt": bptt,
             "checkpoint_time": checkpoint_time, "optimizer": optimizer,
-            "buffer_pool": pools_window_buffers(device, checkpoint_time)}
+            "buffer_pool": pools_window_buffers(device, checkpoint_time),
+            # the embedding's and the chunked loss's gradients reuse the last step's memory (nn/spare_grads.py)
+            "spare_grads": bool(spare_grads) and device == "cpu"}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqfit.errors import SeqfitError
+from seqfit.nn import spare_grads
 from seqfit.nn.chunked_loss import LossWorkspace, chunked_cross_entropy, chunked_log_softmax, full_logits_peak_bytes
 from seqfit.nn.narrow_loss import narrow_autocast, narrow_logits_cross_entropy
 
@@ -54,7 +55,7 @@ class OutputHead(nn.Module):
         raise NotImplementedError
 
 
-class LinearHead(OutputHead):
+class LinearHead(OutputHead, spare_grads.SparesGradients):
     """logits = features @ weight.T + bias, scored on full logits or one chunk of rows at a time."""
 
     def __init__(self, hidden: int, vocab_size: int, *, chunked: bool, chunk_tokens: int = 0,
@@ -87,6 +88,11 @@ class LinearHead(OutputHead):
                 self.bias.copy_(self._prior)
             else:
                 self.bias.zero_()
+
+    def spared_parameters(self) -> list[nn.Parameter]:
+        # the chunked loss writes its own weight's gradient into the last step's (nn/spare_grads.py); a tied
+        # weight is the embedding's to name
+        return [self.weight] if self.kind == "chunked" and self._tied is None else []
 
     @property
     def in_features(self) -> int:

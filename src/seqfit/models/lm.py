@@ -15,10 +15,11 @@ from torch import nn
 from seqfit.config import ModelCfg
 from seqfit.errors import SeqfitError
 from seqfit.models.heads import make_output_head
+from seqfit.nn.embedding import SpareGradEmbedding
 from seqfit.nn.recurrent import RecurrentStack, State
 from seqfit.nn.regularisers import embedding_dropout, make_dropout, new_batch
 
-__all__ = ["LanguageModel", "load_embedding_matrix"]
+__all__ = ["LanguageModel", "load_embedding_matrix", "spare_grad_bytes"]
 
 
 def load_embedding_matrix(path: str, vocab_size: int, embed: int) -> torch.Tensor:
@@ -33,6 +34,23 @@ def load_embedding_matrix(path: str, vocab_size: int, embed: int) -> torch.Tenso
         raise SeqfitError(f"embedding matrix {path} is {matrix.shape[0]}x{matrix.shape[1]}, "
                           f"the model needs {vocab_size}x{embed} (vocabulary x --embed)")
     return torch.tensor(np.asarray(matrix), dtype=torch.float32)  # a copy: the map stays read-only
+
+
+def _embedding_spares(cfg: ModelCfg) -> bool:
+    # whole-word dropout looks rows up in a masked copy of the weight, whose backward makes its own gradient
+    return cfg.embed_dropout == 0 and not cfg.freeze_embeddings
+
+
+def spare_grad_bytes(cfg: ModelCfg, vocab_size: int, loss: str) -> dict[str, int]:
+    """The fp32 gradients a language model's kernels write into the last step's memory (nn/spare_grads.py), by
+    the kernel that takes the spare: "loss" (the chunked loss's output weight, or the embedding's when tied to
+    it: the loss's forward comes first) and "embedding". The planner counts them from the step's start."""
+    spares = {}
+    if loss == "chunked" and (not cfg.tie_weights or _embedding_spares(cfg)):
+        spares["loss"] = 4 * vocab_size * cfg.hidden
+    if _embedding_spares(cfg) and not (cfg.tie_weights and loss == "chunked"):
+        spares["embedding"] = 4 * vocab_size * cfg.embed
+    return spares
 
 
 def _fp32_state(state: State) -> State:
@@ -53,7 +71,7 @@ class LanguageModel(nn.Module):
             raise SeqfitError("a language model cannot be bidirectional: it would see the tokens it predicts")
         self.vocab_size = vocab_size
         self.checkpoint_time = checkpoint_time  # exact activation checkpointing every k steps (0: off)
-        self.embedding = nn.Embedding(vocab_size, cfg.embed)
+        self.embedding = (SpareGradEmbedding if _embedding_spares(cfg) else nn.Embedding)(vocab_size, cfg.embed)
         self.embed_dropout = cfg.embed_dropout  # whole words, one mask per batch (0: off)
         self.drop_in = make_dropout(cfg.dropout, cfg.locked_dropout)  # on the embeddings
         self.drop = make_dropout(cfg.dropout, cfg.locked_dropout)  # on the last layer's outputs

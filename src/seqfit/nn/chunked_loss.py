@@ -39,7 +39,7 @@ import contextlib
 import torch
 
 from seqfit.errors import SeqfitError
-from seqfit.nn import products
+from seqfit.nn import products, spare_grads
 
 __all__ = ["chunked_cross_entropy", "ChunkedCrossEntropy", "LossWorkspace", "kept_buffer_bytes", "fresh_logits_used",
            "block_rows", "ROW_BLOCK_BYTES", "chunked_log_softmax", "chunk_tokens_for_budget", "default_chunk_tokens",
@@ -305,9 +305,11 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         f32, dev = torch.float32, hidden.device
         need_h, need_w, need_b = ctx.needs_input_grad[:3] if with_grad else (False, False, False)
         grad_h = torch.empty(n, width, dtype=f32, device=dev) if need_h else None  # (N, H)
-        # (V, H): a narrow matmul's first chunk overwrites it; the fp32 products accumulate into zeros
-        alloc = torch.empty if matmul_dtype != f32 else torch.zeros
-        grad_w = alloc(vocab, width, dtype=f32, device=dev) if need_w else None
+        # (V, H), in the last step's gradient where the engine handed it back (nn/spare_grads.py): a narrow
+        # matmul's first chunk overwrites it; the fp32 products accumulate into zeros
+        grad_w = spare_grads.take(weight, (vocab, width), f32, dev) if need_w else None
+        if grad_w is not None and matmul_dtype == f32:
+            grad_w.zero_()
         grad_b = torch.zeros(vocab, dtype=f32, device=dev) if need_b else None  # (V,)
         with _autocast_off(dev.type):
             narrow = matmul_dtype != f32
