@@ -189,3 +189,19 @@ def test_the_planner_prefers_spares_and_drops_them_when_only_that_fits():
     assert tight.plan["predicted_peak_bytes"] <= usable
     assert tight.plan["predicted_tokens_per_s"] >= ranked[(8, 0, False)]["predicted_tokens_per_s"]
     assert tight.cfg.memory.spare_grads is tight.plan["spare_grads"]  # the run takes the plan's choice
+
+
+def test_a_users_own_loop_spares_the_embedding_through_seqfit_nn():
+    import seqfit.nn as snn
+
+    torch.manual_seed(0)
+    emb = snn.SpareGradEmbedding(50, 8)
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    ptrs = []
+    for _ in range(3):
+        snn.hand_back_grads(emb)  # before zero_grad, which would free the gradient
+        opt.zero_grad()
+        emb(torch.randint(0, 50, (4, 5))).pow(2).sum().backward()
+        opt.step()
+        ptrs.append(emb.weight.grad.data_ptr())
+    assert len(set(ptrs)) == 1
