@@ -52,7 +52,9 @@ def step_seconds(model: ModelCfg, vocab: int, plan: dict, consts: Constants = DE
 
 # What a fresh gradient mapping costs a step on CPU, per byte (faults and the kernel's zeroing; freeing it): a
 # fresh 18,000 x 200 fp32 zeros took 2.7-13 ms on a Zen 5 guest (4 KiB or huge pages) against 0.35 ms to zero
-# a kept one, and a 2 x 200 LM step in bf16 ran 52 instead of 58 ms with its two (V, 200) gradients spared.
+# a kept one; a 2 x 200 LM step in bf16 spent 4 ms less a step in the kernel with its two (V, 200) gradients
+# spared (29 MB; steps alternating in one process): 0.14 ns a byte of system time, taken up to 0.2 for the
+# freeing and the waiting around it.
 FRESH_SECONDS_PER_BYTE = 0.2e-9
 
 
