@@ -188,8 +188,9 @@ def run(quick: bool = False, threads: int = 0, rounds: int = ROUNDS) -> dict:
             rows.append({"row": spec.get("name", "?"), "status": f"failed: {str(e).splitlines()[0][:80]}"})
             return None
 
-    lm_runs: dict[tuple, list[dict]] = {}  # (row label, precision) -> each round's result
-    for _ in range(1 if quick else rounds):  # every LM row once a round, so a busy minute hits one round of each
+    rounds = 1 if quick else rounds
+    runs: dict[tuple, list[dict]] = {}  # (row label, precision) -> each round's result
+    for _ in range(rounds):  # every LM row once a round, so a busy minute hits one round of each
         for name, (layers, hidden, embed, vocab, batch, bptt, opt) in (QUICK_LM_ROWS if quick else LM_ROWS).items():
             data = _lm_store(vocab, batch, bptt, steps + warmup)
             for precision, loss in [(p, loss) for p in precisions for loss in LOSSES]:
@@ -199,20 +200,16 @@ def run(quick: bool = False, threads: int = 0, rounds: int = ROUNDS) -> dict:
                 out = go({"kind": "run", "name": name, "cfg": cfg, "data": str(data)})
                 if out:
                     label = f"{name} ({layers}x{hidden} V={vocab} {batch}x{bptt} {opt}, {loss} loss)"
-                    lm_runs.setdefault((label, precision), []).append(out)
+                    runs.setdefault((label, precision), []).append(out)
                     print(f"{name} {precision} {loss}: {out['tokens_per_second']:,.0f} tok/s", file=sys.stderr,
                           flush=True)
-    for (label, precision), outs in lm_runs.items():
-        row = _row(label, precision, max(outs, key=lambda o: o["tokens_per_second"]))
-        row["tok/s each round"] = [round(o["tokens_per_second"]) for o in outs]
-        rows.append(row)
     c = QUICK_CLS if quick else CLS
     data = _cls_store(c)
-    cls_runs: dict[tuple, list[dict]] = {}  # (row label, precision) -> each round's result; "bare" too
-    for _ in range(1 if quick else rounds):  # the bare floor and the classifier rows in turn, once a round
+    bare_key = (f"bare nn.LSTM {c['embed']}->{c['hidden']} {c['batch']}x{c['T']}", "fp32")
+    for _ in range(rounds):  # the bare floor and the classifier rows in turn, once a round
         bare = go({"kind": "bare", "name": "bare lstm", "cls": c})
         if bare:
-            cls_runs.setdefault(("bare", "fp32"), []).append(bare)
+            runs.setdefault(bare_key, []).append(bare)
         for mode, k in (("full", 0), ("exact", -1)):
             for precision in precisions:
                 cfg = {"model": {"task": "classify", "cell": "lstm", "layers": 1, "hidden": c["hidden"],
@@ -222,20 +219,24 @@ def run(quick: bool = False, threads: int = 0, rounds: int = ROUNDS) -> dict:
                 out = go({"kind": "run", "name": f"cls {mode}", "cfg": cfg, "data": str(data)})
                 if out:
                     label = f"cls {mode} (1x{c['hidden']} {c['batch']}x{c['T']}" + (", k~sqrt(T))" if k else ")")
-                    cls_runs.setdefault((label, precision), []).append(out)
-    fastest = {key: min(outs, key=lambda o: o["seconds"]) for key, outs in cls_runs.items()}
-    each = {key: [round(o["seconds"] * 1000) for o in outs] for key, outs in cls_runs.items()}
-    if ("bare", "fp32") in fastest:
-        bare = fastest[("bare", "fp32")]
-        seconds["bare"] = bare["seconds"]
-        rows.append({"row": f"bare nn.LSTM {c['embed']}->{c['hidden']} {c['batch']}x{c['T']}", "prec": "fp32",
-                     "tok/s": round(c["batch"] * c["T"] / bare["seconds"]), "ms/step": round(bare["seconds"] * 1000, 1),
-                     "steps": bare["steps"], "ms each round": each[("bare", "fp32")]})
+                    runs.setdefault((label, precision), []).append(out)
+    # each row at its fastest round (the shortest median step: the same shape each round)
+    fastest = {key: min(outs, key=lambda o: o["seconds"]) for key, outs in runs.items()}
+    if bare_key in fastest:
+        seconds["bare"] = fastest[bare_key]["seconds"]
     for (label, precision), out in fastest.items():
-        if label == "bare":
+        outs = runs[(label, precision)]
+        if (label, precision) == bare_key:
+            rows.append({"row": label, "prec": precision, "tok/s": round(c["batch"] * c["T"] / out["seconds"]),
+                         "ms/step": round(out["seconds"] * 1000, 1), "steps": out["steps"],
+                         "ms each round": [round(o["seconds"] * 1000) for o in outs]})
             continue
         row = _row(label, precision, out)
-        row["ms each round"] = each[(label, precision)]
+        if label.startswith("lm"):
+            row["tok/s each round"] = [round(o["tokens_per_second"]) for o in outs]
+            rows.append(row)
+            continue
+        row["ms each round"] = [round(o["seconds"] * 1000) for o in outs]
         if "bare" in seconds:
             row["x bare"] = round(out["seconds"] / seconds["bare"], 2)
         seconds[f"{label} {precision}"] = out["seconds"]
