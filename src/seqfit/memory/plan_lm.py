@@ -10,6 +10,7 @@ Candidates vary only what gives the same gradients:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
@@ -67,15 +68,16 @@ def candidates(cfg: RunCfg, data: DataInfo, device: str | None = None) -> list[d
     device = device or run_device(cfg)
     eff = effective_batch(cfg)
     losses = ["full", "chunked"] if cfg.memory.loss == "auto" else [cfg.memory.loss]
+    T = lm_bptt(cfg.train)
+    # spare gradients are faster and hold a gradient or two longer: both, where they apply
+    spares = (True, False) if device == "cpu" and cfg.memory.spare_grads else (False,)
     out = []
     for micro in sorted((d for d in range(1, eff + 1) if eff % d == 0), reverse=True):
-        for k in _checkpoint_options(cfg):
-            for loss in losses:
-                for chunk in (_chunk_options(cfg, data, micro * lm_bptt(cfg.train)) if loss == "chunked" else [0]):
-                    # spare gradients are faster and hold a gradient or two longer: both, where they apply
-                    for spare in ((True, False) if device == "cpu" and cfg.memory.spare_grads else (False,)):
-                        out.append(plan_dict(device, cfg.memory.precision, loss, chunk, micro, eff // micro,
-                                             lm_bptt(cfg.train), k, cfg.train.optimizer, spare))
+        heads = [(loss, chunk) for loss in losses
+                 for chunk in (_chunk_options(cfg, data, micro * T) if loss == "chunked" else [0])]
+        for k, (loss, chunk), spare in itertools.product(_checkpoint_options(cfg), heads, spares):
+            out.append(plan_dict(device, cfg.memory.precision, loss, chunk, micro, eff // micro, T, k,
+                                 cfg.train.optimizer, spare))
     return out
 
 
