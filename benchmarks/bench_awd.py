@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CALL_CLI, WORK, print_table, wikitext, write_result  # noqa: E402
+from common import CALL_CLI, WORK, print_table, seqfit_command, wikitext, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 AWD_RECIPE = REPO / "examples" / "awd-lstm-small.toml"
@@ -105,10 +105,6 @@ def _bf16_supported() -> bool:
     from seqfit.nn.precision import cpu_bf16_rnn_supported
 
     return cpu_bf16_rnn_supported()
-
-
-def _seqfit(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "seqfit", *args], check=True, capture_output=True, text=True)
 
 
 def _kjv(work: Path) -> Path | None:
@@ -292,8 +288,8 @@ def run(quick: bool = False, pairs_at_once: int = PAIRS_AT_ONCE, collect: bool =
     if not collect:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        _seqfit("prepare", "--train", str(wiki / "test.txt"), "--valid", str(wiki / "valid.txt"), "--out", str(word))
-        _seqfit("prepare", str(_char_corpus(work)[0]), "--level", "char", "--valid-fraction", "0.05", "--out", str(char))
+        seqfit_command("prepare", "--train", str(wiki / "test.txt"), "--valid", str(wiki / "valid.txt"), "--out", str(word))
+        seqfit_command("prepare", str(_char_corpus(work)[0]), "--level", "char", "--valid-fraction", "0.05", "--out", str(char))
     bf16 = _bf16_supported()
     word_budgets, char_budgets = (QUICK_WORD_BUDGETS, QUICK_CHAR_BUDGETS) if quick else (WORD_BUDGETS, CHAR_BUDGETS)
     jobs, rows = [], []

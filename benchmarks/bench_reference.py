@@ -41,12 +41,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CALL_CLI, WORK, print_table, run_child, wikitext, write_result  # noqa: E402
+from common import CALL_CLI, WORK, print_table, run_child, seqfit_command, wikitext, write_result  # noqa: E402
 
 EPOCHS, QUICK_EPOCHS = 1, 1
 REPEATS = 2  # speed: every run this many times, each read at its fastest
@@ -177,8 +176,7 @@ def _prepare(wiki: Path, out: Path, quick: bool) -> Path:
             (out / name).write_text("".join(lines[: len(lines) // 6]), encoding="utf-8")
         train, valid = out / "train.txt", out / "valid.txt"
     data = out / "data"
-    subprocess.run([sys.executable, "-m", "seqfit", "prepare", "--train", str(train), "--valid", str(valid),
-                    "--out", str(data)], check=True, capture_output=True, text=True)
+    seqfit_command("prepare", "--train", str(train), "--valid", str(valid), "--out", str(data))
     return data
 
 

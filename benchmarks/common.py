@@ -37,6 +37,11 @@ def call(args):
 """
 
 
+def seqfit_command(*args: str) -> None:
+    """Run ``seqfit ARGS`` in a child process (e.g. ``prepare`` a store); raises if it exits with an error."""
+    subprocess.run([sys.executable, "-m", "seqfit", *args], check=True, capture_output=True, text=True)
+
+
 def run_child(code: str, *args: str, timeout: float = 1800) -> dict:
     """Run Python ``code`` in a fresh interpreter (so memory peaks don't bleed between rows).
 
