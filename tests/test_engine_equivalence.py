@@ -7,6 +7,9 @@ Two checks:
   the losses and weights equal the recorded ones bit for bit. The reference was recorded from the two
   task loops before they moved onto the one engine, so this is the proof that the move changed nothing.
   Other machines skip it: float results depend on the CPU's kernels.
+  Re-recorded once since, when Adam took its fused step (commit ba494cf): it reorders the update's float
+  arithmetic (tests/test_optim.py holds it to the plain update); with the plain step the old reference
+  still held bit for bit, so nothing else on this path has moved the numbers.
 
 Refresh the reference (only when a change is meant to alter the numbers):
     SEQFIT_RECORD_REFERENCE=1 .venv/bin/python -m pytest tests/test_engine_equivalence.py

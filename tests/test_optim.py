@@ -176,3 +176,24 @@ def test_sparse_adam_touches_only_seen_rows():
     moved = (model.emb.weight != before).any(dim=1).nonzero().flatten().tolist()
     assert moved == [1, 2, 3]
     assert make_optimizers("adam", model, lr=1e-3)[0].__class__ is torch.optim.Adam  # flag off: one optimizer
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_takes_the_fused_kernel_and_tracks_the_plain_update(name):
+    """The fused step reorders the same float arithmetic: after several steps the weights agree with
+    torch's for-each implementation to float32 rounding, not bit for bit (tests/data/engine_reference.json
+    was recorded with the fused step)."""
+    torch.manual_seed(0)
+    fused_model = _LM(tie=False)
+    plain_model = copy.deepcopy(fused_model)
+    fused = make_optimizer(name, fused_model.parameters(), lr=0.01, weight_decay=0.01)
+    assert fused.defaults["fused"]
+    cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    plain = cls(plain_model.parameters(), lr=0.01, weight_decay=0.01, foreach=True)
+    for step in range(5):
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            torch.manual_seed(step)
+            opt.zero_grad()
+            _one_step(model, opt)
+    for (key, a), b in zip(fused_model.state_dict().items(), plain_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
