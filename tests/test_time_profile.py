@@ -10,7 +10,7 @@ import torch
 from seqfit.config import ModelCfg
 from seqfit.engine.time_run import part_hooks
 from seqfit.measure import ceilings as ceilings_mod
-from seqfit.measure.ceilings import best_ceiling, load_ceilings
+from seqfit.measure.ceilings import best_ceiling, load_ceilings, raise_ceiling
 from seqfit.measure.flops import classifier_step_flops, lm_step_flops, recurrent_flops, step_flops
 from seqfit.measure.profile import PHASES
 from seqfit.measure.time_profile import TimeProfiler
@@ -60,6 +60,17 @@ def test_ceilings_are_measured_once_then_read_from_the_cache(tmp_path, monkeypat
     assert len(calls) == 3 and len(list(tmp_path.glob("ceilings-*.json"))) == 2
     assert best_ceiling(first, "fp32") == ("fp32_onednn", 20.0)
     assert best_ceiling(first, "bf16") is None
+
+
+def test_a_faster_later_measurement_raises_the_cached_ceiling(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ceilings_mod, "measure_ceilings", lambda device="cpu": dict(FAKE))
+    load_ceilings("cpu")
+    assert raise_ceiling("cpu", "fp32_mkl", 5.0)["gflops"]["fp32_mkl"] == FAKE["gflops"]["fp32_mkl"]  # slower: kept
+    raised = raise_ceiling("cpu", "fp32_mkl", 30.0)
+    assert raised["gflops"]["fp32_mkl"] == 30.0 and load_ceilings("cpu") == raised  # cached for later runs
+    assert best_ceiling(raised, "fp32") == ("fp32_mkl", 30.0)
+    assert "bf16" not in raise_ceiling("cpu", "bf16", 999.0)["gflops"]  # a path the machine lacks stays out
 
 
 def test_page_faults_and_cpu_time_land_in_their_phase():
