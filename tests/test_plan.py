@@ -187,3 +187,17 @@ def test_effective_batch_under_a_budget_is_the_planners_to_split(cli, data_dir, 
     assert code == 0, err
     plan = json.loads(out)["plan"]
     assert (plan["micro_batch"], plan["accumulate"]) == (16, 16)  # the largest divisor of 256 under 20
+
+
+def test_the_alternatives_table_tells_plans_with_and_without_spare_gradients_apart(cli, data_dir, tmp_path,
+                                                                                    monkeypatch):
+    """A CPU language model's plans come in pairs that differ only by their spare gradients: each table row says
+    which it is, so no two rows read the same."""
+    monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path))
+    code, out, err = cli("plan", data_dir, "--budget", "2GB", "--no-calibrate", "--device", "cpu")
+    assert code == 0, err
+    header, *rows = out.split("alternatives (fastest first):\n", 1)[1].splitlines()
+    assert header.split()[-4:] == ["spares", "peak", "tokens/s", "fits"]
+    # micro x acc, ckpt, loss, chunk, spares; then peak (number and unit), tokens/s, fits
+    settings = [tuple(row.split()[:7]) for row in rows if " x " in row]
+    assert settings and {s[-1] for s in settings} == {"yes", "no"} and len(set(settings)) == len(settings)

@@ -55,12 +55,15 @@ def _human(r: dict) -> str:
                      f"{r['measured_tokens_per_s']:,.0f} tokens/s)")
     if r["alternatives"]:
         lines += ["", "alternatives (fastest first):",
-                  f"  {'micro x acc':>12} {'ckpt':>5} {'loss':>8} {'chunk':>6} {'peak':>11} {'tokens/s':>10}  fits"]
+                  f"  {'micro x acc':>12} {'ckpt':>5} {'loss':>8} {'chunk':>6} {'spares':>6} {'peak':>11} {'tokens/s':>10}"
+                  "  fits"]
         for a in r["alternatives"]:
             # a plan with a vocabulary head (LM, seq2seq) shows its loss; a classifier's or forecaster's its BPTT mode
             loss, chunk = (a["loss"], a["loss_chunk"] or "-") if "loss_chunk" in a else (a["mode"], "-")
+            # a CPU language model's plan comes with and without spare gradients (nn/spare_grads.py)
+            spares = {True: "yes", False: "no"}.get(a.get("spare_grads"), "-")
             lines.append(f"  {a['micro_batch']:>6} x {a['accumulate']:<3} {a['checkpoint_time'] or '-':>5} "
-                         f"{loss:>8} {chunk:>6} {format_bytes(a['predicted_peak_bytes']):>11} "
+                         f"{loss:>8} {chunk:>6} {spares:>6} {format_bytes(a['predicted_peak_bytes']):>11} "
                          f"{a['predicted_tokens_per_s']:>10,.0f}  {'yes' if a['fits'] else 'no'}")
     if not r["constants"]["calibrated"]:
         lines.append("\n(constants not calibrated on this machine: defaults from the development machine)")
