@@ -228,3 +228,27 @@ def test_a_ceiling_is_the_best_of_its_timed_products_and_records_the_host_steal(
     assert measured["size"] == 64 and measured["gflops"]["fp32_mkl"] > 0
     steal = measured["host_steal"]
     assert steal is None or 0.0 <= steal <= 1.0
+
+
+def test_bench_speed_reads_its_rows_against_the_best_ceiling_it_saw(tmp_path, monkeypatch):
+    """A ceiling measured beside a row above the cached one raises the cache, and every row of the run, the ones
+    timed before it too, is read against the raised ceiling."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    file = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_speed.py"
+    monkeypatch.syspath_prepend(str(file.parent))
+    spec = importlib.util.spec_from_file_location("bench_speed", file)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sys.modules.pop("common", None)  # bench_speed's import of benchmarks/common.py, as test_machine.py leaves it
+    monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ceilings_mod, "measure_ceilings", lambda device="cpu": dict(FAKE))
+    cached = load_ceilings("cpu")  # fp32: MKL 10, oneDNN 20
+    rows = [{"row": "a", "prec": "fp32", "GFLOP/s": 15.0, "ceiling": "fp32_onednn", "%ceil": 75.0, "ceil now": 18},
+            {"row": "b", "prec": "fp32", "GFLOP/s": 20.0, "ceiling": "fp32_onednn", "%ceil": 100.0, "ceil now": 40},
+            {"row": "bare", "prec": "fp32", "tok/s": 1}]
+    after = bench._read_against_best(rows, cached)
+    assert after["gflops"]["fp32_onednn"] == 40 and load_ceilings("cpu")["gflops"]["fp32_onednn"] == 40
+    assert [r.get("%ceil") for r in rows] == [37.5, 50.0, None]
