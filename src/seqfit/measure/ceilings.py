@@ -18,7 +18,8 @@ is cached in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit, beside the memory calib
 ceilings-<torch>-<device>-<hash>.json, the hash over what decides the numbers: CPU (or GPU) model, the
 CPU flags for AVX-512/bf16/AMX, torch's version and the thread count. ``refresh=True`` measures again.
 A path measured faster later (a benchmark times it beside its rows) raises its cached ceiling
-(``raise_ceiling``): a first measurement in another guest's busy minute read 98 GFLOP/s on an AVX2-only
+(``raise_ceiling``; `seqfit profile --time` measures its path again after its steps, ``ceilings_now``): a
+first measurement in another guest's busy minute read 98 GFLOP/s on an AVX2-only
 EPYC where the same product ran at 123-150 beside the rows an hour later, and flattered every row read
 against it.
 """
@@ -38,7 +39,7 @@ from seqfit.cpu import cpu_key
 from seqfit.measure.machine import cpu_jiffies, jiffies_since, steal_share
 
 __all__ = ["cache_dir", "ceilings_key", "ceilings_path", "load_ceilings", "measure_ceilings", "measure_cpu_path",
-           "best_ceiling", "raise_ceiling"]
+           "best_ceiling", "raise_ceiling", "ceilings_now"]
 
 CPU_SIZE, CUDA_SIZE = 2048, 8192
 BF16_CHECK_SIZE = 512  # the emulation check: bf16 vs fp32 at this size
@@ -88,6 +89,15 @@ def raise_ceiling(device: str, path: str, gflops: float) -> dict:
         ceilings = {**ceilings, "gflops": {**known, path: round(float(gflops), 1)}}
         write_text_atomic(ceilings_path(ceilings["key"]), json.dumps(ceilings, indent=1))
     return ceilings
+
+
+def ceilings_now(device: str, precision: str, ceilings: dict) -> dict:
+    """``ceilings`` with the CPU path a run of ``precision`` is read against measured once more now (about a
+    second) and raised where that beats the cache, as a benchmark does beside its rows; unchanged on CUDA or
+    where the precision has no measured path."""
+    best = best_ceiling(ceilings, precision) if device == "cpu" else None
+    now = measure_cpu_path(best[0], budget_s=1.0) if best else None
+    return raise_ceiling(device, best[0], now) if now else ceilings
 
 
 def best_ceiling(ceilings: dict, precision: str) -> tuple[str, float] | None:
