@@ -254,10 +254,9 @@ def _read_against_best(rows: list[dict], ceilings: dict) -> dict:
     row's %ceil is read against its precision's best ceiling after that: the machine at its best this run."""
     from seqfit.measure.ceilings import best_ceiling, raise_ceiling
 
-    for path in {r["ceiling"] for r in rows if r.get("ceiling")}:
-        now = max((r["ceil now"] for r in rows if r.get("ceiling") == path and r.get("ceil now")), default=0)
-        if now > ceilings["gflops"].get(path, float("inf")):
-            ceilings = raise_ceiling("cpu", path, now)
+    for r in rows:
+        if r.get("ceiling") and r.get("ceil now"):
+            ceilings = raise_ceiling(ceilings, r["ceiling"], r["ceil now"])  # a slower figure changes nothing
     for r in rows:
         best = best_ceiling(ceilings, r["prec"]) if r.get("GFLOP/s") is not None else None
         if best:

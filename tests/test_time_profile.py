@@ -65,12 +65,12 @@ def test_ceilings_are_measured_once_then_read_from_the_cache(tmp_path, monkeypat
 def test_a_faster_later_measurement_raises_the_cached_ceiling(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQFIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(ceilings_mod, "measure_ceilings", lambda device="cpu": dict(FAKE))
-    load_ceilings("cpu")
-    assert raise_ceiling("cpu", "fp32_mkl", 5.0)["gflops"]["fp32_mkl"] == FAKE["gflops"]["fp32_mkl"]  # slower: kept
-    raised = raise_ceiling("cpu", "fp32_mkl", 30.0)
+    cached = load_ceilings("cpu")
+    assert raise_ceiling(cached, "fp32_mkl", 5.0)["gflops"]["fp32_mkl"] == FAKE["gflops"]["fp32_mkl"]  # slower: kept
+    raised = raise_ceiling(cached, "fp32_mkl", 30.0)
     assert raised["gflops"]["fp32_mkl"] == 30.0 and load_ceilings("cpu") == raised  # cached for later runs
     assert best_ceiling(raised, "fp32") == ("fp32_mkl", 30.0)
-    assert "bf16" not in raise_ceiling("cpu", "bf16", 999.0)["gflops"]  # a path the machine lacks stays out
+    assert "bf16" not in raise_ceiling(raised, "bf16", 999.0)["gflops"]  # a path the machine lacks stays out
 
 
 def test_page_faults_and_cpu_time_land_in_their_phase():

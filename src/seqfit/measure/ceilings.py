@@ -80,10 +80,9 @@ def load_ceilings(device: str = "cpu", *, refresh: bool = False, echo: Callable[
     return result
 
 
-def raise_ceiling(device: str, path: str, gflops: float) -> dict:
-    """The ceilings with ``path`` raised to ``gflops`` where that beats the cached figure (written back to the
-    cache); a path the cache skipped or lacks stays as it is. Returns the ceilings now in force."""
-    ceilings = load_ceilings(device)
+def raise_ceiling(ceilings: dict, path: str, gflops: float) -> dict:
+    """``ceilings`` (as load_ceilings returns them) with ``path`` raised to ``gflops`` where that beats its figure,
+    written back to their cache; a path they skipped or lack stays as it is. Returns the ceilings now in force."""
     known = ceilings.get("gflops", {})
     if path in known and gflops > known[path]:
         ceilings = {**ceilings, "gflops": {**known, path: round(float(gflops), 1)}}
@@ -97,7 +96,7 @@ def ceilings_now(device: str, precision: str, ceilings: dict) -> dict:
     where the precision has no measured path."""
     best = best_ceiling(ceilings, precision) if device == "cpu" else None
     now = measure_cpu_path(best[0], budget_s=1.0) if best else None
-    return raise_ceiling(device, best[0], now) if now else ceilings
+    return raise_ceiling(ceilings, best[0], now) if now else ceilings
 
 
 def best_ceiling(ceilings: dict, precision: str) -> tuple[str, float] | None:
