@@ -106,6 +106,9 @@ CLASSIFY_GRID = [
     ("c-lstm-accum-800", 800, 0, dict(cell="lstm", layers=2, hidden=256, embed=128), dict(batch_size=16), dict(effective_batch=32)),
     ("c-gru-bi-exact-1600", 1600, 0, dict(cell="gru", layers=2, hidden=256, embed=128, bidirectional=True, pooling="mean"), dict(batch_size=16), dict(checkpoint_time=-1)),
     ("c-lstm-tokens-1600", 1600, 0, dict(cell="lstm", layers=1, hidden=256, embed=128), dict(batch_size=32), dict(max_tokens=24000)),
+    # a few long rows: the CPU GRU's and RNN's per-step autograd records outweigh their per-token bytes
+    ("c-gru-thin-6000", 6000, 0, dict(cell="gru", layers=2, hidden=64, embed=32), dict(batch_size=2), {}),
+    ("c-rnn-thin-6000", 6000, 0, dict(cell="rnn", layers=1, hidden=64, embed=32), dict(batch_size=2), {}),
 ]
 CLASSIFY_QUICK = {"c-lstm-400", "c-lstm-bi-1600", "c-lstm-exact-4000"}
 # (name, grid row, budget): plan the row under the budget, then measure the chosen plan

@@ -4,14 +4,16 @@ Probes (each a fresh child process running real training steps, seqfit.memory.pr
 
     baseline      a tiny model (H = 16): what it measures minus what the estimate gives for its
                   tensors is the runtime's own anonymous memory (python, torch, seqfit, thread pools)
-    per cell      the same 2-layer model at two small token counts (b x T = 64 x 8 and 64 x 32, H = 256);
+    per step      one row of a 1 x 16 layer at 200 and 1,600 steps: the bytes a layer keeps per time step
+                  whatever its size (constants.CellCoefs.per_step), which the per-token bytes hardly touch
+    per cell      the same 2-layer model at two small token counts (b x T = 64 x 8 and 64 x 32-128, H = 256);
                   the slope between them, against the estimate's slope, scales that cell's
                   per-token constants -- two sizes, so the baseline's error cancels -- and what is
                   left at both sizes is that kernel library's one-time state (``const``)
     timing        the same runs' step times fit that cell's seconds_per_flop and seconds_per_call
 
-Probes stay small on purpose (under ~200 MB): on CPU an out-of-memory is a kill, so a probe must
-never be what runs out. The cache lives in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit) as
+Probes stay small on purpose (the largest about 210 MB above the runtime's own): on CPU an out-of-memory is
+a kill, so a probe must never be what runs out. The cache lives in $SEQFIT_CACHE_DIR (default ~/.cache/seqfit) as
 calibration-<torch version>-<device>-<cpu hash>.json, holding the keys ("lstm/fp32", ...) calibrated so far.
 """
 
@@ -34,8 +36,9 @@ from seqfit.memory.requested import requested_plan
 __all__ = ["cache_dir", "cache_path", "load_constants", "calibrate", "probe_config", "NO_CALIBRATE_ENV"]
 
 # Bumped when what the probes measure changes under the same torch (2: the LM window pool, oneDNN loss products,
-# fused Adam), so that constants fitted before are measured again.
-PROBE_REVISION = 2
+# fused Adam; 3: the per-step bytes, which the per-cell fit now leaves out), so that constants fitted before are
+# measured again.
+PROBE_REVISION = 3
 NO_CALIBRATE_ENV = "SEQFIT_NO_CALIBRATE"  # set to 1: never run probes, use the cache or the defaults
 PROBE_VOCAB = 64
 PROBE_TOKENS = 40_000
@@ -88,23 +91,61 @@ def _predicted(cfg: RunCfg, consts: Constants, device: str) -> int:
 def _scale(consts: Constants, key: str, s: float, const: float | None = None) -> Constants:
     c = consts.cells[key]
     scaled = CellCoefs(*(tuple(s * v for v in vec) for vec in (c.keep, c.rise, c.fwd)),
-                       const=c.const if const is None else const)
+                       const=c.const if const is None else const, per_step=c.per_step)
     return dataclasses.replace(consts, cells={**consts.cells, key: scaled})
+
+
+# The per-cell probes' lengths at 64 rows: 8 steps, and as many as it takes for the longer one to grow by
+# PROBE_GROWTH by the constants before the fit. Its peak varied by up to 8 MB from run to run (2 cores), so a
+# fixed 32 steps fitted the LSTM's scale anywhere in 1.02-1.11 (45 MB of growth), and the RNN's (20 MB) at 0.8-1.3.
+PROBE_SHORT = 8
+PROBE_LONG = (32, 64, 128)  # 128 x 64 rows of the probe store's 40,000 tokens: 4 steps without a repeat
+PROBE_GROWTH = 80 * 2**20
+# The thin probes' lengths: one row, a 16-wide layer, so the per-step bytes dominate what grows between them.
+THIN_STEPS = (200, 1600)
+MAX_PER_STEP = 256 * 2**10  # a fit above this is taken for noise, and the default stays
+MIN_SCALED_SHARE = 0.5  # _fit_scale
+
+
+def _probe_lengths(cell: str, precision: str, device: str, consts: Constants) -> tuple[int, int]:
+    """The per-cell probes' steps: PROBE_SHORT, and the first of PROBE_LONG that grows by PROBE_GROWTH."""
+    short = _predicted(probe_config(cell, precision, device, 64, PROBE_SHORT), consts, device)
+    for steps in PROBE_LONG:
+        if _predicted(probe_config(cell, precision, device, 64, steps), consts, device) - short >= PROBE_GROWTH:
+            break
+    return PROBE_SHORT, steps
+
+
+def _fit_per_step(consts: Constants, key: str, cfgs: list[RunCfg], measured: list[int], device: str) -> Constants:
+    """The cell's per_step from the thin probes: what grew between them beyond the prediction without it."""
+    c = consts.cells[key]
+    without = dataclasses.replace(consts, cells={**consts.cells, key: dataclasses.replace(c, per_step=0.0)})
+    grown = (measured[1] - measured[0]) - (_predicted(cfgs[1], without, device) - _predicted(cfgs[0], without, device))
+    per_step = grown / (THIN_STEPS[1] - THIN_STEPS[0])
+    if not 0 <= per_step <= MAX_PER_STEP:
+        return consts
+    return dataclasses.replace(consts, cells={**consts.cells, key: dataclasses.replace(c, per_step=per_step)})
 
 
 def _fit_scale(consts: Constants, key: str, cfgs: list[RunCfg], measured: list[int], device: str) -> float:
     """Scale of the cell's constants whose predicted slope between the two probes matches the measured one.
 
     A slope the scale cannot reach within [1/4, 4] means the probes disagree with the model's shape
-    rather than its size: keep the constants as they are (1.0) instead of clamping.
+    rather than its size: keep the constants as they are (1.0) instead of clamping. So does a cell whose scaled
+    bytes are less than MIN_SCALED_SHARE of the probes' predicted growth (the RNN's: 40%): the fit would turn the
+    probe's noise into several times as much of its per-token bytes (two fits here: 0.87 and 1.04).
     """
+    def growth(c: Constants) -> int:
+        return _predicted(cfgs[1], c, device) - _predicted(cfgs[0], c, device)
+
+    plain = growth(consts)
+    if plain <= 0 or (growth(_scale(consts, key, 1.1)) - plain) / (0.1 * plain) < MIN_SCALED_SHARE:
+        return 1.0
     want = measured[1] - measured[0]
     lo, hi = 0.25, 4.0
     for _ in range(40):  # the predicted slope grows with the scale: bisect
         mid = (lo * hi) ** 0.5
-        c = _scale(consts, key, mid)
-        got = _predicted(cfgs[1], c, device) - _predicted(cfgs[0], c, device)
-        lo, hi = (mid, hi) if got < want else (lo, mid)
+        lo, hi = (mid, hi) if growth(_scale(consts, key, mid)) < want else (lo, mid)
     scale = (lo * hi) ** 0.5
     return 1.0 if scale < 0.26 or scale > 3.9 else scale
 
@@ -129,10 +170,20 @@ def calibrate(device: str, keys: list[tuple[str, str]], *, echo=None) -> Constan
             done.add("baseline")
         for cell, precision in keys:
             key = cell_key(cell, precision)
+            say(f"calibrating: {key}, bytes per time step")
+            thin = [probe_config(cell, precision, device, 1, steps, hidden=16, layers=1) for steps in THIN_STEPS]
+            consts = _fit_per_step(consts, key, thin, [measure_run(c, data_dir, steps=3)["peak_bytes"] for c in thin],
+                                   device)
             say(f"calibrating: {key} at two sizes")
             # 64 streams of 256 units: a time step's (b, H) fp32 tensors are 64 KiB, mmapped like a real run's
-            cfgs = [probe_config(cell, precision, device, 64, bptt) for bptt in (8, 32)]
+            cfgs = [probe_config(cell, precision, device, 64, bptt)
+                    for bptt in _probe_lengths(cell, precision, device, consts)]
             runs = [measure_run(c, data_dir, steps=4) for c in cfgs]
+            # the longer probe's peak came out 8-12 MB above its usual one in about one run of four (RNN, LSTM),
+            # and a user's run can too: the higher of two runs (the lower fitted the LSTM's scale at 0.95, and the
+            # LM rows of bench_planner 2-5% under)
+            again = measure_run(cfgs[1], data_dir, steps=4)
+            runs[1] = max(runs[1], again, key=lambda run: run["peak_bytes"])
             measured = [r["peak_bytes"] for r in runs]
             consts = _scale(consts, key, _fit_scale(consts, key, cfgs, measured, device))
             # the intercept left over is the kernel library's one-time state (oneDNN's RNN primitives)

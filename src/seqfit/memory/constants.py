@@ -13,6 +13,8 @@ input size, H its hidden size (I = E for the first layer) and P = gates x H x (I
     fwd    = f[0] n H + ...                             forward scratch above `keep` (freed by its end)
     rise   = r[0] n H + ...                             backward scratch above `keep` (workspace, weight
                                                         copies in the kernel's layout, grad of input)
+    + per_step x steps                                  kept too: bytes per time step whatever the batch
+                                                        and width (a kernel's autograd records, below)
 
 "Bytes" are resident bytes: pages a kernel allocates but never touches (oneDNN's workspace has
 regions only backward writes) count only once written, which is why these are measured, not derived.
@@ -31,20 +33,36 @@ class CellCoefs:
     rise: tuple[float, float, float, float]  # ... of backward scratch above `keep`
     fwd: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # ... of forward scratch above `keep`
     const: float = 0.0  # bytes the kernel library keeps from its first call on (oneDNN's RNN state)
+    # bytes a layer direction keeps per time step from forward to backward, whatever its batch and width: the
+    # CPU's GRU and RNN loop over time in ATen and record each step's ops for autograd (16 and 5.5 KiB a step,
+    # torch 2.13), oneDNN's LSTM about 1.4 KiB. Negligible at 35 steps; at one row of 6,400 steps a 1 x 256 GRU
+    # classifier measured 406 MB where the per-token terms alone predicted 309.
+    per_step: float = 0.0
+
+    def kept(self, feats: tuple[int, int, int, int], steps: int) -> int:
+        """Bytes kept from forward to backward by a layer direction of ``feats`` (see the module docstring) over
+        ``steps`` time steps."""
+        return int(sum(a * b for a, b in zip(self.keep, feats)) + self.per_step * steps)
 
 
 def _defaults() -> dict[str, CellCoefs]:
     # Fitted on CPU, torch 2.13 (oneDNN 3.12 LSTM; native GRU/RNN), glibc mmap threshold pinned
     # (seqfit.memory.allocator); see /tmp notes in the planner report. Keys: "<cell>/<precision>".
+    # per_step: one row of 200 and 1,600 steps, H = 16 (calibrate.py's thin probes); bf16 records as many ops.
+    lstm, gru, rnn = 1.4 * 2**10, 16 * 2**10, 5.5 * 2**10
     return {
         "lstm/fp32": CellCoefs(keep=(24.0, 0.0, 19.0, 0.0), rise=(35.0, 12.0, 13.0, 7.4), fwd=(16.0, 4.0, 0.0, 4.0),
-                               const=4 * 2**20),
-        "gru/fp32": CellCoefs(keep=(28.0, 4.0, 0.0, 0.0), rise=(7.5, 2.2, 0.0, 3.8), fwd=(16.0, 4.0, 0.0, 0.0)),
-        "rnn/fp32": CellCoefs(keep=(4.0, 4.0, 4.0, 0.0), rise=(4.0, 4.0, 0.0, 4.0), fwd=(4.0, 0.0, 0.0, 0.0)),
+                               const=4 * 2**20, per_step=lstm),
+        "gru/fp32": CellCoefs(keep=(28.0, 4.0, 0.0, 0.0), rise=(7.5, 2.2, 0.0, 3.8), fwd=(16.0, 4.0, 0.0, 0.0),
+                              per_step=gru),
+        "rnn/fp32": CellCoefs(keep=(4.0, 4.0, 4.0, 0.0), rise=(4.0, 4.0, 0.0, 4.0), fwd=(4.0, 0.0, 0.0, 0.0),
+                              per_step=rnn),
         "lstm/bf16": CellCoefs(keep=(13.5, 0.0, 0.0, 1.85), rise=(9.5, 13.9, 150.0, 7.5), fwd=(0.0, 8.0, 0.0, 1.5),
-                               const=4 * 2**20),
-        "gru/bf16": CellCoefs(keep=(14.0, 2.0, 0.0, 2.0), rise=(8.0, 4.0, 0.0, 4.0), fwd=(8.0, 2.0, 0.0, 0.0)),
-        "rnn/bf16": CellCoefs(keep=(2.0, 2.0, 2.0, 2.0), rise=(4.0, 4.0, 0.0, 4.0), fwd=(2.0, 0.0, 0.0, 0.0)),
+                               const=4 * 2**20, per_step=lstm),
+        "gru/bf16": CellCoefs(keep=(14.0, 2.0, 0.0, 2.0), rise=(8.0, 4.0, 0.0, 4.0), fwd=(8.0, 2.0, 0.0, 0.0),
+                              per_step=gru),
+        "rnn/bf16": CellCoefs(keep=(2.0, 2.0, 2.0, 2.0), rise=(4.0, 4.0, 0.0, 4.0), fwd=(2.0, 0.0, 0.0, 0.0),
+                              per_step=rnn),
     }
 
 
@@ -79,14 +97,16 @@ class Constants:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Constants":
-        cells = {k: CellCoefs(**{f: tuple(v) if isinstance(v, list) else v for f, v in c.items()})
+        base = _cuda_defaults() if data.get("device") == "cuda" else _defaults()
+        # a cell written before per_step was measured keeps the default one
+        cells = {k: CellCoefs(**{"per_step": base[k].per_step if k in base else 0.0,
+                                 **{f: tuple(v) if isinstance(v, list) else v for f, v in c.items()}})
                  for k, c in data.get("cells", {}).items()}
         rest = {k: v for k, v in data.items() if k != "cells" and k in cls.__dataclass_fields__}
         if data.get("calibrated") and "cell_speed" not in data:
             # a cache written before per-cell timing: its one fit may describe only the cells probed last
             defaults = default_constants(data.get("device", "cpu"))
             rest.update(seconds_per_flop=defaults.seconds_per_flop, seconds_per_call=defaults.seconds_per_call)
-        base = _cuda_defaults() if data.get("device") == "cuda" else _defaults()
         return cls(**rest, cells={**base, **cells})
 
 
@@ -98,6 +118,7 @@ def cell_key(cell: str, precision: str) -> str:
 def _cuda_defaults() -> dict[str, CellCoefs]:
     # Not measured: cuDNN keeps its "reserve space" (gates and states, ~10 H-sized values per step for an
     # LSTM, fp32 or the compute dtype) plus the layer output; calibrate.py refits these on a CUDA machine.
+    # cuDNN runs a layer as one op (one autograd record), so per_step starts at 0 there.
     return {
         "lstm/fp32": CellCoefs(keep=(44.0, 4.0, 0.0, 0.0), rise=(20.0, 4.0, 0.0, 4.0)),
         "gru/fp32": CellCoefs(keep=(36.0, 4.0, 0.0, 0.0), rise=(16.0, 4.0, 0.0, 4.0)),

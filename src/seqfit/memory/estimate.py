@@ -286,7 +286,7 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
         if k < T:  # exact time-chunked checkpointing: only boundary states and chunk outputs stay
             states = (math.ceil(T / k) + 1) * L * (2 if m.cell == "lstm" else 1) * F32 * b * H
             # inside a checkpoint nothing is saved: one layer's buffers for one chunk exist at a time
-            chunk_peak = max(dot(coefs.keep, layer_feats(i, b * k)) + dot(coefs.fwd, layer_feats(i, b * k))
+            chunk_peak = max(coefs.kept(layer_feats(i, b * k), k) + dot(coefs.fwd, layer_feats(i, b * k))
                              for i in range(L))
             residue = chunk_peak if heap else 0
             r.moment("forward", activations=states + out_b * n * H + chunk_peak)
@@ -295,12 +295,12 @@ def estimate(cfg: RunCfg, data: DataInfo, plan: dict, consts: Constants = DEFAUL
             r.now["activations"] += states + (drop_keep if p else out_b * n * H)
             # what a chunk's recompute keeps for its backward: every layer, plus the dropouts between them
             between = (L - 1) * 2 * out_b * b * k * H if p else 0
-            kept = [sum(dot(coefs.keep, layer_feats(i, b * k)) for i in range(L)) + between]
+            kept = [sum(coefs.kept(layer_feats(i, b * k), k) for i in range(L)) + between]
         else:
             kept = []
             for i in range(L):
                 f = layer_feats(i, n)
-                keep = dot(coefs.keep, f) + (4 * F32 * n * H if m.layer_norm else 0)
+                keep = coefs.kept(f, T) + (4 * F32 * n * H if m.layer_norm else 0)
                 keep += dot(coefs.fwd, f) // 2 if heap else 0  # its scratch leaves holes between what it keeps
                 r.moment("forward", activations=keep + dot(coefs.fwd, f))
                 r.now["activations"] += keep + drop_keep

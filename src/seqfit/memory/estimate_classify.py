@@ -114,7 +114,7 @@ def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Con
             out = 2 * out_b * padded * D  # the dropout's mask and output
         else:  # as in estimate.py: oneDNN's LSTM keeps its output among its own buffers, GRU/RNN do not
             out = 0 if m.cell == "lstm" else out_b * padded * D
-        return dirs * dot(coefs.keep, feats(i, steps)) + flipped + out
+        return dirs * coefs.kept(feats(i, steps), steps) + flipped + out
 
     def layer_fwd(i: int, steps: int) -> int:
         # the directions run one after the other: one's scratch at a time, plus the concatenated output

@@ -107,7 +107,7 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
     def enc_keep(i: int, tokens: int) -> int:
         flipped = (dirs - 1) * tokens * (F32 * enc_in[i] + out_b * He)
         between = 2 * out_b * tokens * H if p and i < L - 1 else 0
-        return dirs * dot(coefs.keep, enc_feats(i, tokens)) + flipped + between
+        return dirs * coefs.kept(enc_feats(i, tokens), tokens // b) + flipped + between
 
     # -- decoder layers: fused over T1 steps, or (input feeding) T1 calls of one step each
     feed = m.input_feed
@@ -119,7 +119,7 @@ def estimate_seq2seq(cfg: RunCfg, data: PairInfo, plan: dict, consts: Constants 
 
     def dec_keep(i: int, steps: int) -> int:
         between = 2 * out_b * b * steps * H if p and i < L - 1 else 0
-        return dot(coefs.keep, dec_feats(i, steps)) + between
+        return coefs.kept(dec_feats(i, steps), steps) + between
 
     def attention_keep(steps: int) -> int:
         """What attention and the attentional output keep for backward over ``steps`` decoder steps."""

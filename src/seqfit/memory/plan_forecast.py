@@ -218,7 +218,7 @@ def estimate_forecaster(cfg: RunCfg, data: ForecastInfo, plan: dict, consts: Con
         """As estimate_classify's layer_keep (unidirectional): the kernel's state, plus the layer's output and
         its dropout between layers (oneDNN's LSTM keeps its output among its own buffers, GRU/RNN do not)."""
         out = 2 * F32 * b * steps * H if m.dropout and i < L - 1 else 0 if m.cell == "lstm" else F32 * b * steps * H
-        return dot(coefs.keep, feats(i, steps, ins)) + out
+        return coefs.kept(feats(i, steps, ins), steps) + out
 
     window = F32 * b * (T * F + plan["horizon"] * (data.num_targets + data.num_future))
     index = INDEX_BYTES_PER_SERIES * (data.series + 1)  # data.window_index + data.window_sampler
