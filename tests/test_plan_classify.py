@@ -120,6 +120,22 @@ def test_one_long_row_of_a_gru_is_predicted_with_its_per_step_records(tmp_path):
     assert CONSTS.coefs("gru", "fp32").per_step * 3000 > 0.8 * predicted["parts"]["activations"]
 
 
+def test_a_wider_input_costs_a_gru_classifier_what_the_input_itself_costs(tmp_path):
+    """The cell constants come from a language model's probes, whose GRU holds a few bytes per input value beside
+    its state; a classifier's holds none. E = 32 against 512: the predicted difference must follow the measured."""
+    from seqfit.memory.probe import measure_run
+
+    data_dir = write_synthetic_sequences(tmp_path / "s", np.full(32, 800), vocab_size=100)
+    data = sequence_info_from_dir(data_dir)
+    peaks = {}
+    for embed in (32, 512):
+        cfg = cfg_of({"cell": "gru", "hidden": 64, "embed": embed, "layers": 1}, {"batch_size": 16})
+        predicted = estimate_classifier(cfg, data, requested_classify_plan(cfg, "cpu"), CONSTS)["peak"]
+        peaks[embed] = predicted, measure_run(cfg, data_dir, steps=2, threads=1)["peak_bytes"]
+    grew_predicted, grew_measured = peaks[512][0] - peaks[32][0], peaks[512][1] - peaks[32][1]
+    assert abs(grew_predicted - grew_measured) < 0.25 * grew_measured  # with the language model's n I: 1.5x
+
+
 def test_budget_chooses_checkpointing_or_refuses(sequences_dir):
     data = SequenceInfo(3, 300, 0, 20000, (20000,) * 16)
     cfg = cfg_of({"hidden": 256, "embed": 64}, {"batch_size": 16})
