@@ -106,10 +106,10 @@ def estimate_classifier(cfg: RunCfg, data: SequenceInfo, plan: dict, consts: Con
     # keep and their forward scratch leave n I out here; the backward's gradient of the input stays.
     input_kept = 0 if device == "cpu" and m.cell != "lstm" else 1
 
-    def feats(i: int, steps: int, input_bytes: int = 1) -> tuple[int, int, int, int]:
+    def feats(i: int, steps: int, with_input: int = 1) -> tuple[int, int, int, int]:
         """The kernel's sizes over ``steps`` padded steps: it runs over the real tokens among them only."""
         tokens = real * steps // T
-        return (tokens * H, input_bytes * tokens * inputs[i], b * H, params[i])
+        return (tokens * H, with_input * tokens * inputs[i], b * H, params[i])
 
     def layer_keep(i: int, steps: int) -> int:
         """What layer i keeps for backward: each direction's kernel state, a reverse direction's flipped copies
