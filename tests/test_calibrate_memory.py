@@ -3,8 +3,6 @@ fitted back."""
 
 from __future__ import annotations
 
-import dataclasses
-
 from seqfit.memory.calibrate import (
     PROBE_GROWTH,
     PROBE_LONG,
@@ -15,14 +13,9 @@ from seqfit.memory.calibrate import (
     _scale,
     probe_config,
 )
-from seqfit.memory.constants import Constants, default_constants
+from seqfit.memory.constants import Constants, default_constants, with_cell
 
 KEY = "gru/fp32"
-
-
-def _with_per_step(consts: Constants, key: str, per_step: float) -> Constants:
-    return dataclasses.replace(consts, cells={**consts.cells, key: dataclasses.replace(consts.cells[key],
-                                                                                       per_step=per_step)})
 
 
 def _thin(cell: str = "gru") -> list:
@@ -30,7 +23,7 @@ def _thin(cell: str = "gru") -> list:
 
 
 def test_the_thin_probes_give_back_the_per_step_bytes_whatever_the_baseline():
-    machine = _with_per_step(default_constants("cpu"), KEY, 21_000.0)
+    machine = with_cell(default_constants("cpu"), KEY, per_step=21_000.0)
     offset = 7 * 2**20  # the runtime's baseline misjudged: the same at both lengths, so it cancels
     measured = [_predicted(cfg, machine, "cpu") + offset for cfg in _thin()]
     fitted = _fit_per_step(default_constants("cpu"), KEY, _thin(), measured, "cpu")
@@ -40,7 +33,7 @@ def test_the_thin_probes_give_back_the_per_step_bytes_whatever_the_baseline():
 
 def test_a_per_step_fit_out_of_reach_keeps_the_default():
     consts = default_constants("cpu")
-    shrunk = [_predicted(cfg, _with_per_step(consts, KEY, 0.0), "cpu") for cfg in _thin()]
+    shrunk = [_predicted(cfg, with_cell(consts, KEY, per_step=0.0), "cpu") for cfg in _thin()]
     shrunk[1] -= 16 * 2**20  # the longer probe measured below what its tensors alone take: noise, not a fit
     assert _fit_per_step(consts, KEY, _thin(), shrunk, "cpu").cells[KEY].per_step == consts.cells[KEY].per_step
 
@@ -56,7 +49,7 @@ def test_the_longer_cell_probe_grows_enough_to_be_read_beside_the_noise():
 
 
 def test_scaling_a_cell_keeps_its_per_step_bytes():
-    consts = _with_per_step(default_constants("cpu"), KEY, 12_345.0)
+    consts = with_cell(default_constants("cpu"), KEY, per_step=12_345.0)
     scaled = _scale(consts, KEY, 0.5).cells[KEY]
     assert scaled.per_step == 12_345.0 and scaled.keep[0] == 0.5 * consts.cells[KEY].keep[0]
 

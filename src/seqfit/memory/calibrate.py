@@ -29,7 +29,7 @@ from pathlib import Path
 from seqfit.cache import cache_dir
 from seqfit.config import RunCfg, merge
 from seqfit.cpu import cpu_model
-from seqfit.memory.constants import CellCoefs, Constants, cell_key, default_constants
+from seqfit.memory.constants import Constants, cell_key, default_constants, with_cell
 from seqfit.memory.estimate import DataInfo, estimate
 from seqfit.memory.requested import requested_plan
 
@@ -88,11 +88,16 @@ def _predicted(cfg: RunCfg, consts: Constants, device: str) -> int:
     return estimate(cfg, data, requested_plan(cfg, data, device), consts)["peak"]
 
 
+def _growth(cfgs: list[RunCfg], consts: Constants, device: str) -> int:
+    """Predicted peak of the longer probe of ``cfgs`` less that of the shorter."""
+    return _predicted(cfgs[1], consts, device) - _predicted(cfgs[0], consts, device)
+
+
 def _scale(consts: Constants, key: str, s: float, const: float | None = None) -> Constants:
+    """The cell's per-token coefficients times ``s`` (its per_step stays), and its const when given."""
     c = consts.cells[key]
-    scaled = CellCoefs(*(tuple(s * v for v in vec) for vec in (c.keep, c.rise, c.fwd)),
-                       const=c.const if const is None else const, per_step=c.per_step)
-    return dataclasses.replace(consts, cells={**consts.cells, key: scaled})
+    return with_cell(consts, key, keep=tuple(s * v for v in c.keep), rise=tuple(s * v for v in c.rise),
+                     fwd=tuple(s * v for v in c.fwd), const=c.const if const is None else const)
 
 
 # The per-cell probes' lengths at 64 rows: 8 steps, and as many as it takes for the longer one to grow by
@@ -109,22 +114,18 @@ MIN_SCALED_SHARE = 0.5  # _fit_scale
 
 def _probe_lengths(cell: str, precision: str, device: str, consts: Constants) -> tuple[int, int]:
     """The per-cell probes' steps: PROBE_SHORT, and the first of PROBE_LONG that grows by PROBE_GROWTH."""
-    short = _predicted(probe_config(cell, precision, device, 64, PROBE_SHORT), consts, device)
+    short = probe_config(cell, precision, device, 64, PROBE_SHORT)
     for steps in PROBE_LONG:
-        if _predicted(probe_config(cell, precision, device, 64, steps), consts, device) - short >= PROBE_GROWTH:
+        if _growth([short, probe_config(cell, precision, device, 64, steps)], consts, device) >= PROBE_GROWTH:
             break
     return PROBE_SHORT, steps
 
 
 def _fit_per_step(consts: Constants, key: str, cfgs: list[RunCfg], measured: list[int], device: str) -> Constants:
     """The cell's per_step from the thin probes: what grew between them beyond the prediction without it."""
-    c = consts.cells[key]
-    without = dataclasses.replace(consts, cells={**consts.cells, key: dataclasses.replace(c, per_step=0.0)})
-    grown = (measured[1] - measured[0]) - (_predicted(cfgs[1], without, device) - _predicted(cfgs[0], without, device))
+    grown = (measured[1] - measured[0]) - _growth(cfgs, with_cell(consts, key, per_step=0.0), device)
     per_step = grown / (THIN_STEPS[1] - THIN_STEPS[0])
-    if not 0 <= per_step <= MAX_PER_STEP:
-        return consts
-    return dataclasses.replace(consts, cells={**consts.cells, key: dataclasses.replace(c, per_step=per_step)})
+    return with_cell(consts, key, per_step=per_step) if 0 <= per_step <= MAX_PER_STEP else consts
 
 
 def _fit_scale(consts: Constants, key: str, cfgs: list[RunCfg], measured: list[int], device: str) -> float:
@@ -135,17 +136,14 @@ def _fit_scale(consts: Constants, key: str, cfgs: list[RunCfg], measured: list[i
     bytes are less than MIN_SCALED_SHARE of the probes' predicted growth (the RNN's: 40%): the fit would turn the
     probe's noise into several times as much of its per-token bytes (two fits here: 0.87 and 1.04).
     """
-    def growth(c: Constants) -> int:
-        return _predicted(cfgs[1], c, device) - _predicted(cfgs[0], c, device)
-
-    plain = growth(consts)
-    if plain <= 0 or (growth(_scale(consts, key, 1.1)) - plain) / (0.1 * plain) < MIN_SCALED_SHARE:
+    plain = _growth(cfgs, consts, device)
+    if plain <= 0 or (_growth(cfgs, _scale(consts, key, 1.1), device) - plain) / (0.1 * plain) < MIN_SCALED_SHARE:
         return 1.0
     want = measured[1] - measured[0]
     lo, hi = 0.25, 4.0
     for _ in range(40):  # the predicted slope grows with the scale: bisect
         mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if growth(_scale(consts, key, mid)) < want else (lo, mid)
+        lo, hi = (mid, hi) if _growth(cfgs, _scale(consts, key, mid), device) < want else (lo, mid)
     scale = (lo * hi) ** 0.5
     return 1.0 if scale < 0.26 or scale > 3.9 else scale
 

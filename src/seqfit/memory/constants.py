@@ -22,9 +22,14 @@ regions only backward writes) count only once written, which is why these are me
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["CellCoefs", "Constants", "DEFAULT_CONSTANTS", "cell_key", "default_constants"]
+__all__ = ["CellCoefs", "Constants", "DEFAULT_CONSTANTS", "cell_key", "default_constants", "dot", "with_cell"]
+
+
+def dot(c: tuple[float, ...], f: tuple[float, ...]) -> int:
+    """Bytes of coefficients ``c`` over features ``f`` (see the module docstring)."""
+    return int(sum(a * b for a, b in zip(c, f)))
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ class CellCoefs:
     def kept(self, feats: tuple[int, int, int, int], steps: int) -> int:
         """Bytes kept from forward to backward by a layer direction of ``feats`` (see the module docstring) over
         ``steps`` time steps."""
-        return int(sum(a * b for a, b in zip(self.keep, feats)) + self.per_step * steps)
+        return dot(self.keep, feats) + int(self.per_step * steps)
 
 
 def _defaults() -> dict[str, CellCoefs]:
@@ -108,6 +113,11 @@ class Constants:
             defaults = default_constants(data.get("device", "cpu"))
             rest.update(seconds_per_flop=defaults.seconds_per_flop, seconds_per_call=defaults.seconds_per_call)
         return cls(**rest, cells={**base, **cells})
+
+
+def with_cell(consts: Constants, key: str, **changes) -> Constants:
+    """``consts`` with the cell ``key``'s coefficients changed (CellCoefs fields), the other cells as they are."""
+    return replace(consts, cells={**consts.cells, key: replace(consts.cells[key], **changes)})
 
 
 def cell_key(cell: str, precision: str) -> str:

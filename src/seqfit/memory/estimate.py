@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from seqfit.config import ModelCfg, RunCfg
 from seqfit.memory.allocator import MMAP_THRESHOLD
-from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants
+from seqfit.memory.constants import DEFAULT_CONSTANTS, Constants, dot
 from seqfit.memory.pool_plan import window_pool_slack
 
 __all__ = ["DataInfo", "PARTS", "GATES", "F32", "param_shapes", "static_bytes", "estimate", "chunk_len",
@@ -162,10 +162,6 @@ class Replay:
         self.phases[phase] = max(self.phases.get(phase, 0), total)
         if total > self.peak:
             self.peak, self.phase, self.parts = total, phase, parts
-
-
-def dot(c: tuple[float, ...], f: tuple[float, ...]) -> int:
-    return int(sum(a * b for a, b in zip(c, f)))
 
 
 def head_bytes(loss: str, n: int, vocab: int, hidden: int, precision: str, chunk: int, counts,
